@@ -1,0 +1,1 @@
+"""adapter-audit's harness: cards, model zoo, checks, runner, verdicts, gate and reports."""

@@ -1,0 +1,19 @@
+"""Paper formulas in float64, one module per variant.
+
+Every module exposes ``merged(W, b, state, cfg) -> (W_eff, b_eff)``, ``forward(x, W, b, state, cfg)``,
+``EQUATION`` and ``CITATION``; state keys and shapes follow ``references/STATE_LAYOUT.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+VARIANTS = ("lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road", "antipasto")
+
+
+def get(name: str) -> ModuleType:
+    """Return the paper-formula module for variant ``name`` (one of ``VARIANTS``)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,51 @@
+"""HRA (Householder Reflection Adaptation) paper formula (float64)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import f64, linear
+
+EQUATION = "W′ = W·H₀H₁⋯H_{r−1},  H_i = I − 2u_iu_iᵀ/‖u_i‖²"
+CITATION = (
+    "Yuan, Liu, Xu, HRA, arXiv:2405.17484, §3 (eq. number unverified); orientation and order follow peft "
+    "and the authors' GLUE/diffusion code (right-multiplied W, input side, index order)"
+)
+
+
+def householder_product(u: torch.Tensor, *, reverse: bool = False) -> torch.Tensor:
+    """H₀H₁⋯H_{r−1} (d_in × d_in) from u (r, d_in), row i = u_i (arXiv:2405.17484 §3).
+
+    ``reverse=True`` gives H_{r−1}⋯H₀ (used only to show that the order matters).
+    """
+    u = f64(u)
+    H = torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+    order = range(u.shape[0] - 1, -1, -1) if reverse else range(u.shape[0])
+    for i in order:
+        ui = u[i] / torch.linalg.vector_norm(u[i])
+        H = H - 2.0 * torch.outer(H @ ui, ui)  # H·(I − 2 û ûᵀ)
+    return H
+
+
+def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
+    """W_eff = W·H₀⋯H_{r−1}, b_eff = b (arXiv:2405.17484 §3, eq. number unverified).
+
+    state: u (r, d_in), row i = u_i (peft stores the transpose, (d_in, r)).
+    Convention: W is right-multiplied (input side), product in index order, as peft and the
+    authors' GLUE code; the older llama code in the HRA repo acts on the output side instead.
+    """
+    u = state["u"]
+    if "r" in cfg and int(cfg["r"]) != u.shape[0]:
+        raise ValueError(f"u has {u.shape[0]} rows but cfg r = {cfg['r']}")
+    return f64(W) @ householder_product(u), f64(b)
+
+
+def forward(x, W, b, state, cfg):
+    """y = x W_effᵀ + b_eff in float64."""
+    return linear(x, *merged(W, b, state, cfg))
+
+
+def orthogonality_error(u: torch.Tensor) -> float:
+    """max |HᵀH − I| of H = H₀⋯H_{r−1} (a product of reflections is orthogonal; arXiv:2405.17484 §3)."""
+    H = householder_product(u)
+    return float((H.T @ H - torch.eye(H.shape[0], dtype=H.dtype)).abs().max())

@@ -1,0 +1,24 @@
+"""(IA)³ feed-forward input scaling (down-projection) paper formula (float64)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import f64, linear
+
+EQUATION = "(l_ff ⊙ γ(W₁x))W₂: as a hook on W₂, y = W₂(l_ff ⊙ x) + b"
+CITATION = "Liu et al., T-Few / (IA)³, arXiv:2205.05638, §3.3 (eq. number unverified; in-text formulas)"
+
+
+def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
+    """W_eff = W diag(l), b_eff = b (arXiv:2205.05638 §3.3, eq. number unverified).
+
+    state: l (d_in) (peft's (1, d_in) is accepted and flattened). The bias is unchanged.
+    """
+    l = f64(state["l"]).reshape(-1)
+    return f64(W) * l.unsqueeze(0), f64(b)
+
+
+def forward(x, W, b, state, cfg):
+    """y = x W_effᵀ + b_eff in float64."""
+    return linear(x, *merged(W, b, state, cfg))

@@ -1,0 +1,36 @@
+"""adapter-audit's adapter library: LoRA-family variants as forward hooks on linear layers.
+
+    import variants
+    cfg = variants.config("lora", r=8, alpha=16, target_roles=("q", "v"))
+    variants.attach(model, cfg)            # base frozen, adapter trainable
+    variants.save(model, "adapter.safetensors")
+    variants.detach(model)
+    variants.load(fresh_model, "adapter.safetensors")
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ._base import PREFIX, ParamSpec, Variant
+from ._config import DTYPES, ROLES, AdapterConfig
+from ._io import load, read_config, save
+from ._registry import REGISTRY
+from ._runtime import adapter_parameters, adapter_tensors, attach, detach, state_of
+from ._targets import role_of, select_targets
+
+__all__ = ["REGISTRY", "config", "attach", "detach", "save", "load", "read_config", "Variant", "ParamSpec",
+           "AdapterConfig", "adapter_parameters", "adapter_tensors", "state_of", "role_of",
+           "select_targets", "PREFIX", "DTYPES", "ROLES"]
+
+
+def config(name: str, **fields: Any) -> AdapterConfig:
+    """The typed config of variant ``name``; unknown names and fields raise naming what is allowed."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown variant {name!r}; known variants: {sorted(REGISTRY)}")
+    cls = REGISTRY[name].Config
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise TypeError(f"{cls.__name__}: unknown field(s) {unknown}; allowed fields: {allowed}")
+    return cls(**fields)

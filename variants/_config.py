@@ -1,0 +1,135 @@
+"""Typed adapter configs: the common fields every variant shares, validated before any tensor is touched."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _fail(cls_name: str, field: str, msg: str, exc: type[Exception] = ValueError) -> Exception:
+    return exc(f"{cls_name}.{field}: {msg}")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Fields common to every variant.
+
+    r            rank (or the variant's size parameter), > 0
+    alpha        scale numerator; the variant says how it is used (LoRA: s = alpha / r)
+    dtype        dtype of the adapter tensors: one of DTYPES, or None for the base weight's dtype
+                 (default float32, like peft's autocast_adapter_dtype)
+    target_names regexes searched (re.search) in module names; empty = no name filter
+    target_roles projection roles (q, k, v, o, gate, up, down); None = the variant's default
+                 roles when target_names is empty, else no role filter
+    exclude_names regexes; a module matching any of them is never targeted
+    layers       decoder layer indices to adapt (the first integer in the module name); None = all
+    seed         seed of the init RNG: same seed, same adapter
+    """
+
+    variant: ClassVar[str] = ""
+
+    r: int = 8
+    alpha: float = 8.0
+    dtype: str | None = "float32"
+    target_names: tuple[str, ...] = ()
+    target_roles: tuple[str, ...] | None = None
+    exclude_names: tuple[str, ...] = ()
+    layers: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _coerce_and_typecheck(self)
+        name = type(self).__name__
+        if self.r <= 0:
+            raise _fail(name, "r", f"must be a positive integer, got {self.r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise _fail(name, "dtype", f"must be one of {DTYPES} or None, got {self.dtype!r}")
+        if self.target_roles is not None:
+            bad = [x for x in self.target_roles if x not in ROLES]
+            if bad:
+                raise _fail(name, "target_roles", f"unknown role(s) {bad}; allowed: {ROLES}")
+        for fld in ("target_names", "exclude_names"):
+            for pat in getattr(self, fld):
+                try:
+                    re.compile(pat)
+                except re.error as e:
+                    raise _fail(name, fld, f"invalid regex {pat!r}: {e}") from None
+        if self.layers is not None and any(i < 0 for i in self.layers):
+            raise _fail(name, "layers", f"indices must be >= 0, got {self.layers}")
+        self.check()
+
+    def check(self) -> None:
+        """Variant-specific range checks; raise ValueError naming the field."""
+
+    def fail(self, field: str, msg: str) -> Exception:
+        return _fail(type(self).__name__, field, msg)
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_json(self) -> str:
+        return json.dumps({"variant": self.variant, "fields": self.to_dict()}, sort_keys=True)
+
+    def replace(self, **fields: Any) -> "AdapterConfig":
+        return dataclasses.replace(self, **fields)
+
+
+def _check_type(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, coerced value) for the small set of annotations configs use."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in typing.get_args(tp):
+            ok, v = _check_type(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False, value
+        (elem, _ellipsis) = typing.get_args(tp)
+        out = []
+        for v in value:
+            ok, cv = _check_type(v, elem)
+            if not ok:
+                return False, value
+            out.append(cv)
+        return True, tuple(out)
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _coerce_and_typecheck(cfg: AdapterConfig) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        tp = hints[f.name]
+        value = getattr(cfg, f.name)
+        if typing.get_origin(tp) is tuple and isinstance(value, str):
+            value = (value,)  # a lone string where a tuple is expected: target_names="q_proj"
+        ok, coerced = _check_type(value, tp)
+        if not ok:
+            exc = ValueError if typing.get_origin(tp) is typing.Literal else TypeError
+            allowed = typing.get_args(tp) if exc is ValueError else tp
+            raise _fail(type(cfg).__name__, f.name,
+                        f"got {value!r}; expected {allowed}", exc)
+        object.__setattr__(cfg, f.name, coerced)

@@ -1,0 +1,108 @@
+"""save / load: adapter tensors in safetensors, the config in its metadata; never unpickles."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ._base import Variant
+from ._config import AdapterConfig
+from ._runtime import STATE_ATTR, adapter_tensors, attach, state_of
+
+FORMAT = "adapter-audit/1"
+
+
+def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    st = state_of(model)
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in st.targets.items():
+        for t, v in adapter_tensors(mod).items():
+            out[f"{name}.adapter_{t}"] = v
+        if st.variant.mutates_base_weight:  # the residual weight is part of the adapter
+            out[f"{name}.weight"] = mod.weight
+    return out
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the attached adapter (and any base weight it mutated) to ``path`` atomically."""
+    st = state_of(model)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in _checkpoint_tensors(model).items()}
+    meta = {
+        "format": FORMAT,
+        "variant": st.variant.name,
+        "config": st.cfg.to_json(),
+        "ranks": json.dumps({n: m.adapter_rank for n, m in st.targets.items()}, sort_keys=True),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_config(path: str | os.PathLike, variant: type[Variant] | None = None) -> tuple[type[Variant], AdapterConfig, dict[str, int]]:
+    """Variant class, config and per-layer ranks stored in a checkpoint's metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an adapter-audit checkpoint (metadata format={meta.get('format')!r})")
+    name = meta["variant"]
+    if variant is None:
+        from ._registry import REGISTRY
+        if name not in REGISTRY:
+            raise ValueError(f"{path}: checkpoint variant {name!r} is not registered; known: {sorted(REGISTRY)}")
+        variant = REGISTRY[name]
+    elif variant.name != name:
+        raise ValueError(f"{path}: checkpoint holds variant {name!r}, not {variant.name!r}")
+    fields = json.loads(meta["config"])["fields"]
+    cfg = variant.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return variant, cfg, json.loads(meta.get("ranks", "{}"))
+
+
+def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | None = None) -> nn.Module:
+    """Load a checkpoint written by ``save`` into ``model``.
+
+    A bare model gets the adapter attached (no init, no calibration needed) then filled; a model
+    that already carries the same variant is filled in place. Keys, shapes and the variant must
+    match exactly, else KeyError / ValueError naming them.
+    """
+    variant, cfg, ranks = read_config(path, variant)
+    st = getattr(model, STATE_ATTR, None)
+    if st is None:
+        attach(model, cfg, variant=variant, _init=False, _ranks=ranks)
+    elif st.variant.name != variant.name:
+        raise ValueError(f"model carries variant {st.variant.name!r}, checkpoint holds {variant.name!r}")
+    expected = _checkpoint_tensors(model)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+        if missing or extra:
+            if st is None:
+                from ._runtime import detach
+                detach(model)
+            raise KeyError(f"{path}: checkpoint keys do not match the model: missing {missing[:6]}, "
+                           f"unexpected {extra[:6]}")
+        loaded = {k: f.get_tensor(k) for k in sorted(keys)}
+    bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
+           for k, t in loaded.items() if t.shape != expected[k].shape]
+    if bad:
+        if st is None:
+            from ._runtime import detach
+            detach(model)
+        raise ValueError(f"{path}: tensor shapes do not match the model: {bad[:6]}")
+    with torch.no_grad():
+        for k, t in loaded.items():
+            expected[k].copy_(t)
+    return model

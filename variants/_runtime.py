@@ -1,0 +1,162 @@
+"""attach / detach: hook a variant onto the target layers of any nn.Module (HF models included)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ._base import PREFIX, Variant
+from ._config import AdapterConfig
+from ._targets import select_targets
+
+STATE_ATTR = "_adapter_audit_state"
+
+
+@dataclass
+class AdapterState:
+    """What attach did to a model, so detach/save/load can undo or persist it."""
+
+    variant: Variant
+    cfg: AdapterConfig
+    targets: dict[str, nn.Module]
+    handles: list[Any] = field(default_factory=list)
+    original_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    requires_grad: dict[str, bool] = field(default_factory=dict)
+
+
+def state_of(model: nn.Module) -> AdapterState:
+    st = getattr(model, STATE_ATTR, None)
+    if st is None:
+        raise RuntimeError("no adapter is attached to this model (call variants.attach first)")
+    return st
+
+
+def adapter_dtype(layer: nn.Module, cfg: AdapterConfig) -> torch.dtype:
+    return getattr(torch, cfg.dtype) if cfg.dtype else layer.weight.dtype
+
+
+def allocate(layer: nn.Module, variant: Variant, cfg: AdapterConfig, r: int) -> None:
+    """(Re)create the adapter tensors of one layer at rank r, zero-filled, from param_specs."""
+    remove_tensors(layer)
+    dev, dt = layer.weight.device, adapter_dtype(layer, cfg)
+    for pname, spec in variant.param_specs(layer.in_features, layer.out_features, r, cfg).items():
+        t = torch.zeros(spec.shape, device=dev, dtype=dt)
+        if spec.trainable:
+            layer.register_parameter(PREFIX + pname, nn.Parameter(t))
+        else:
+            layer.register_buffer(PREFIX + pname, t, persistent=True)
+    layer.adapter_rank = r
+
+
+def remove_tensors(layer: nn.Module) -> None:
+    for pname in [n for n, _ in layer.named_parameters(recurse=False) if n.startswith(PREFIX)]:
+        delattr(layer, pname)
+    for bname in [n for n, _ in layer.named_buffers(recurse=False) if n.startswith(PREFIX)]:
+        delattr(layer, bname)
+    layer.__dict__.pop("adapter_rank", None)
+
+
+def adapter_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """{short name: tensor} of one adapted layer (parameters and buffers)."""
+    out = {n[len(PREFIX):]: t for n, t in layer.named_parameters(recurse=False) if n.startswith(PREFIX)}
+    out.update({n[len(PREFIX):]: t for n, t in layer.named_buffers(recurse=False) if n.startswith(PREFIX)})
+    return out
+
+
+def _validate(model: nn.Module, cfg: AdapterConfig, v: Variant, calibration_data: Any,
+              needs_data: bool) -> dict[str, nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(cfg, v.Config):
+        raise TypeError(f"cfg must be a {v.Config.__name__} for variant {v.name!r}, got {type(cfg).__name__}")
+    existing = getattr(model, STATE_ATTR, None)
+    if existing is not None:
+        raise RuntimeError(f"an adapter ({existing.variant.name!r}) is already attached to this model; "
+                           "call variants.detach(model) before attaching another")
+    if needs_data and v.needs_calibration and calibration_data is None:
+        raise ValueError(f"variant {v.name!r} needs calibration_data (an iterable of model inputs) "
+                         "for its data-driven init")
+    targets = select_targets(model, cfg, v.default_roles)
+    for name, mod in targets.items():
+        if v.needs_dense_weight and not isinstance(mod, nn.Linear):
+            raise TypeError(f"variant {v.name!r} decomposes the dense weight and needs nn.Linear; "
+                            f"module {name!r} is {type(mod).__name__}")
+        v.check_layer(name, mod, mod.in_features, mod.out_features, cfg)
+    return targets
+
+
+def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any] | None = None, *,
+           variant: type[Variant] | None = None, _init: bool = True,
+           _ranks: dict[str, int] | None = None) -> nn.Module:
+    """Attach the variant named by ``cfg`` (or the given ``variant`` class) to ``model`` in place.
+
+    Base parameters are frozen; only adapter tensors are trainable. Returns the model.
+    ``calibration_data``: an iterable of model inputs (tensors, tuples of positional args, or dicts
+    of keyword args) for data-driven inits (EVA; optional for AntiPaSTO's direction selection).
+    """
+    if not isinstance(cfg, AdapterConfig):
+        raise TypeError(f"cfg must be an adapter config from variants.config(...), got {type(cfg).__name__}")
+    if variant is None:
+        from ._registry import REGISTRY
+        if cfg.variant not in REGISTRY:
+            raise ValueError(f"unknown variant {cfg.variant!r}; known: {sorted(REGISTRY)}")
+        variant = REGISTRY[cfg.variant]
+    v = variant(cfg)
+    targets = _validate(model, cfg, v, calibration_data, needs_data=_init)
+
+    st = AdapterState(variant=v, cfg=cfg, targets=targets)
+    setattr(model, STATE_ATTR, st)
+    try:
+        for pname, prm in model.named_parameters():
+            st.requires_grad[pname] = prm.requires_grad
+            prm.requires_grad_(False)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.no_grad():
+            for name, mod in targets.items():
+                if v.mutates_base_weight:
+                    st.original_weights[name] = mod.weight.detach().clone()
+                allocate(mod, v, cfg, (_ranks or {}).get(name, cfg.r))
+                if _init:
+                    v.init(mod, cfg, gen)
+        if _init:
+            v.group_init(model, targets, cfg, calibration_data)
+        for mod in targets.values():
+            st.handles.append(_register_hook(mod, v))
+    except BaseException:
+        detach(model)
+        raise
+    return model
+
+
+def _register_hook(mod: nn.Module, v: Variant):
+    if v.hook == "output":
+        return mod.register_forward_hook(lambda m, args, out: v.forward(m, args[0], out))
+    if v.hook == "input":
+        return mod.register_forward_pre_hook(lambda m, args: (v.forward_input(m, args[0]), *args[1:]))
+    raise ValueError(f"variant {v.name!r}: hook must be 'output' or 'input', got {v.hook!r}")
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove the adapter: hooks, adapter tensors; restore mutated base weights and requires_grad."""
+    st = state_of(model)
+    for h in st.handles:
+        h.remove()
+    with torch.no_grad():
+        for name, mod in st.targets.items():
+            remove_tensors(mod)
+            if name in st.original_weights:
+                mod.weight.copy_(st.original_weights[name])
+    params = dict(model.named_parameters())
+    for pname, flag in st.requires_grad.items():
+        if pname in params:
+            params[pname].requires_grad_(flag)
+    delattr(model, STATE_ATTR)
+    return model
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{'<module>.<tensor>': tensor} of every adapter tensor (parameters and buffers) on the model."""
+    st = state_of(model)
+    return {f"{name}.{t}": v for name, mod in st.targets.items() for t, v in adapter_tensors(mod).items()}

@@ -1,0 +1,80 @@
+"""DeLoRA, decoupled low-rank adaptation (Bini, Girrbach, Akata, arXiv 2503.18225, §3 eq. 4-6).
+
+    ΔW = (λ/r) · [B Ξ_AB A − D Ξ_CD C] · diag(w),   Ξ_AB = diag(1 / (‖b_i‖ ‖a_i‖)),  w_j = ‖W[:, j]‖
+    y = x (W + ΔW)ᵀ + b
+
+w is the per-input-column norm of the frozen W (official code and peft), computed once at init.
+``init_style="paper"`` (default): A, B kaiming-uniform and the frozen copies C = A₀, D = B₀ are
+subtracted, so ΔW = 0 exactly at init; A and B get gradients at step 0 (λ's is 0 since
+the two terms cancel). ``init_style="peft"``: B = 0 and no frozen copy (exact identity; A and λ get
+zero gradient at step 0, B a gradient amplified by the norm clamp). Both styles clamp the norms at
+1e-4 as peft does (deviation: the paper divides by the raw norms). λ₀ = lambda0 (peft default 15).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import math
+
+import torch
+
+from ._base import ParamSpec, Variant
+from ._config import AdapterConfig
+from ._tensor_init import kaiming_uniform_
+
+NORM_CLAMP = 1e-4
+
+
+@dataclass(frozen=True)
+class DeloraConfig(AdapterConfig):
+    variant = "delora"
+    lambda0: float = 15.0
+    init_style: Literal["paper", "peft"] = "paper"
+
+    def check(self):
+        if not math.isfinite(self.lambda0):
+            raise self.fail("lambda0", f"must be finite, got {self.lambda0}")
+
+
+def _coef(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, r: int) -> torch.Tensor:
+    return (lam / r) / (b.norm(dim=0).clamp(min=NORM_CLAMP) * a.norm(dim=1).clamp(min=NORM_CLAMP))
+
+
+class Delora(Variant):
+    name = "delora"
+    Config = DeloraConfig
+    needs_dense_weight = True
+
+    def param_specs(self, d_in, d_out, r, cfg):
+        specs = {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r)), "lam": ParamSpec((1,)),
+                 "w_norm": ParamSpec((d_in,), trainable=False)}
+        if cfg.init_style == "paper":
+            specs.update(C=ParamSpec((r, d_in), trainable=False), D=ParamSpec((d_out, r), trainable=False))
+        return specs
+
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if cfg.r > min(d_in, d_out):
+            raise self.rank_error(cfg, name, min(d_in, d_out), "min(d_in, d_out): rank-1 terms must be independent")
+
+    def init(self, layer, cfg, gen):
+        kaiming_uniform_(layer.adapter_A, gen)
+        if cfg.init_style == "paper":
+            kaiming_uniform_(layer.adapter_B, gen)
+            layer.adapter_C.copy_(layer.adapter_A)
+            layer.adapter_D.copy_(layer.adapter_B)
+        else:
+            layer.adapter_B.zero_()
+        layer.adapter_lam.fill_(cfg.lambda0)
+        layer.adapter_w_norm.copy_(layer.weight.to(torch.float32).norm(dim=0))
+
+    def forward(self, layer, x, y):
+        a, b, lam, w = layer.adapter_A, layer.adapter_B, layer.adapter_lam, layer.adapter_w_norm
+        r = layer.adapter_rank
+        xw = x.to(a.dtype) * w
+        h = (xw @ a.t()) * _coef(a, b, lam, r)
+        delta = h @ b.t()
+        if self.cfg.init_style == "paper":
+            c, d = layer.adapter_C, layer.adapter_D
+            delta = delta - ((xw @ c.t()) * _coef(c, d, lam, r)) @ d.t()
+        return y + delta.to(y.dtype)

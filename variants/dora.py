@@ -1,0 +1,47 @@
+"""DoRA (Liu et al., arXiv 2402.09353, §4.1 eq. 5; §4.3 for the detached norm).
+
+    V = W + s·B A,   W' = diag(m / ‖V‖_row) V,   y = x W'ᵀ + b      (s = alpha / r)
+
+The norm is one value per output neuron (row of the (d_out, d_in) weight). As the paper's §4.3
+recommends (and peft does), ‖V‖_row is treated as a constant in backprop (detached). The bias is not
+scaled. Init: m = ‖W‖_row (computed in float32 then cast to the adapter dtype), A kaiming-uniform,
+B = 0, so identity is exact in fp32 and approximate with a bf16 base. At step 0 A's gradient is 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._base import ParamSpec
+from ._tensor_init import kaiming_uniform_
+from .lora import Lora, LoraConfig
+
+
+@dataclass(frozen=True)
+class DoraConfig(LoraConfig):
+    variant = "dora"
+
+
+class Dora(Lora):
+    name = "dora"
+    Config = DoraConfig
+    needs_dense_weight = True
+
+    def param_specs(self, d_in, d_out, r, cfg):
+        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r)), "m": ParamSpec((d_out,))}
+
+    def init(self, layer, cfg, gen):
+        kaiming_uniform_(layer.adapter_A, gen)
+        layer.adapter_B.zero_()
+        layer.adapter_m.copy_(layer.weight.to(torch.float32).norm(dim=1))
+
+    def forward(self, layer, x, y):
+        a, b, m = layer.adapter_A, layer.adapter_B, layer.adapter_m
+        s = self.scale(self.cfg, layer.adapter_rank)
+        with torch.no_grad():
+            n = (layer.weight.to(a.dtype) + s * (b @ a)).norm(dim=1)
+        mag = m / n
+        base = y if layer.bias is None else y - layer.bias
+        delta = (mag - 1) * base.to(a.dtype) + mag * (s * ((x.to(a.dtype) @ a.t()) @ b.t()))
+        return y + delta.to(y.dtype)

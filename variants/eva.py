@@ -1,0 +1,103 @@
+"""EVA, Explained Variance Adaptation (Paischer et al., arXiv 2410.07170, §3 eq. 2-3).
+
+Forward as LoRA: y = x Wᵀ + b + s·(x Aᵀ) Bᵀ, s = alpha / r (the config r for every layer, i.e.
+peft's adjust_scaling_factors=True). Init: the rows of A are the top-r_l principal directions of
+the layer's inputs collected from ``calibration_data`` (mean-centred, like peft's IncrementalPCA),
+B = 0, so identity is exact and A's gradient is 0 at step 0.
+Rank redistribution (``rho`` > 1): each layer offers round(r·rho) components; all layers'
+explained-variance ratios are pooled and the global top (r × number of layers) kept; a layer left
+with rank 0 loses its adapter (as in peft). rho = 1 keeps rank r everywhere.
+Deviation from peft: the principal directions come from an exact float64 eigendecomposition of the
+covariance over all calibration tokens, not a seeded incremental svd_lowrank stopped at cosine
+0.99, so directions agree with peft's only up to its approximation; signs are fixed so the
+largest-magnitude entry of each direction is positive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._runtime import allocate, remove_tensors
+from .lora import Lora, LoraConfig
+
+
+@dataclass(frozen=True)
+class EvaConfig(LoraConfig):
+    variant = "eva"
+    rho: float = 1.0
+
+    def check(self):
+        if self.rho < 1.0:
+            raise self.fail("rho", f"must be >= 1 (1 = no rank redistribution), got {self.rho}")
+        if self.use_rslora:
+            raise self.fail("use_rslora", "not supported for EVA here")
+
+
+class _Moments:
+    """Running sums for a mean-centred covariance in float64."""
+
+    def __init__(self, d: int):
+        self.n, self.sum, self.outer = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.to("cpu", torch.float64)
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.outer += x.t() @ x
+
+    def principal(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eigenvalues descending, eigenvectors as rows) of the covariance."""
+        mean = self.sum / self.n
+        cov = self.outer / self.n - torch.outer(mean, mean)
+        vals, vecs = torch.linalg.eigh(cov)
+        vals, vecs = vals.flip(0).clamp(min=0), vecs.flip(1).t()
+        idx = vecs.abs().argmax(dim=1)
+        sign = torch.sign(vecs[torch.arange(vecs.shape[0]), idx])
+        sign[sign == 0] = 1
+        return vals, vecs * sign[:, None]
+
+
+class Eva(Lora):
+    name = "eva"
+    Config = EvaConfig
+    needs_calibration = True
+
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if cfg.r > d_in:
+            raise self.rank_error(cfg, name, d_in, "d_in: no more principal directions of the inputs")
+
+    def group_init(self, model, targets, cfg, calibration_data):
+        moments = {n: _Moments(m.in_features) for n, m in targets.items()}
+        from ._calibration import collect_inputs
+        collect_inputs(model, targets, calibration_data, lambda n, x: moments[n].add(x))
+        offer = {n: min(round(cfg.r * cfg.rho), m.in_features) for n, m in targets.items()}
+        for n, mom in moments.items():
+            if mom.n < offer[n]:
+                raise ValueError(f"EVA: module {n!r} saw {mom.n} calibration tokens, fewer than the "
+                                 f"{offer[n]} components it needs; give more calibration_data")
+        eig = {n: mom.principal() for n, mom in moments.items()}
+        ranks = self._ranks(eig, offer, cfg.r * len(targets))
+        for n in list(targets):
+            mod = targets[n]
+            if ranks[n] == 0:
+                remove_tensors(mod)
+                del targets[n]
+                continue
+            if ranks[n] != mod.adapter_rank:
+                allocate(mod, self, cfg, ranks[n])
+            with torch.no_grad():
+                mod.adapter_A.copy_(eig[n][1][: ranks[n]])
+                mod.adapter_B.zero_()
+
+    @staticmethod
+    def _ranks(eig, offer, budget):
+        pooled = []
+        for n, (vals, _) in eig.items():
+            ratio = vals / vals.sum().clamp(min=1e-300)
+            pooled += [(float(ratio[i]), n, i) for i in range(offer[n])]
+        pooled.sort(key=lambda t: (-t[0], t[1], t[2]))
+        ranks = dict.fromkeys(eig, 0)
+        for _, n, _ in pooled[:budget]:
+            ranks[n] += 1
+        return ranks

@@ -1,0 +1,64 @@
+"""HRA, Householder Reflection Adaptation (Yuan, Liu, Xu, arXiv 2405.17484, §3 eq. 4).
+
+    W' = W · H_0 H_1 ⋯ H_{r−1},   H_i = I − 2 u_i u_iᵀ / ‖u_i‖²,   y = x W'ᵀ + b
+
+Input side, product in index order (peft's and the authors' GLUE code's convention). As an input
+hook this is x ← x H_{r−1} ⋯ H_0 (the highest index applied first), then the base layer.
+Init (peft's symmetric init): kaiming-uniform half (r/2 vectors), each duplicated next to itself
+(u_0 = u_1, ...), so each pair cancels (H H = I) and the layer is the identity numerically.
+r must be even. Every u gets a gradient at step 0, the two vectors of a pair exactly opposite ones.
+The paper's orthogonality regulariser is not part of the forward (peft omits it too): see
+``orthogonality_penalty`` to add it to a loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._base import ParamSpec, Variant
+from ._config import AdapterConfig
+from ._tensor_init import kaiming_uniform_
+
+
+@dataclass(frozen=True)
+class HraConfig(AdapterConfig):
+    variant = "hra"
+
+    def check(self):
+        if self.r % 2:
+            raise self.fail("r", f"must be even for HRA's symmetric (identity) init, got {self.r}")
+
+
+class Hra(Variant):
+    name = "hra"
+    Config = HraConfig
+    hook = "input"
+
+    def param_specs(self, d_in, d_out, r, cfg):
+        return {"u": ParamSpec((r, d_in))}
+
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if cfg.r > d_in:
+            raise self.rank_error(cfg, name, d_in, "d_in: at most d_in independent reflections")
+
+    def init(self, layer, cfg, gen):
+        u = layer.adapter_u
+        half = torch.empty(u.shape[0] // 2, u.shape[1], dtype=torch.float64)
+        kaiming_uniform_(half, gen, fan_in=u.shape[0] // 2)
+        u.copy_(half.repeat_interleave(2, dim=0))
+
+    def forward_input(self, layer, x):
+        u = layer.adapter_u
+        unit = u / u.norm(dim=1, keepdim=True)
+        h = x.to(u.dtype)
+        for i in range(unit.shape[0] - 1, -1, -1):
+            h = h - 2 * (h @ unit[i])[..., None] * unit[i]
+        return h.to(x.dtype)
+
+
+def orthogonality_penalty(u: torch.Tensor) -> torch.Tensor:
+    """‖I_r − ÛᵀÛ‖_F² with Û the unit-normalised vectors (the paper's regulariser, eq. 6)."""
+    unit = u / u.norm(dim=1, keepdim=True)
+    eye = torch.eye(u.shape[0], dtype=u.dtype, device=u.device)
+    return ((unit @ unit.t()) - eye).pow(2).sum()
