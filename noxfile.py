@@ -21,3 +21,13 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (pytest exit code 5, no tests collected, fails the session)."""
     _install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def audit(session: nox.Session) -> None:
+    """Run the default audit on the embedded tiny models and write reports/ (options pass through)."""
+    _install(session)
+    args = session.posargs or []
+    if "--out" not in args:
+        args = ["--out", "reports", *args]
+    session.run("python", "-m", "audit", "run", *args)

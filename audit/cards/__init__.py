@@ -1,0 +1,126 @@
+"""Variant cards: what each variant claims, as plain frozen data (one module per variant).
+
+A card is the single source of truth the checks measure against: paper and equation, which
+references apply, the config the audit uses, identity and gradient claims (with reasons), the
+paper's invariants, placement, tolerances and declared deviations.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+DeviationKind = Literal["xfail", "tolerance", "expected_raise"]
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A known, sourced difference between the code and a reference, declared as data.
+
+    It matches rows by check, metric (exact, or a prefix ending in '*'; alternatives joined by '|'),
+    and optionally models and
+    dtypes. xfail: a failing row becomes xfail and a passing one xpass (strict: the card must be
+    updated). tolerance: the row is re-judged with ``tolerance``. expected_raise: the row measures
+    that something raises. A deviation that matches no row is an error.
+    """
+
+    id: str
+    check: str
+    metric: str
+    reference: str
+    kind: DeviationKind
+    reason: str
+    source: str
+    tolerance: float | None = None
+    models: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+
+    def matches(self, check: str, metric: str, model: str, dtype: str) -> bool:
+        if check != self.check:
+            return False
+        ok = any(metric.startswith(m[:-1]) if m.endswith("*") else metric == m for m in self.metric.split("|"))
+        return (ok and (self.models is None or model in self.models)
+                and (self.dtypes is None or dtype in self.dtypes))
+
+
+@dataclass(frozen=True)
+class ZeroGrad:
+    """A tensor whose gradient is exactly zero at step 0 by design.
+
+    fraction: the share of its entries that are dead (1.0: the whole tensor).
+    stays_zero: True when it can never move (e.g. road_4's cos-θ: θ = 0 is a stationary point).
+    """
+
+    reason: str
+    fraction: float = 1.0
+    stays_zero: bool = False
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A paper property measured on our implementation: ``measure(probe) -> float`` ≤ tolerance."""
+
+    name: str
+    description: str
+    measure: Callable[[Any], float]
+    tolerance: dict[str, float]  # dtype -> bound
+    at: Literal["init", "perturbed"] = "perturbed"
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """A config (or attach situation) that must raise ``error`` with a message matching ``match``.
+
+    ``fields`` are config fields, except the key ``calibration_data`` which goes to attach.
+    """
+
+    fields: dict[str, Any]
+    error: type[Exception]
+    match: str
+
+
+@dataclass(frozen=True)
+class VariantCard:
+    name: str
+    paper: str
+    arxiv: str
+    equation: str
+    config: dict[str, Any]                       # variants.config(name, **config) used on the zoo
+    references: tuple[str, ...]                  # "paper", "peft", "antipasto3"
+    identity: Literal["exact", "numeric", "offset"]
+    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per zoo model
+    offset_tensors: tuple[str, ...] = ()          # "offset" identity: zero these to get identity
+    zero_grads: dict[str, ZeroGrad] = field(default_factory=dict)
+    trainable_per_layer: Callable[[int, int, dict], int] | None = None  # (d_in, d_out, cfg) -> count
+    invariants: tuple[Invariant, ...] = ()
+    placement_roles: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+    placement_source: str = "all projections (no paper restriction)"
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    peft_config: dict[str, Any] | None = None    # overrides for the peft comparison, with reason
+    peft_config_reason: str = ""
+    needs_calibration: bool = False
+    bad_inputs: tuple[BadInput, ...] = ()
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # check -> dtype -> tol
+    deviations: tuple[Deviation, ...] = ()
+    perturb: dict[str, float] = field(default_factory=dict)  # tensor -> noise std for parity states
+    notes: str = ""
+
+
+def _discover() -> dict[str, VariantCard]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        card = importlib.import_module(f"{__name__}.{info.name}").CARD
+        found[card.name] = card
+    return found
+
+
+CARDS: dict[str, VariantCard] = _discover()
+
+
+def get(name: str) -> VariantCard:
+    if name not in CARDS:
+        raise ValueError(f"no card named {name!r}; cards: {sorted(CARDS)}")
+    return CARDS[name]

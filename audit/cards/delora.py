@@ -1,0 +1,38 @@
+"""Card: DeLoRA (Bini, Girrbach, Akata, arXiv 2503.18225), paper init with a frozen copy."""
+import torch
+
+from ..cards import BadInput, Deviation, Invariant, VariantCard, ZeroGrad
+
+
+def _bound(p) -> float:
+    """‖ΔW diag(1/w)‖_F / (2|λ|) − 1 on our hooked layer: each of the trainable and frozen
+    normalised terms has norm ≤ |λ| (eq. 6), so their difference is ≤ 2|λ|."""
+    w_eff, _ = p.effective
+    delta = (w_eff - p.weight) / p.state["w_norm"]
+    return float(delta.norm() / (2 * p.state["lam"].abs().squeeze()) - 1)
+
+
+CARD = VariantCard(
+    name="delora",
+    paper="Decoupling Angles and Strength in Low-rank Adaptation (Bini, Girrbach, Akata, ICLR 2025), §3",
+    arxiv="2503.18225",
+    equation="ΔW = (λ/r)·[B Ξ_AB A − D Ξ_CD C]·diag(‖W_:,j‖),  Ξ = diag(1/(‖b_i‖‖a_i‖)),  C, D frozen copies of A₀, B₀",
+    config={"r": 4, "lambda0": 15.0, "init_style": "paper"},
+    references=("paper", "peft"),
+    identity="exact",
+    zero_grads={"lam": ZeroGrad("the frozen copy cancels the trainable term at init, so ∂y/∂λ = ΔW/λ = 0; "
+                                 "A and B differ from C, D after one step and λ comes alive")},
+    trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out) + 1,
+    invariants=(Invariant("norm_bound_excess", "‖ΔW diag(1/w)‖_F ≤ 2|λ| (each normalised term ≤ |λ|)",
+                          _bound, {"*": 1e-6}),),
+    peft_config={"init_style": "peft"},
+    peft_config_reason="peft has no frozen-copy term: the peft comparison runs DeLoRA with peft's init (B = 0, no C/D)",
+    bad_inputs=(BadInput({"r": 100}, ValueError, r"r=100 exceeds"), BadInput({"init_style": "kaiming"}, ValueError, "init_style")),
+    deviations=(
+        Deviation("peft-delora-no-frozen-copy", "peft_parity", "peft_init_delta_norm", "peft", "xfail",
+                  "peft initialises B = 0 with no frozen copy; the paper starts from random A, B and subtracts "
+                  "their frozen copy, so A and B both learn from step 0 (peft: A and λ get zero gradient)",
+                  "arXiv 2503.18225 §3.3; peft/tuners/delora/layer.py reset_delora_parameters; peft PR #2780"),
+    ),
+    notes="Norms are clamped at 1e-4 as in peft (the paper divides by the raw norms).",
+)

@@ -1,0 +1,29 @@
+"""Card: EVA (Paischer et al., arXiv 2410.07170)."""
+import torch
+
+from ..cards import BadInput, Invariant, VariantCard, ZeroGrad
+
+
+def _orthonormal(p) -> float:
+    """max |AAᵀ − I|: the rows of A are orthonormal principal directions at init."""
+    a = p.state["A"]
+    return float((a @ a.t() - torch.eye(a.shape[0], dtype=a.dtype)).abs().max())
+
+
+CARD = VariantCard(
+    name="eva",
+    paper="One Initialization to Rule them All: Fine-tuning via Explained Variance Adaptation (Paischer et al., 2024), §3",
+    arxiv="2410.07170",
+    equation="A_l = top-r_l right singular vectors of the centred layer inputs X_l;  B = 0;  y = xWᵀ + b + s·(xAᵀ)Bᵀ",
+    config={"r": 4, "alpha": 8.0},
+    references=("paper", "peft"),
+    identity="exact",
+    needs_calibration=True,
+    zero_grads={"A": ZeroGrad("B = 0 at init, so A's gradient is exactly zero (as LoRA)")},
+    trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
+    invariants=(Invariant("A_orthonormality_err", "rows of A are orthonormal principal directions",
+                          _orthonormal, {"*": 4 * 2.0 ** -24 * 8}, at="init"),),
+    bad_inputs=(BadInput({"calibration_data": None}, ValueError, "calibration_data"),
+                BadInput({"calibration_data": []}, ValueError, "empty"),
+                BadInput({"rho": 0.5}, ValueError, "rho")),
+)

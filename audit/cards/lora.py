@@ -1,0 +1,14 @@
+"""Card: LoRA (Hu et al., arXiv 2106.09685), scale s = alpha / r."""
+from ..cards import VariantCard, ZeroGrad
+
+CARD = VariantCard(
+    name="lora",
+    paper="LoRA: Low-Rank Adaptation of Large Language Models (Hu et al., 2021), §4.1 eq. 3",
+    arxiv="2106.09685",
+    equation="h = W₀x + ΔWx = W₀x + s·BAx,  s = α/r;  B = 0 at init",
+    config={"r": 4, "alpha": 8.0},
+    references=("paper", "peft"),
+    identity="exact",
+    zero_grads={"A": ZeroGrad("B = 0 at init, so ∂L/∂A = s·Bᵀ(∂L/∂h)xᵀ = 0; B receives the signal first")},
+    trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
+)

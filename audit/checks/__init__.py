@@ -1,0 +1,17 @@
+"""The checks: each module defines ``run(cell)`` that appends measurement rows to ``cell.rows``.
+
+Order here is the order of the report. A check raises ``NotApplicable(reason)`` when it does not
+apply; the runner turns that into an n/a row and any other exception into an error row.
+"""
+from __future__ import annotations
+
+import importlib
+
+CHECK_ORDER = ("identity_at_init", "grad_flow", "paper_parity", "peft_parity", "properties",
+               "placement", "save_load", "training", "robustness", "timing")
+
+
+def load(name: str):
+    if name not in CHECK_ORDER:
+        raise ValueError(f"unknown check {name!r}; checks: {', '.join(CHECK_ORDER)}")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,85 @@
+"""grad_flow: the gradient of EVERY adapter tensor at step 0, and after one optimizer step.
+
+Loss ‖logits − t‖² with a fixed random t (not rotation-invariant). Per tensor name, over all
+adapted layers: the smallest gradient norm and the share of exactly-zero entries. A zero is a
+failure unless the card claims it (with a reason); a claimed zero must be observed, and must be
+non-zero after one Adam step unless the card says it stays zero. No base parameter may get a
+gradient, and the trainable count must equal the card's formula.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+import variants
+
+from ..cell import Cell, NotApplicable
+
+LR = 1e-2
+
+
+def _grads(cell: Cell, model) -> dict[str, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    y = cell.logits(model).float()
+    ((y - cell.target(y)) ** 2).mean().backward()
+    out: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for full, t in variants.adapter_parameters(model).items():
+        if t.requires_grad:
+            g = t.grad if t.grad is not None else torch.zeros_like(t)
+            out[full.rsplit(".", 1)[-1].removeprefix("adapter_")].append(g.detach().double())
+    return out
+
+
+def _dead(gs: list[torch.Tensor]) -> float:
+    return float(sum(int((g == 0).sum()) for g in gs) / max(1, sum(g.numel() for g in gs)))
+
+
+def run(cell: Cell) -> None:
+    card = cell.card
+    model = cell.adapted()
+    grads = _grads(cell, model)
+    for tname, gs in sorted(grads.items()):
+        claim = card.zero_grads.get(tname)
+        gmin = min(float(g.norm()) for g in gs)
+        dead = _dead(gs)
+        if claim is None:
+            cell.row(f"grad_norm_min[{tname}]", gmin, 0.0, op=">",
+                     message="smallest gradient norm over adapted layers; must be non-zero")
+            cell.row(f"dead_fraction[{tname}]", dead, 0.0,
+                     message="share of entries with an exactly-zero gradient")
+        else:
+            cell.row(f"dead_fraction[{tname}]", dead, claim.fraction, op="==",
+                     message=f"claimed zero at step 0: {claim.reason}")
+    unknown = sorted(set(card.zero_grads) - set(grads))
+    for tname in unknown:
+        cell.row(f"claimed_tensor_exists[{tname}]", 0.0, 1.0, op="==",
+                 message="the card claims a zero gradient for a tensor the implementation does not have")
+
+    base_with_grad = sum(1 for n, p in model.named_parameters() if "adapter_" not in n and p.grad is not None)
+    cell.row("base_params_with_grad", base_with_grad, 0.0, op="==", message="base parameters must stay frozen")
+    trainable_non_adapter = sum(1 for n, p in model.named_parameters() if "adapter_" not in n and p.requires_grad)
+    cell.row("trainable_non_adapter", trainable_non_adapter, 0.0, op="==")
+    if card.trainable_per_layer is not None:
+        st = variants.state_of(model)
+        expect = sum(card.trainable_per_layer(m.in_features, m.out_features, {**cell.cfg().to_dict(), "r_layer": m.adapter_rank})
+                     for m in st.targets.values())
+        have = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+        cell.row("trainable_params", have, float(expect), op="==", message="card formula summed over adapted layers")
+
+    if card.zero_grads:
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
+        opt.step()
+        after = _grads(cell, model)
+        for tname, claim in sorted(card.zero_grads.items()):
+            if tname not in after:
+                continue
+            dead = _dead(after[tname])
+            if claim.stays_zero:
+                cell.row(f"dead_fraction_after_step[{tname}]", dead, claim.fraction, op="==",
+                         message="claimed to stay zero (stationary point)")
+            else:
+                expect_live = 1.0 - claim.fraction
+                cell.row(f"dead_fraction_after_step[{tname}]", dead, 0.0, op="<=",
+                         message=f"claimed zero only at step 0; after one Adam step (lr {LR}) the "
+                                 f"{claim.fraction:.0%} dead share must come alive ({expect_live:.0%} already was)")

@@ -1,0 +1,149 @@
+"""Run checks over card × model × dtype; never stop on one failure; apply declared deviations."""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import variants
+from variants import Variant
+
+from . import checks as checks_pkg
+from . import models
+from .cards import VariantCard
+from .cell import Cell, NotApplicable
+from .rows import Row, judge
+
+
+@dataclass
+class Target:
+    """What is audited: a card and the implementation measured against it."""
+
+    card: VariantCard
+    variant: type[Variant]
+    label: str  # "variants.lora" or the user's "module:Class"
+
+
+@dataclass
+class Plan:
+    targets: list[Target]
+    models: list[str]
+    dtypes: list[str]
+    checks: list[str]
+    seed: int = 0
+    device: str = "cpu"
+    model_factories: dict[str, Callable] = field(default_factory=dict)  # --model-path entries
+
+
+class Progress:
+    """One line per (variant, model, dtype) on stderr; a live counter when stderr is a terminal."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def step(self, label: str, rows: list[Row]) -> None:
+        self.done += 1
+        bad = sum(r.status in ("fail", "error", "xpass") for r in rows)
+        line = (f"[{self.done}/{self.total}] {label}: {len(rows)} rows, {bad} failing "
+                f"({time.perf_counter() - self.t0:.1f}s)")
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
+    for name in check_names:
+        cell.check = name
+        before = len(cell.rows)
+        try:
+            checks_pkg.load(name).run(cell)
+            if len(cell.rows) == before:
+                cell.row("-", None, None, status="error", message="check produced no measurement")
+        except NotApplicable as e:
+            del cell.rows[before:]
+            cell.row("-", None, None, status="n/a", message=str(e))
+        except Exception as e:  # noqa: BLE001 - one crashing check must not stop the audit
+            del cell.rows[before:]
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            cell.row("-", None, None, status="error",
+                     message=f"{type(e).__name__}: {str(e)[:300]} (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})")
+    return cell.rows
+
+
+def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], ran_models: list[str],
+                     ran_dtypes: list[str]) -> list[Row]:
+    """Turn declared deviations into xfail/xpass/re-judged rows; unmatched deviations are errors."""
+    used: set[str] = set()
+    for r in rows:
+        if r.status in ("error", "n/a"):
+            continue
+        for dev in card.deviations:
+            if not dev.matches(r.check, r.metric, r.model, r.dtype):
+                continue
+            used.add(dev.id)
+            r.deviation = dev.id
+            if dev.kind == "tolerance":
+                r.tolerance = dev.tolerance
+                r.status = judge(r.value, r.op, dev.tolerance)
+            elif r.status == "fail":
+                r.status = "xfail"
+            else:
+                r.status = "xpass"
+                r.message = (f"declared deviation {dev.id!r} is no longer observed: update the card. "
+                             + r.message)
+            break
+    for dev in card.deviations:
+        relevant = (dev.check in ran_checks
+                    and (dev.models is None or set(dev.models) & set(ran_models))
+                    and (dev.dtypes is None or set(dev.dtypes) & set(ran_dtypes)))
+        if relevant and dev.id not in used:
+            rows.append(Row(card.name, dev.check, "-", "-", f"deviation[{dev.id}]", None, None, "error",
+                            deviation=dev.id, message="declared deviation matches no measurement row"))
+    return rows
+
+
+def run(plan: Plan, progress: bool = True) -> list[Row]:
+    rows: list[Row] = []
+    total = len(plan.targets) * len(plan.models) * len(plan.dtypes)
+    bar = Progress(total) if progress else None
+    bases: dict[tuple[str, str], dict] = {}
+    for tgt in plan.targets:
+        card_rows: list[Row] = []
+        for model_name in plan.models:
+            for dtype in plan.dtypes:
+                cell = Cell(tgt.card, tgt.variant, model_name, dtype, seed=plan.seed, device=plan.device,
+                            model_factory=plan.model_factories.get(model_name),
+                            _base_cache=bases.setdefault((model_name, dtype), {}))
+                if dtype not in tgt.card.dtypes:
+                    for name in plan.checks:
+                        cell.check = name
+                        cell.row("-", None, None, status="n/a", message=f"{dtype} is not supported by the card")
+                else:
+                    run_cell(cell, plan.checks)
+                card_rows += cell.rows
+                if bar:
+                    bar.step(f"{tgt.card.name} / {model_name} / {dtype}", cell.rows)
+        rows += apply_deviations(tgt.card, card_rows, plan.checks, plan.models, plan.dtypes)
+    return rows
+
+
+def default_targets(names: list[str] | None = None) -> list[Target]:
+    from .cards import CARDS, get
+    names = names or sorted(CARDS)
+    out = []
+    for n in names:
+        card = get(n)
+        if n not in variants.REGISTRY:
+            raise ValueError(f"card {n!r} has no variant in variants.REGISTRY; use --impl module:Class --card {n}")
+        out.append(Target(card, variants.REGISTRY[n], f"variants.{n}"))
+    return out
+
+
+__all__ = ["Plan", "Target", "run", "default_targets", "models"]

@@ -1,0 +1,98 @@
+"""AntiPaSTO paper formula, torch hook formulation (float64). W passed in is the mutated W_res."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import f64, linear
+
+EQUATION = "W′ = W_res + U_r diag(S_r+δ) R_bd Vh_r,  R_i = (I−X)⁻¹(I+X),  X = ½·a_lim·tanh(½(M−Mᵀ)/a_lim)"
+CITATION = (
+    "M. J. Clark, AntiPaSTO, arXiv:2601.07473 (section and eq. numbers unverified); the Cayley map, tanh "
+    "saturation and U/V/none rotate_basis follow the torch formulation in VARIANTS.md §9"
+)
+
+
+def skew_blocks(T: torch.Tensor, block_size: int) -> torch.Tensor:
+    """A_i = ½(M_i − M_iᵀ), M_i strictly upper triangular filled from T[i] in triu_indices(bs, bs, 1) order."""
+    T = f64(T)
+    bs = int(block_size)
+    iu = torch.triu_indices(bs, bs, 1)
+    if T.shape[-1] != iu.shape[1]:
+        raise ValueError(f"T has {T.shape[-1]} entries per block, expected bs(bs−1)/2 = {iu.shape[1]}")
+    # fill via a constant 0/1 scatter matrix (no index assignment into tensors that carry grad)
+    E = torch.zeros(bs * bs, iu.shape[1], dtype=T.dtype, device=T.device)
+    E[iu[0] * bs + iu[1], torch.arange(iu.shape[1])] = 1.0
+    M = (T @ E.T).reshape(T.shape[0], bs, bs)
+    return 0.5 * (M - M.transpose(1, 2))
+
+
+def rotation_blocks(T: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """R_i (n_blocks, bs, bs) = solve(I − X, I + X), X = A/2, A ← a_lim·tanh(A/a_lim), a_lim = 2·tan(θ_max/2).
+
+    A ``max_rotation_angle`` of None or inf disables the saturation.
+    """
+    A = skew_blocks(T, cfg["block_size"])
+    theta_max = cfg.get("max_rotation_angle")
+    if theta_max is not None and math.isfinite(float(theta_max)):
+        a_lim = 2.0 * math.tan(float(theta_max) / 2.0)
+        A = a_lim * torch.tanh(A / a_lim)
+    X = A / 2.0
+    eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device).expand_as(X)
+    return torch.linalg.solve(eye - X, eye + X)
+
+
+def rotation_blockdiag(T: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """R_bd = blockdiag(R_1, …, R_n) of size (r, r), blocks along the r dimension."""
+    return torch.block_diag(*rotation_blocks(T, cfg).unbind(0))
+
+
+def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
+    """W_eff for the torch formulation (arXiv:2601.07473; VARIANTS.md §9), b_eff = b.
+
+    rotate_basis "V" (default, input side): W_res + U diag(S+δ) R_bd Vh   (Vh_eff = R_bd Vh)
+    rotate_basis "U" (output side):        W_res + U R_bdᵀ diag(S+δ) Vh   (U_eff = U R_bdᵀ)
+    rotate_basis "none":                   W_res + U diag(S+δ) Vh
+    state: U (d_out, r), S (r), Vh (r, d_in), delta (r), T (n_blocks, bs(bs−1)/2).
+    Convention: this is the torch chirality (R); antipasto3 uses Rᵀ (see references/antipasto3.py).
+    """
+    U, Vh = f64(state["U"]), f64(state["Vh"])
+    s = f64(state["S"]).reshape(-1) + f64(state["delta"]).reshape(-1)
+    basis = cfg.get("rotate_basis", "V")
+    if basis == "none":
+        core = torch.diag(s)
+    else:
+        R = rotation_blockdiag(state["T"], cfg)
+        if R.shape[0] != s.shape[0]:
+            raise ValueError(f"T gives rotations of size {R.shape[0]}, expected r = {s.shape[0]}")
+        if basis == "V":
+            core = s.unsqueeze(1) * R
+        elif basis == "U":
+            core = R.T * s.unsqueeze(0)
+        else:
+            raise ValueError(f"rotate_basis must be 'V', 'U' or 'none', got {basis!r}")
+    return f64(W) + U @ core @ Vh, f64(b)
+
+
+def forward(x, W, b, state, cfg):
+    """y = x W_effᵀ + b_eff in float64."""
+    return linear(x, *merged(W, b, state, cfg))
+
+
+def rotation_orthogonality_error(T: torch.Tensor, cfg: dict) -> float:
+    """max |R_iᵀR_i − I| over blocks (the Cayley map of a skew matrix is orthogonal)."""
+    R = rotation_blocks(T, cfg)
+    eye = torch.eye(R.shape[-1], dtype=R.dtype)
+    return float((R.transpose(1, 2) @ R - eye).abs().max())
+
+
+def max_rotation_angle(T: torch.Tensor, cfg: dict) -> float:
+    """Largest eigen-angle |atan2(Im λ, Re λ)| (radians) over the eigenvalues λ of every block R_i.
+
+    The tanh saturation bounds this by cfg["max_rotation_angle"] exactly only for block_size 2;
+    for bs ≥ 3 the elementwise tanh does not bound the spectrum, so report the measured value.
+    """
+    lam = torch.linalg.eigvals(rotation_blocks(T, cfg).detach())
+    return float(torch.atan2(lam.imag, lam.real).abs().max())

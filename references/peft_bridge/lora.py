@@ -1,0 +1,139 @@
+"""LoRA-family mappings onto peft's LoraConfig / peft.tuners.lora.layer.Linear: lora (incl. rsLoRA), pissa,
+dora, eva. All four share lora_A (r, d_in) and lora_B (d_out, r), same layout as the canonical A, B.
+
+peft forward (eval, dropout 0): base(x) + lora_B(lora_A(x)) * scaling, scaling = lora_alpha / r
+(use_rslora: lora_alpha / sqrt(r)); DoRA: base(x) + (m/n - 1)*(x W^T) + (m/n)*scaling*lora_B(lora_A(x)),
+n = ||W + scaling*B A||_row detached (peft.tuners.lora.dora.DoraLinearLayer.forward).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ._core import (BASE_LAYOUT, BridgeUnsupported, ConfigField, TensorMap, VariantMapping,
+                    exact_pattern_key, exact_target_regex)
+
+_LAYER = "peft.tuners.lora.layer.Linear"
+_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
+
+_A = TensorMap("A", "lora_A.default.weight", "identity", note="nn.Linear(d_in, r, bias=False).weight: (r, d_in)")
+_B = TensorMap("B", "lora_B.default.weight", "identity",
+               note="nn.Linear(r, d_out, bias=lora_bias).weight: (d_out, r); lora_bias=False so no bias")
+
+_COMMON = (
+    ConfigField("r", "r"),
+    ConfigField("alpha", "lora_alpha"),
+    ConfigField(None, "lora_dropout", "fixed 0.0 (dropout makes outputs random; the audit compares in eval)"),
+    ConfigField(None, "target_modules", "regex (?:name1|name2|...) of the escaped full dotted names; peft fullmatches "
+                                        "a string, so exactly these layers are wrapped"),
+    ConfigField(None, "bias", "fixed 'none' (base biases stay frozen)"),
+    ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D (weight stored (d_in, d_out))"),
+)
+
+
+def _lora_config(cfg: Mapping[str, Any], names, infos, **extra):
+    from peft import LoraConfig
+
+    conv1d = any(i.conv1d for i in infos.values())
+    kw = dict(r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 8.0)),
+              use_rslora=bool(cfg.get("use_rslora", False)), lora_dropout=0.0, bias="none",
+              fan_in_fan_out=conv1d, init_lora_weights=True, target_modules=exact_target_regex(names))
+    kw.update(extra)
+    return LoraConfig(**kw)
+
+
+def _make_lora(cfg, names, states, infos):
+    return _lora_config(cfg, names, infos), names
+
+
+def _make_dora(cfg, names, states, infos):
+    return _lora_config(cfg, names, infos, use_dora=True), names
+
+
+def _make_eva(cfg, names, states, infos):
+    """Per-layer ranks r_l = rows of A; alpha_l chosen so peft's scaling equals alpha / r (config r) on every layer,
+    which is what peft's own EVA does with adjust_scaling_factors=True (alpha_l = alpha*r_l/r; with rsLoRA
+    alpha*sqrt(r_l)/r, whose rsLoRA scaling alpha_l/sqrt(r_l) is again alpha/r)."""
+    r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
+    rslora = bool(cfg.get("use_rslora", False))
+    s = alpha / r
+    ranks = {n: int(states[n]["A"].shape[0]) for n in names}
+    wrapped = [n for n in names if ranks[n] > 0]
+    if not wrapped:
+        raise BridgeUnsupported("every EVA layer has rank 0: peft would adapt nothing")
+    rank_pattern = {exact_pattern_key(n): ranks[n] for n in wrapped}
+    alpha_pattern = {exact_pattern_key(n): s * (ranks[n] ** 0.5 if rslora else ranks[n]) for n in wrapped}
+    return _lora_config(cfg, wrapped, infos, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern), wrapped
+
+
+LORA = VariantMapping(
+    variant="lora",
+    peft_config_class="peft.LoraConfig",
+    peft_layer_class=_LAYER,
+    tensors=(_A, _B),
+    config=_COMMON + (ConfigField("use_rslora", "use_rslora"),
+                      ConfigField(None, "init_lora_weights", "True (kaiming A, B = 0); overwritten by the state")),
+    init="peft's default init (init_lora_weights=True) runs and is then overwritten by the given A, B",
+    notes=("scaling['default'] = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora",),
+    layer_types=_TYPES,
+    make_config=_make_lora,
+)
+
+PISSA = VariantMapping(
+    variant="pissa",
+    peft_config_class="peft.LoraConfig",
+    peft_layer_class=_LAYER,
+    tensors=(_A, _B,
+             TensorMap("weight", "base_layer.weight", BASE_LAYOUT, kind="base weight", optional=True,
+                       note="W_res; when omitted the given base model's layer weight is taken to be W_res already")),
+    config=_COMMON + (ConfigField("use_rslora", "use_rslora", "copied (our PiSSA forbids it, so False)"),
+                      ConfigField(None, "init_lora_weights",
+                                  "True, NOT 'pissa': peft's 'pissa' init would run its own SVD, overwrite "
+                                  "base_layer.weight with its W_res and pick its own SVD signs; the bridge instead "
+                                  "copies the given A, B and W_res")),
+    init="init_lora_weights=True (cheap kaiming/zero init), then A, B and W_res are overwritten: no SVD runs in peft",
+    notes=("merged weight W_res + scaling*B A, same forward as LoRA; disabling the adapter gives W_res, not W",
+           "peft's own PiSSA init divides S_r by scaling before the square root (s*B A = U_r S_r V_r^T)",
+           "W_res is cast to the base dtype on copy (bf16 base: rounded)"),
+    layer_types=_TYPES,
+    make_config=_make_lora,
+)
+
+DORA = VariantMapping(
+    variant="dora",
+    peft_config_class="peft.LoraConfig",
+    peft_layer_class=_LAYER,
+    tensors=(_A, _B,
+             TensorMap("m", "lora_magnitude_vector.default.weight", "identity",
+                       note="DoraLinearLayer.weight, (d_out,); saved as '<layer>.lora_magnitude_vector'")),
+    config=_COMMON + (ConfigField("use_rslora", "use_rslora"),
+                      ConfigField(None, "use_dora", "fixed True"),
+                      ConfigField(None, "init_lora_weights", "True; A, B and m are overwritten by the state")),
+    init="peft's init computes m = ||W||_row with B = 0; the given A, B, m overwrite it",
+    notes=("forward: base(x) + (m/n - 1)(x W^T) + (m/n) s (x A^T) B^T with n = ||W + s B A||_row detached: "
+           "the bias is not scaled; the detached n changes gradients only, not outputs",
+           "ENABLE_DORA_CACHING is False by default, so overwriting A, B after construction is safe"),
+    layer_types=_TYPES,
+    make_config=_make_dora,
+)
+
+EVA = VariantMapping(
+    variant="eva",
+    peft_config_class="peft.LoraConfig",
+    peft_layer_class=_LAYER,
+    tensors=(TensorMap("A", "lora_A.default.weight", "identity", note="(r_l, d_in): per-layer rank"),
+             TensorMap("B", "lora_B.default.weight", "identity", note="(d_out, r_l)")),
+    config=_COMMON + (
+        ConfigField("use_rslora", "use_rslora", "copied if present (absent: False)"),
+        ConfigField(None, "rank_pattern", "{'^'+re.escape(name): r_l} for every layer, r_l = rows of the state's A"),
+        ConfigField("alpha", "alpha_pattern", "{'^'+re.escape(name): alpha*r_l/r} (rsLoRA: alpha*sqrt(r_l)/r) so that "
+                                              "scaling = alpha/r on every layer, as peft's adjust_scaling_factors=True"),
+        ConfigField("rho", "eva_config.rho", "not mapped: rank redistribution already happened in the given state"),
+        ConfigField(None, "init_lora_weights", "True, NOT 'eva': the data-driven init (initialize_lora_eva_weights, "
+                                               "IncrementalPCA) is not re-run; the given A (PCA rows), B overwrite")),
+    init="init_lora_weights=True; the given A, B (per-layer ranks) overwrite it. A layer whose state has r_l = 0 is "
+         "not targeted, as peft's EVA removes such a LoRA; peft_state returns A (0, d_in), B (d_out, 0) for it",
+    notes=("peft's EVA mean-centres its inputs and uses seeded svd_lowrank; that only matters for the init, which "
+           "the bridge takes from the given state",),
+    layer_types=_TYPES,
+    make_config=_make_eva,
+)

@@ -1,0 +1,93 @@
+"""Shared fixtures for the variants test-suite: per-case configs valid on the tiny zoo and an attach helper.
+
+The tiny decoders (qwen3/qwen2/llama) have d_in in {64, 96} and d_out in {32, 64, 96}; the toy MLP has
+48/80. r=4 fits every layer; RoAd needs group_size=8 (an even divisor of every d_out).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import variants  # noqa: E402
+from audit import models  # noqa: E402
+
+# Tiny models: intra-op threads only add spin-wait overhead (and thrash when the cores are shared).
+torch.set_num_threads(1)
+
+# case name -> (variant name, config kwargs, calibrate?)
+_CASES: dict[str, tuple[str, dict, bool]] = {
+    "lora": ("lora", dict(r=4, alpha=8.0), False),
+    "lora+rslora": ("lora", dict(r=4, alpha=8.0, use_rslora=True), False),
+    "pissa": ("pissa", dict(r=4, alpha=4.0), False),
+    "dora": ("dora", dict(r=4, alpha=8.0), False),
+    "ia3": ("ia3", dict(), False),
+    "ia3_ff": ("ia3_ff", dict(), False),
+    "hra": ("hra", dict(r=4), False),
+    "delora": ("delora", dict(r=4), False),
+    "delora_peft": ("delora", dict(r=4, init_style="peft"), False),
+    "eva": ("eva", dict(r=4, alpha=8.0), True),
+    "eva_rho2": ("eva", dict(r=4, alpha=8.0, rho=2.0), True),
+    "road": ("road", dict(group_size=8), False),
+    "road_2": ("road", dict(group_size=8, road_variant="road_2"), False),
+    "road_4": ("road", dict(group_size=8, road_variant="road_4"), False),
+    "antipasto": ("antipasto", dict(r=4), False),
+    "antipasto_U": ("antipasto", dict(r=4, rotate_basis="U"), False),
+    "antipasto_calib": ("antipasto", dict(r=4), True),  # exercises the calibration-driven selection
+}
+
+VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}
+CASE_NAMES = list(_CASES)
+ARCHS = ("qwen3", "qwen2")
+
+
+def variant_of(case: str) -> str:
+    return _CASES[case][0]
+
+
+def config_of(case: str, **over) -> variants.AdapterConfig:
+    name, kw, _ = _CASES[case]
+    return variants.config(name, **{**kw, **over})
+
+
+def calibration_batches(model, n: int = 3) -> list[torch.Tensor]:
+    """A few batches of token ids, each from a different seed (none equal to the eval inputs' seed 0)."""
+    return [models.example_inputs(model, seed=100 + i) for i in range(n)]
+
+
+def attach(model, case: str, **over):
+    """Attach ``case`` to ``model`` (passing calibration data where the case wants it); returns model."""
+    cfg = config_of(case, **over)
+    data = calibration_batches(model) if _CASES[case][2] else None
+    return variants.attach(model, cfg, calibration_data=data)
+
+
+_PRISTINE: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+
+
+def fresh(arch: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A fresh copy of the zoo model ``arch`` (seed 0); built once per session, then deep-copied."""
+    key = (arch, dtype)
+    if key not in _PRISTINE:
+        _PRISTINE[key] = models.build(arch, seed=0, dtype=dtype)
+    return copy.deepcopy(_PRISTINE[key])
+
+
+@pytest.fixture(scope="session", name="VARIANT_CONFIGS")
+def variant_configs_fixture() -> dict[str, dict]:
+    return {k: dict(v) for k, v in VARIANT_CONFIGS.items()}
+
+
+@pytest.fixture(scope="session", name="attach")
+def attach_fixture():
+    return attach
+
+
+@pytest.fixture(scope="session", name="fresh")
+def fresh_fixture():
+    return fresh
