@@ -73,6 +73,12 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Mo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ZOO[name].build()
+        # transformers zero-initialises Linear biases, which would hide bias bugs (IA3 must scale b,
+        # RoAd must rotate it, DoRA must leave it alone): give them seeded non-zero values.
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.Linear) and m.bias is not None and not m.bias.any():
+                    m.bias.uniform_(-0.1, 0.1)
     return model.to(dtype).eval()
 
 

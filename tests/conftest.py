@@ -67,14 +67,21 @@ def attach(model, case: str, **over):
     return variants.attach(model, cfg, calibration_data=data)
 
 
+def build(arch: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """``models.build(arch, seed=0)``: deterministic, with non-zero biases (the zoo redraws the zeros
+    transformers puts there, so bias bugs are visible). The test below guards that property."""
+    return models.build(arch, seed=0, dtype=dtype)
+
+
+
 _PRISTINE: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
 
 
 def fresh(arch: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A fresh copy of the zoo model ``arch`` (seed 0); built once per session, then deep-copied."""
+    """A fresh copy of ``build(arch)``; built once per session, then deep-copied."""
     key = (arch, dtype)
     if key not in _PRISTINE:
-        _PRISTINE[key] = models.build(arch, seed=0, dtype=dtype)
+        _PRISTINE[key] = build(arch, dtype)
     return copy.deepcopy(_PRISTINE[key])
 
 

@@ -10,7 +10,7 @@ import torch
 
 import variants
 from audit import models
-from conftest import ARCHS, CASE_NAMES, attach, calibration_batches, config_of, fresh, variant_of
+from conftest import ARCHS, CASE_NAMES, attach, build, calibration_batches, config_of, fresh, variant_of
 
 LR = 1e-2
 IDENTITY_TOL = 1e-5
@@ -127,7 +127,7 @@ def test_only_adapter_tensors_get_grads(run):
 
 # -- (d) save / load ----------------------------------------------------------------------------------
 def test_save_load_into_fresh_model(run):
-    model = models.build(run.arch, seed=0)
+    model = build(run.arch)  # a new build from the same seed, not a copy
     variants.load(model, run.path)
     with torch.no_grad():
         y = models.logits(model, run.ids)
@@ -307,10 +307,54 @@ def test_eva_rho2_redistributes_ranks():
         assert torch.allclose(a @ a.t(), torch.eye(a.shape[0], dtype=torch.float64), atol=1e-5), n
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "BUG: an EVA layer given rank 0 by redistribution is dropped from the adapter, but load() into a "
-    "bare model re-selects it and allocates it at cfg.r (_runtime.attach: _ranks.get(name, cfg.r)), "
-    "so the checkpoint's keys do not match"))
+def _q0_output(case: str, fill) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Attach ``case`` to layer-0 q_proj of tiny qwen2 (biased), fill the adapter, return (layer, x, y)."""
+    model = variants.attach(fresh("qwen2"), config_of(case, target_roles=("q",), layers=(0,)))
+    layer = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        fill(layer)
+        x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(7))
+        return layer, x, layer(x)
+
+
+def _fill_b(layer):
+    layer.adapter_B.copy_(torch.randn(layer.adapter_B.shape, generator=torch.Generator().manual_seed(3)))
+
+
+def test_rslora_scale_is_alpha_over_sqrt_r():
+    layer, x, y_lora = _q0_output("lora", _fill_b)
+    _, _, y_rs = _q0_output("lora+rslora", _fill_b)
+    base = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    r = config_of("lora").r
+    assert torch.allclose(y_rs - base, (y_lora - base) * r ** 0.5, rtol=1e-5, atol=1e-6)
+    a, b = layer.adapter_A, layer.adapter_B
+    assert torch.allclose(y_lora - base, (8.0 / r) * (x @ a.t()) @ b.t(), rtol=1e-5, atol=1e-6)
+
+
+def test_dora_merged_weight_bias_not_scaled():
+    def fill(layer):
+        _fill_b(layer)
+        layer.adapter_m.mul_(1.5)
+    layer, x, y = _q0_output("dora", fill)
+    assert layer.bias is not None and layer.bias.abs().max() > 0
+    s = 8.0 / config_of("dora").r
+    v = layer.weight + s * layer.adapter_B @ layer.adapter_A
+    w_eff = (layer.adapter_m / v.norm(dim=1))[:, None] * v  # per output row
+    assert torch.allclose(y, x @ w_eff.t() + layer.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_ia3_scales_bias_too():
+    model = variants.attach(fresh("qwen2"), config_of("ia3", layers=(0,)))
+    layer = model.model.layers[0].self_attn.k_proj
+    assert layer.bias.abs().min() > 0
+    with torch.no_grad():
+        layer.adapter_l.copy_(torch.rand(layer.out_features, generator=torch.Generator().manual_seed(5)) + 0.5)
+        x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(6))
+        y = layer(x)
+    l = layer.adapter_l
+    assert torch.allclose(y, x @ (l[:, None] * layer.weight).t() + l * layer.bias, rtol=1e-5, atol=1e-6)
+
+
 def test_eva_rank_zero_layer_round_trip(tmp_path):
     model = fresh("mlp")
     cfg = variants.config("eva", r=1, rho=4.0)

@@ -18,6 +18,21 @@ from ._runtime import STATE_ATTR, adapter_tensors, attach, state_of
 FORMAT = "adapter-audit/1"
 
 
+def _safe(path):
+    """safe_open, with unreadable files (a pickle, a .pt, garbage) reported as ValueError."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"adapter checkpoint not found: {path}")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises its own SafetensorError (not a ValueError)
+        raise ValueError(f"{path}: not a safetensors file ({e}); adapter checkpoints are never unpickled") from None
+
+
+def _open(path, read):
+    with _safe(path) as f:
+        return read(f)
+
+
 def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     st = state_of(model)
     out: dict[str, torch.Tensor] = {}
@@ -37,7 +52,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "format": FORMAT,
         "variant": st.variant.name,
         "config": st.cfg.to_json(),
-        "ranks": json.dumps({n: m.adapter_rank for n, m in st.targets.items()}, sort_keys=True),
+        "ranks": json.dumps({**dict.fromkeys(st.dropped, 0), **{n: m.adapter_rank for n, m in st.targets.items()}},
+                            sort_keys=True),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,8 +70,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def read_config(path: str | os.PathLike, variant: type[Variant] | None = None) -> tuple[type[Variant], AdapterConfig, dict[str, int]]:
     """Variant class, config and per-layer ranks stored in a checkpoint's metadata."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = _open(path, lambda f: f.metadata() or {})
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an adapter-audit checkpoint (metadata format={meta.get('format')!r})")
     name = meta["variant"]
@@ -85,7 +100,7 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
     elif st.variant.name != variant.name:
         raise ValueError(f"model carries variant {st.variant.name!r}, checkpoint holds {variant.name!r}")
     expected = _checkpoint_tensors(model)
-    with safe_open(str(path), framework="pt") as f:
+    with _safe(path) as f:
         keys = set(f.keys())
         missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
         if missing or extra:

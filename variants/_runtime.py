@@ -23,6 +23,7 @@ class AdapterState:
     targets: dict[str, nn.Module]
     handles: list[Any] = field(default_factory=list)
     original_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # selected, then removed by group_init (EVA rank 0)
     requires_grad: dict[str, bool] = field(default_factory=dict)
 
 
@@ -105,6 +106,8 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
         variant = REGISTRY[cfg.variant]
     v = variant(cfg)
     targets = _validate(model, cfg, v, calibration_data, needs_data=_init)
+    if _ranks is not None:  # a checkpoint records rank 0 for layers a data-driven init dropped
+        targets = {n: m for n, m in targets.items() if _ranks.get(n, cfg.r) != 0}
 
     st = AdapterState(variant=v, cfg=cfg, targets=targets)
     setattr(model, STATE_ATTR, st)
@@ -121,7 +124,9 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
                 if _init:
                     v.init(mod, cfg, gen)
         if _init:
+            selected = list(targets)
             v.group_init(model, targets, cfg, calibration_data)
+            st.dropped = [n for n in selected if n not in targets]
         for mod in targets.values():
             st.handles.append(_register_hook(mod, v))
     except BaseException:

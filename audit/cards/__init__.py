@@ -99,6 +99,7 @@ class VariantCard:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     peft_config: dict[str, Any] | None = None    # overrides for the peft comparison, with reason
     peft_config_reason: str = ""
+    peft_extra: Callable[[Any], None] | None = None  # extra rows auditing peft itself (gets the cell)
     needs_calibration: bool = False
     bad_inputs: tuple[BadInput, ...] = ()
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # check -> dtype -> tol

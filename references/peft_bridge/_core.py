@@ -164,17 +164,7 @@ def layer_info(model: nn.Module, name: str) -> LayerInfo:
         mod = model.get_submodule(name)
     except AttributeError:
         raise KeyError(f"target module {name!r} not found in the model") from None
-    if isinstance(mod, nn.Linear):
-        d_out, d_in = mod.weight.shape
-        conv1d = False
-    elif _is_conv1d(mod):
-        d_in, d_out = mod.weight.shape
-        conv1d = True
-    else:
-        raise BridgeUnsupported(
-            f"{name}: {type(mod).__name__} is neither torch.nn.Linear nor transformers Conv1D; the peft bridge "
-            "only maps dense linear layers")
-    return LayerInfo(name, d_in, d_out, conv1d, mod.weight.dtype, getattr(mod, "bias", None) is not None)
+    return layer_info_from_module(name, mod)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,7 +335,9 @@ def layer_info_from_module(name: str, mod: nn.Module) -> LayerInfo:
         d_in, d_out = mod.weight.shape
         conv1d = True
     else:
-        raise BridgeUnsupported(f"{name}: unsupported base layer {type(mod).__name__}")
+        raise BridgeUnsupported(
+            f"{name}: {type(mod).__name__} is neither torch.nn.Linear nor transformers Conv1D; the peft bridge "
+            "only maps dense linear layers")
     return LayerInfo(name, d_in, d_out, conv1d, mod.weight.dtype, getattr(mod, "bias", None) is not None)
 
 

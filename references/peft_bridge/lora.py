@@ -50,9 +50,11 @@ def _make_dora(cfg, names, states, infos):
 
 
 def _make_eva(cfg, names, states, infos):
-    """Per-layer ranks r_l = rows of A; alpha_l chosen so peft's scaling equals alpha / r (config r) on every layer,
-    which is what peft's own EVA does with adjust_scaling_factors=True (alpha_l = alpha*r_l/r; with rsLoRA
-    alpha*sqrt(r_l)/r, whose rsLoRA scaling alpha_l/sqrt(r_l) is again alpha/r)."""
+    """Per-layer ranks r_l = rows of A; alpha_l chosen so peft's scaling equals the canonical alpha / r (config r)
+    on every layer. Without rsLoRA this is exactly peft's own EVA with adjust_scaling_factors=True (the default):
+    alpha_l = alpha*r_l/r (peft.tuners.lora.eva._load_eva_state_dict). With rsLoRA peft's EVA still sets
+    alpha_l = alpha*r_l/r, so its scaling becomes alpha*sqrt(r_l)/r; the bridge instead sets
+    alpha_l = (alpha/r)*sqrt(r_l) to keep the canonical alpha/r (our EVA refuses use_rslora anyway)."""
     r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
     rslora = bool(cfg.get("use_rslora", False))
     s = alpha / r
@@ -125,8 +127,10 @@ EVA = VariantMapping(
     config=_COMMON + (
         ConfigField("use_rslora", "use_rslora", "copied if present (absent: False)"),
         ConfigField(None, "rank_pattern", "{'^'+re.escape(name): r_l} for every layer, r_l = rows of the state's A"),
-        ConfigField("alpha", "alpha_pattern", "{'^'+re.escape(name): alpha*r_l/r} (rsLoRA: alpha*sqrt(r_l)/r) so that "
-                                              "scaling = alpha/r on every layer, as peft's adjust_scaling_factors=True"),
+        ConfigField("alpha", "alpha_pattern", "{'^'+re.escape(name): alpha*r_l/r} so that scaling = alpha/r on every "
+                                              "layer, as peft's EVA with adjust_scaling_factors=True (rsLoRA: "
+                                              "alpha*sqrt(r_l)/r keeps alpha/r; peft's EVA would give "
+                                              "alpha*sqrt(r_l)/r scaling there)"),
         ConfigField("rho", "eva_config.rho", "not mapped: rank redistribution already happened in the given state"),
         ConfigField(None, "init_lora_weights", "True, NOT 'eva': the data-driven init (initialize_lora_eva_weights, "
                                                "IncrementalPCA) is not re-run; the given A (PCA rows), B overwrite")),

@@ -1,0 +1,71 @@
+"""timing: forward and forward+backward medians of base, ours and peft, side by side in one process.
+
+Measured on the cell's model with a larger batch, interleaving the three models each round so
+machine noise hits them alike. Reported, and gated only loosely (ours/peft fwd+bwd ≤ the card's
+bound, default 10×: a gross regression on a shared, noisy machine, not a benchmark; `nox -s bench` is the benchmark).
+Peak memory is reported on CUDA only (torch.cuda.max_memory_allocated).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+import variants
+from references import peft_bridge as bridge
+
+from .. import models
+from ..cell import Cell
+from ..state import perturb
+
+ROUNDS, BATCH, SEQ = 7, 4, 32
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(cell: Cell) -> None:
+    ids = models.example_inputs(cell.fresh_model(), batch=BATCH, seq=SEQ, seed=cell.seed + 5).to(cell.device)
+    base = cell.fresh_model()
+    ours = cell.adapted(**(cell.card.peft_config or {}))
+    perturb(ours, cell.seed, cell.card.perturb)
+    contenders = {"base": base, "ours": ours}
+    if "peft" in cell.card.references and cell.card.name in bridge.PEFT_VARIANTS:
+        cfg = cell.cfg(**(cell.card.peft_config or {})).to_dict()
+        st = variants.state_of(ours)
+        states = {n: {**{k: v.detach() for k, v in variants.adapter_tensors(m).items()},
+                      **({"weight": m.weight.detach()} if cell.variant.mutates_base_weight else {})}
+                  for n, m in st.targets.items()}
+        contenders["peft"] = bridge.build_peft_model(cell.fresh_model(), cell.card.name, cfg, list(st.targets), states)
+    # the frozen base gets a trainable input embedding so its backward runs through every layer
+    base.get_input_embeddings().weight.requires_grad_(True) if hasattr(base, "get_input_embeddings") \
+        else base.embed.weight.requires_grad_(True)
+
+    def fwd(m):
+        with torch.no_grad():
+            models.logits(m, ids)
+
+    def fwd_bwd(m):
+        models.logits(m, ids).float().square().mean().backward()
+
+    times = {k: {"fwd": [], "fwd_bwd": []} for k in contenders}
+    for _ in range(ROUNDS):
+        for name, m in contenders.items():
+            times[name]["fwd"].append(_time(lambda: fwd(m)))
+            times[name]["fwd_bwd"].append(_time(lambda: fwd_bwd(m)))
+    med = {k: {kind: statistics.median(v[1:]) for kind, v in d.items()} for k, d in times.items()}
+    for name in contenders:
+        for kind in ("fwd", "fwd_bwd"):
+            cell.row(f"{kind}_median_ms[{name}]", med[name][kind] * 1e3, None, status="pass",
+                     message=f"median of {ROUNDS - 1} rounds (first dropped), batch {BATCH}×{SEQ}")
+    bound = cell.tol("timing", {"*": 10.0})
+    for kind in ("fwd", "fwd_bwd"):
+        cell.row(f"{kind}_ratio_vs_base", med["ours"][kind] / med["base"][kind], None, status="pass",
+                 message="ours / base model (reported, not gated)")
+        if "peft" in contenders:
+            cell.row(f"{kind}_ratio_vs_peft", med["ours"][kind] / med["peft"][kind], bound, reference="peft",
+                     message=f"ours / peft; gated loosely at {bound}× (a gross regression)")
