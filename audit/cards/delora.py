@@ -42,11 +42,24 @@ CARD = VariantCard(
     trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out) + 1,
     invariants=(Invariant("norm_bound_excess", "‖ΔW diag(1/w)‖_F ≤ 2|λ| (each normalised term ≤ |λ|)",
                           _bound, {"*": 1e-6}),),
+    # A, B moved well away from their frozen copies: λ's gradient is the difference of the two
+    # terms, so a tiny perturbation would measure cancellation round-off, not the implementation
+    perturb={"A": 0.1, "B": 0.1, "lam": 1.0},
     peft_config={"init_style": "peft"},
     peft_config_reason="peft has no frozen-copy term: the peft comparison runs DeLoRA with peft's init (B = 0, no C/D)",
     peft_extra=_peft_default_init,
     bad_inputs=(BadInput({"r": 100}, ValueError, r"r=100 exceeds"), BadInput({"init_style": "kaiming"}, ValueError, "init_style")),
     deviations=(
+        Deviation("delora-lam-grad-conditioning-fp32", "paper_parity", "grad_rel_err[lam]", "paper", "tolerance",
+                  "λ is one scalar: its gradient Σ t·(ΔW x)/λ reduces every output of the layer, and with the paper "
+                  "init ΔW is the difference of two nearly equal terms, so the reduction cancels heavily and fp32 "
+                  "round-off is amplified (measured up to 2.9e-5); A and B keep the 2e-6 bound",
+                  "numerical conditioning of a scalar reduction; measured in this audit", tolerance=5e-5,
+                  dtypes=("float32",)),
+        Deviation("delora-lam-grad-conditioning-bf16", "paper_parity", "grad_rel_err[lam]", "paper", "tolerance",
+                  "as the fp32 case, with bf16 layer outputs (u = 2⁻⁸) entering the cancelling reduction "
+                  "(measured up to 5.2e-2)", "numerical conditioning of a scalar reduction; measured in this audit",
+                  tolerance=0.1, dtypes=("bfloat16",)),
         Deviation("peft-delora-no-frozen-copy", "peft_parity", "peft_init_B_norm_min", "peft", "xfail",
                   "peft initialises B = 0 with no frozen copy; the paper starts from random A, B and subtracts "
                   "their frozen copy, so A and B both learn from step 0 (peft: A and λ get zero gradient)",
