@@ -105,5 +105,3 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     num = (a - b).norm()
     return float(num / den) if den > 0 else float(num)
 
-
-U_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}

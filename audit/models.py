@@ -29,6 +29,10 @@ class ToyMLP(nn.Module):
                                     for _ in range(n_layers))
         self.head = nn.Linear(d, vocab)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """As on HF models, so the harness treats every zoo model alike."""
+        return self.embed
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(input_ids)
         for blk in self.layers:
@@ -84,7 +88,7 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Mo
 
 def example_inputs(model: nn.Module, batch: int = 2, seq: int = SEQ, seed: int = 0) -> torch.Tensor:
     """Deterministic token ids for a model's vocabulary."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or model.embed.num_embeddings
+    vocab = model.get_input_embeddings().num_embeddings
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 

@@ -11,7 +11,6 @@ import variants
 from variants import Variant
 
 from . import checks as checks_pkg
-from . import models
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge
@@ -145,5 +144,3 @@ def default_targets(names: list[str] | None = None) -> list[Target]:
         out.append(Target(card, variants.REGISTRY[n], f"variants.{n}"))
     return out
 
-
-__all__ = ["Plan", "Target", "run", "default_targets", "models"]

@@ -32,8 +32,19 @@ def perturb(model: nn.Module, seed: int, stds: dict[str, float] | None = None, r
                 t.add_((torch.randn(t.shape, generator=g, dtype=torch.float64) * sigma).to(t.device, t.dtype))
 
 
-def capture(model: nn.Module, names: list[str], run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Run ``run()``; return {name: (input, output)} of the named modules (their last call).
+def snapshot(model: nn.Module, with_weight: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """Detached copies {module name: {tensor name: tensor}}; ``with_weight`` adds the live base
+    weight as "weight" (W_res of the variants that mutate it)."""
+    out = {}
+    for name, tensors in layer_states(model).items():
+        out[name] = {k: v.detach().clone() for k, v in tensors.items()}
+        if with_weight:
+            out[name]["weight"] = variants.state_of(model).targets[name].weight.detach().clone()
+    return out
+
+
+def capture(model: nn.Module, names: list[str], run) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], object]:
+    """Run ``run()``; return ({name: (input, output)} of the named modules (their last call), run's result).
 
     The input is taken before any adapter pre-hook (prepended pre-hook) and the output after every
     adapter forward hook, so (input, output) is what the adapted layer maps.
@@ -48,8 +59,8 @@ def capture(model: nn.Module, names: list[str], run) -> dict[str, tuple[torch.Te
         handles.append(mods[n].register_forward_hook(
             lambda m, args, out, _n=n: outputs.__setitem__(_n, out.detach())))
     try:
-        run()
+        result = run()
     finally:
         for h in handles:
             h.remove()
-    return {n: (inputs[n], outputs[n]) for n in names if n in inputs}
+    return {n: (inputs[n], outputs[n]) for n in names if n in inputs}, result

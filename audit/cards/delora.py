@@ -24,7 +24,8 @@ def _peft_default_init(cell) -> None:
     torch.manual_seed(cell.seed)
     pm = get_peft_model(cell.fresh_model(), DeloraConfig(r=cell.card.config["r"], delora_lambda=int(cell.card.config["lambda0"]),
                                                          target_modules=exact_target_regex(names)))
-    smallest = min(float(peft_layer(pm, n).delora_B["default"].norm()) for n in names)
+    with torch.no_grad():
+        smallest = min(float(peft_layer(pm, n).delora_B["default"].norm()) for n in names)
     cell.row("peft_init_B_norm_min", smallest, 0.0, op=">", reference="peft",
              message="paper init: B random (non-zero) with a frozen copy subtracted; peft's default init")
 

@@ -14,7 +14,7 @@ import torch
 
 import variants
 
-from ..cell import Cell, NotApplicable
+from ..cell import Cell
 
 LR = 1e-2
 

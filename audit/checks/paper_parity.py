@@ -19,6 +19,7 @@ from ..state import capture, perturb
 
 TOL_OUT = {"float32": 2e-6, "bfloat16": 2 * 2.0 ** -8}
 TOL_GRAD = {"float32": 2e-6, "bfloat16": 2 * 2.0 ** -8}
+TOL_OUT_LOGITS = {"float32": 2e-6, "bfloat16": 4 * 2.0 ** -8}
 
 
 def reference_state(mod) -> dict[str, torch.Tensor]:
@@ -73,27 +74,32 @@ def merged_model(model, ref, cfg: dict):
     return clone
 
 
-def run(cell: Cell) -> None:
-    ref = paper.get(cell.card.name)
+def worst_layer_rows(cell: Cell, ref, reference: str, note: str = ""):
+    """Perturb a fresh adapter, run ``layer_parity`` against ``ref`` on every adapted layer, and
+    append one row per metric for the worst layer. Returns (model, cfg) for further checks."""
     model = cell.adapted()
     perturb(model, cell.seed, cell.card.perturb)
     cfg = cell.cfg().to_dict()
     targets = variants.state_of(model).targets
     with torch.no_grad():
-        seen = capture(model, list(targets), lambda: cell.logits(model))
+        seen, _ = capture(model, list(targets), lambda: cell.logits(model))
     worst: dict[str, tuple[float, str]] = {}
     for name, mod in targets.items():
         for metric, err in layer_parity(cell, ref, cfg, name, mod, seen[name][0]).items():
             if err >= worst.get(metric, (-1.0, ""))[0]:
                 worst[metric] = (err, name)
     for metric, (err, name) in worst.items():
-        tol = cell.tol("paper_parity.grad" if "grad" in metric else "paper_parity", TOL_GRAD if "grad" in metric else TOL_OUT)
-        cell.row(metric, err, tol, reference="paper", message=f"worst layer {name}")
+        grad = "grad" in metric
+        tol = cell.tol(f"{cell.check}.grad" if grad else cell.check, TOL_GRAD if grad else TOL_OUT)
+        cell.row(metric, err, tol, reference=reference, message=f"{note}worst layer {name}")
+    return model, cfg
+
+
+def run(cell: Cell) -> None:
+    ref = paper.get(cell.card.name)
+    model, cfg = worst_layer_rows(cell, ref, "paper")
     merged = merged_model(model, ref, cfg)
     with torch.no_grad():
         err = rel_err(cell.logits(model), cell.logits(merged))
     cell.row("logits_rel_err_vs_merged", err, cell.tol("paper_parity.logits", TOL_OUT_LOGITS), reference="paper",
              message="hooked model vs the model with the paper's merged weights")
-
-
-TOL_OUT_LOGITS = {"float32": 2e-6, "bfloat16": 4 * 2.0 ** -8}

@@ -18,8 +18,8 @@ from references import antipasto3, paper
 from references import peft_bridge as bridge
 
 from ..cell import Cell, NotApplicable, rel_err
-from ..state import capture, perturb
-from .paper_parity import TOL_GRAD, TOL_OUT, layer_parity
+from ..state import capture, perturb, snapshot
+from .paper_parity import TOL_GRAD, TOL_OUT, worst_layer_rows
 
 STEPS, LR = 3, 1e-3
 TOL_LOGITS = {"float32": 2e-6, "bfloat16": 4 * 2.0 ** -8}
@@ -56,65 +56,49 @@ def _peft_grads(peft_model, variant: str, names: list[str]) -> dict[str, dict[st
             p.data = d
 
 
-def _max_rel(ours: dict, theirs: dict, keys=None) -> dict[str, float]:
+def _max_rel(ours: dict, theirs: dict) -> dict[str, float]:
+    """{tensor name: worst rel err over layers} of two {layer: {tensor: tensor}} dicts."""
     out: dict[str, float] = {}
     for n, tensors in ours.items():
         for k, t in tensors.items():
-            if keys is not None and k not in keys:
-                continue
             out[k] = max(out.get(k, 0.0), rel_err(t, theirs[n][k]))
     return out
 
 
-def _states(model, with_weight: bool) -> dict[str, dict[str, torch.Tensor]]:
-    st = variants.state_of(model)
-    out = {}
-    for n, m in st.targets.items():
-        s = {k: v.detach().clone() for k, v in variants.adapter_tensors(m).items()}
-        if with_weight:
-            s["weight"] = m.weight.detach().clone()
-        out[n] = s
-    return out
+def has_peft(card) -> bool:
+    return "peft" in card.references and card.name in bridge.PEFT_VARIANTS
 
 
-def _antipasto3(cell: Cell) -> None:
-    model = cell.adapted()
-    perturb(model, cell.seed, cell.card.perturb)
-    cfg = cell.cfg().to_dict()
-    targets = variants.state_of(model).targets
-    with torch.no_grad():
-        seen = capture(model, list(targets), lambda: cell.logits(model))
+def peft_twin(cell: Cell, model, cfg: dict):
+    """The peft model holding the same adapter state as ``model``, on a fresh copy of the base."""
+    names = list(variants.state_of(model).targets)
+    return bridge.build_peft_model(cell.fresh_model(), cell.card.name, cfg, names,
+                                   snapshot(model, cell.variant.mutates_base_weight))
 
-    class Port:  # the port exposed with the paper-reference interface used by layer_parity
-        @staticmethod
-        def forward(x, w, b, state, cfg_):
-            params, hp = antipasto3.from_torch_state(state, cfg_, W_res=w)
-            y = x @ antipasto3.to_torch_weight(params, hp).t()
-            return y if b is None else y + b
 
-    worst: dict[str, tuple[float, str]] = {}
-    for name, mod in targets.items():
-        for metric, err in layer_parity(cell, Port, cfg, name, mod, seen[name][0]).items():
-            if err >= worst.get(metric, (-1.0, ""))[0]:
-                worst[metric] = (err, name)
-    for metric, (err, name) in worst.items():
-        tol = (TOL_GRAD if "grad" in metric else TOL_OUT)[cell.dtype_name]
-        cell.row(metric, err, tol, reference="antipasto3", message=f"vs the antipasto3 port; worst layer {name}")
+class _Antipasto3Port:
+    """The antipasto3 port behind the paper-reference interface that layer_parity calls."""
+
+    @staticmethod
+    def forward(x, w, b, state, cfg):
+        params, hp = antipasto3.from_torch_state(state, cfg, W_res=w)
+        y = x @ antipasto3.to_torch_weight(params, hp).t()
+        return y if b is None else y + b
 
 
 def run(cell: Cell) -> None:
     card = cell.card
     if "antipasto3" in card.references:
-        return _antipasto3(cell)
-    if "peft" not in card.references or card.name not in bridge.PEFT_VARIANTS:
+        worst_layer_rows(cell, _Antipasto3Port, "antipasto3", "vs the antipasto3 port; ")
+        return
+    if not has_peft(card):
         raise NotApplicable("no external reference for this card")
     over = card.peft_config or {}
     model = cell.adapted(**over)
     perturb(model, cell.seed, card.perturb)
     cfg = cell.cfg(**over).to_dict()
     names = list(variants.state_of(model).targets)
-    peft_model = bridge.build_peft_model(cell.fresh_model(), card.name, cfg, names,
-                                         _states(model, cell.variant.mutates_base_weight))
+    peft_model = peft_twin(cell, model, cfg)
     note = f"peft run with {over}: {card.peft_config_reason}" if over else "same state copied into peft"
     with torch.no_grad():
         y_ours, y_peft = cell.logits(model), cell.logits(peft_model)
@@ -140,8 +124,7 @@ def run(cell: Cell) -> None:
             _loss(cell, m).backward()
         with torch.no_grad():
             traj_logits = max(traj_logits, rel_err(cell.logits(model), cell.logits(peft_model)))
-        ours_s = {n: {k: v for k, v in s.items() if k != "weight"} for n, s in _states(model, False).items()}
-        traj_state = max([traj_state, *_max_rel(ours_s, bridge.peft_state(peft_model, card.name, names)).values()])
+        traj_state = max([traj_state, *_max_rel(snapshot(model), bridge.peft_state(peft_model, card.name, names)).values()])
     tol = TOL_TRAJ[cell.dtype_name]
     cell.row("trajectory_logits_rel_err", traj_logits, tol, reference="peft",
              message=f"max over {STEPS} Adam steps (lr {LR}) run side by side")
@@ -158,7 +141,7 @@ def _peft_vs_paper(cell: Cell, peft_model, names: list[str], cfg: dict) -> None:
     states = bridge.peft_state(peft_model, cell.card.name, names)
     layers = {n: bridge.peft_layer(peft_model, n) for n in names}
     with torch.no_grad():
-        seen = capture(peft_model, [f"base_model.model.{n}" for n in names], lambda: cell.logits(peft_model))
+        seen, _ = capture(peft_model, [f"base_model.model.{n}" for n in names], lambda: cell.logits(peft_model))
     undetached = "detach_norm" in inspect.signature(ref.forward).parameters
     out_err, grad_err = 0.0, {}
     g = torch.Generator().manual_seed(cell.seed + 13)

@@ -38,19 +38,15 @@ def run(cell: Cell) -> None:
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         if model_type is None:
             return
+        # only IA3 makes a paper placement claim among the peft methods: audit peft's IA3 defaults,
+        # split into its output-scaled targets (ia3) and its feed-forward ones (ia3_ff)
         from peft.utils import constants
-        table = getattr(constants, card.config_peft_defaults_table, None) if hasattr(card, "config_peft_defaults_table") else None
-        table = table or constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
-        defaults = table.get(model_type)
+        defaults = constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
         if defaults is None:
             return
-        peft_set = {n for n, _ in base.named_modules() if n.rsplit(".", 1)[-1] in defaults}
-        if card.name == "ia3_ff":
-            ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
-            peft_set = {n for n in peft_set if n.rsplit(".", 1)[-1] in ff}
-        else:
-            ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
-            peft_set = {n for n in peft_set if n.rsplit(".", 1)[-1] not in ff}
+        ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
+        wanted = {leaf for leaf in defaults if (leaf in ff) == (card.name == "ia3_ff")}
+        peft_set = {n for n, _ in base.named_modules() if n.rsplit(".", 1)[-1] in wanted}
         diff = sorted(peft_set ^ expected)
         cell.row("peft_default_targets_mismatch", len(diff), 0.0, reference="peft",
                  message=f"peft's default targets for {model_type} vs the paper placement; differ on {diff[:4]}")

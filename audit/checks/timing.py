@@ -12,12 +12,10 @@ import time
 
 import torch
 
-import variants
-from references import peft_bridge as bridge
-
 from .. import models
 from ..cell import Cell
 from ..state import perturb
+from .peft_parity import has_peft, peft_twin
 
 ROUNDS, BATCH, SEQ = 7, 4, 32
 
@@ -29,21 +27,16 @@ def _time(fn) -> float:
 
 
 def run(cell: Cell) -> None:
-    ids = models.example_inputs(cell.fresh_model(), batch=BATCH, seq=SEQ, seed=cell.seed + 5).to(cell.device)
     base = cell.fresh_model()
-    ours = cell.adapted(**(cell.card.peft_config or {}))
+    ids = models.example_inputs(base, batch=BATCH, seq=SEQ, seed=cell.seed + 5).to(cell.device)
+    over = cell.card.peft_config or {}
+    ours = cell.adapted(**over)
     perturb(ours, cell.seed, cell.card.perturb)
     contenders = {"base": base, "ours": ours}
-    if "peft" in cell.card.references and cell.card.name in bridge.PEFT_VARIANTS:
-        cfg = cell.cfg(**(cell.card.peft_config or {})).to_dict()
-        st = variants.state_of(ours)
-        states = {n: {**{k: v.detach() for k, v in variants.adapter_tensors(m).items()},
-                      **({"weight": m.weight.detach()} if cell.variant.mutates_base_weight else {})}
-                  for n, m in st.targets.items()}
-        contenders["peft"] = bridge.build_peft_model(cell.fresh_model(), cell.card.name, cfg, list(st.targets), states)
+    if has_peft(cell.card):
+        contenders["peft"] = peft_twin(cell, ours, cell.cfg(**over).to_dict())
     # the frozen base gets a trainable input embedding so its backward runs through every layer
-    base.get_input_embeddings().weight.requires_grad_(True) if hasattr(base, "get_input_embeddings") \
-        else base.embed.weight.requires_grad_(True)
+    base.get_input_embeddings().weight.requires_grad_(True)
 
     def fwd(m):
         with torch.no_grad():
