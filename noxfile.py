@@ -1,4 +1,4 @@
-"""Entry points: nox -s tests | audit | gate | baseline | bench. Options after `--` pass through."""
+"""Entry points: nox -s tests | audit | gate | baseline. Options after `--` pass through."""
 from __future__ import annotations
 
 import nox
@@ -31,3 +31,24 @@ def audit(session: nox.Session) -> None:
     if "--out" not in args:
         args = ["--out", "reports", *args]
     session.run("python", "-m", "audit", "run", *args)
+    out = args[args.index("--out") + 1]
+    session.run("python", "-m", "audit", "mutants", "--out", out)
+
+
+@nox.session(python=PYTHON)
+def gate(session: nox.Session) -> None:
+    """Run the default audit into a temporary folder and gate it against reports/baseline.json."""
+    _install(session)
+    out = session.create_tmp()
+    session.run("python", "-m", "audit", "run", "--out", out, "--quiet", *session.posargs)
+    session.run("python", "-m", "audit", "gate", "--baseline", "reports/baseline.json",
+                "--results", f"{out}/results.json")
+
+
+@nox.session(python=PYTHON)
+def baseline(session: nox.Session) -> None:
+    """Rewrite reports/ and reports/baseline.json on purpose (review the diff before committing)."""
+    _install(session)
+    session.run("python", "-m", "audit", "run", "--out", "reports", "--quiet")
+    session.run("python", "-m", "audit", "baseline", "--results", "reports/results.json",
+                "--out", "reports/baseline.json")

@@ -41,6 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "from an importable module or a .py file path; needs --card")
     r.add_argument("--card", default=None, help="the card the --impl implementation is audited against")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Cell-by-cell regression gate: a status that gets worse, a verdict that "
+                                   "drops, a missing cell or an error metric growing beyond --factor x its "
+                                   "baseline fails. Timing is reported only; new cells are listed.")
+    g.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"), help="the committed baseline")
+    g.add_argument("--results", type=Path, required=True, help="results.json of a fresh run")
+    g.add_argument("--factor", type=float, default=None, help="allowed growth of an error metric (default 4)")
+
+    b = sub.add_parser("baseline", help="write a baseline from a results.json (on purpose: it moves the gate)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--results", type=Path, default=Path("reports/results.json"), help="results.json to freeze")
+    b.add_argument("--out", type=Path, default=Path("reports/baseline.json"), help="baseline file to write")
+
+    m = sub.add_parser("mutants", help="audit the mutant corpus and add the kill table to DIR/SUMMARY.md",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m.add_argument("--out", type=Path, required=True, help="folder with results.json; mutants.json is written there")
+    m.add_argument("--corpus", type=Path, default=None, help="folder of mutant files (default tests/mutants)")
+    m.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
@@ -122,8 +142,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    from . import gate
+    ok, text = gate.gate(args.baseline, args.results, args.factor or gate.FACTOR)
+    print(text)
+    return 0 if ok else 1
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from . import gate
+    print(f"wrote {gate.write_baseline(args.results, args.out)}")
+    return 0
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from . import mutants, report, results
+    from .rows import Row
+    doc = mutants.run_corpus(args.corpus or mutants.CORPUS, progress=not args.quiet)
+    mutants.write(args.out, doc)
+    if (args.out / "results.json").exists():
+        res = results.read(args.out / "results.json")
+        report.render_summary(args.out, res["meta"], [Row(**r) for r in res["rows"]], res["verdicts"])
+    print(f"kill rate {doc['killed']}/{doc['total']}; wrote {args.out}/mutants.json")
+    return 0 if doc["killed"] == doc["total"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return cmd_run(args)
-    return 2
+    return {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants": cmd_mutants}[args.command](args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import statistics
 from collections import defaultdict
@@ -76,21 +77,36 @@ def timing_summary(rows: list[Row]) -> dict[str, str]:
     return {"fwd_bwd_ratio_vs_peft": fmt(statistics.median(vals)) if vals else "-"}
 
 
-def render(out: Path, meta: dict, rows: list[Row], verdicts: dict, targets) -> None:
-    env = _env()
+def _summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:
     by_variant: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         by_variant[r.variant].append(r)
     summary = []
-    for tgt in targets:
-        name = tgt.card.name
+    for name in verdicts:
         rs = by_variant.get(name, [])
-        per_check = {c: worst([r for r in rs if r.check == c]) for c in SUMMARY_CHECKS}
         pp = [r for r in rs if r.check == "paper_parity" and r.status != "n/a"]
         match = ("yes" if pp and all(r.status == "pass" for r in pp) else
                  "partial" if pp and all(r.status in ("pass", "xfail") for r in pp) else "no" if pp else "-")
-        summary.append({"name": name, "impl": tgt.label, "match": match, "checks": per_check,
-                        "timing": timing_summary(rs), **verdicts.get(name, {"verdict": "-", "confidence": "-"})})
+        summary.append({"name": name, "impl": meta.get("implementations", {}).get(name, name), "match": match,
+                        "checks": {c: worst([r for r in rs if r.check == c]) for c in SUMMARY_CHECKS},
+                        "timing": timing_summary(rs), **verdicts[name]})
+    return summary
+
+
+def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict) -> None:
+    """SUMMARY.md from the rows; the mutant table comes from DIR/mutants.json when it exists."""
+    mutants_path = out / "mutants.json"
+    mutants = json.loads(mutants_path.read_text()) if mutants_path.exists() else None
+    atomic_write(out / "SUMMARY.md", _env().get_template("summary.md.j2").render(
+        meta=meta, summary=_summary_rows(meta, rows, verdicts), checks=SUMMARY_CHECKS, mutants=mutants))
+
+
+def render(out: Path, meta: dict, rows: list[Row], verdicts: dict, targets) -> None:
+    """Every <variant>.md, then SUMMARY.md."""
+    env = _env()
+    for tgt in targets:
+        name = tgt.card.name
+        rs = [r for r in rows if r.variant == name]
         groups = []
         for c in CHECK_ORDER:
             crs = [r for r in rs if r.check == c]
@@ -100,5 +116,4 @@ def render(out: Path, meta: dict, rows: list[Row], verdicts: dict, targets) -> N
             card=tgt.card, impl=tgt.label, meta=meta, verdict=verdicts.get(name), groups=groups,
             excerpts=source_excerpts(tgt.variant), timing=[r for r in rs if r.check == "timing"])
         atomic_write(out / f"{name}.md", doc)
-    atomic_write(out / "SUMMARY.md", env.get_template("summary.md.j2").render(
-        meta=meta, summary=summary, checks=SUMMARY_CHECKS, mutants=None))
+    render_summary(out, meta, rows, verdicts)

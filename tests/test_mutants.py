@@ -1,0 +1,50 @@
+"""Proof that the audit catches bugs: every mutant is flagged by its intended check.
+
+A mutant that survives is a gap in the harness: strengthen the check, never weaken the mutant.
+"""
+from __future__ import annotations
+
+import pytest
+
+from audit import mutants
+
+CORPUS = mutants.load_corpus()
+BUG_CLASSES = (
+    "no gradient at init (gate starts at zero)",
+    "scale of zero kills every gradient",
+    "identity broken at init",
+    "wrong scaling (alpha vs alpha/r)",
+    "wrong scaling (rsLoRA)",
+    "norm on the wrong axis of a non-square weight",
+    "adapter placed on the wrong projections",
+    "reflections applied in reverse order",
+    "gradient leaking into a base weight",
+    "a buffer missing from the checkpoint",
+    "bf16 residual built from already-rounded factors",
+    "bias handled wrongly (not scaled where it must be)",
+    "a term kept in the graph that the reference detaches",
+    "a rotation of the wrong chirality",
+    "ROAD's output pairing wrong",
+)
+
+
+def test_corpus_covers_every_bug_class():
+    assert len(CORPUS) >= 14
+    assert sorted({m.bug_class for m in CORPUS}) == sorted(BUG_CLASSES)
+    assert len({m.name for m in CORPUS}) == len(CORPUS)
+
+
+@pytest.mark.parametrize("mutant", CORPUS, ids=[m.name for m in CORPUS])
+def test_mutant_is_killed_by_its_intended_check(mutant):
+    res = mutants.audit_mutant(mutant)
+    missed = [c for c in mutant.intended if c not in res["flagged_by"]]
+    assert not missed, f"{mutant.name}: intended check(s) {missed} did not flag it; flagged by {res['flagged_by']}"
+    assert res["verdict"] == "non-conformant", res
+    assert res["killed"]
+
+
+def test_a_correct_implementation_is_not_killed():
+    """The kill criterion is not trivially true: the real lora passes through the same path."""
+    from variants.lora import Lora
+    res = mutants.audit_mutant(mutants.Mutant("control", "lora", "none", "unmodified LoRA", ("paper_parity",), Lora))
+    assert res["flagged_by"] == [] and res["verdict"] == "conformant" and not res["killed"]
