@@ -1,4 +1,4 @@
-"""Entry points: nox -s tests | audit | gate | baseline. Options after `--` pass through."""
+"""Entry points: nox -s tests | audit | gate | baseline | bench. Options after `--` pass through."""
 from __future__ import annotations
 
 import nox
@@ -52,3 +52,17 @@ def baseline(session: nox.Session) -> None:
     session.run("python", "-m", "audit", "run", "--out", "reports", "--quiet")
     session.run("python", "-m", "audit", "baseline", "--results", "reports/results.json",
                 "--out", "reports/baseline.json")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark: base, ours and peft, fwd and fwd+bwd; saves JSON and prints ours/peft ratios.
+
+    Size via BENCH_HIDDEN, BENCH_LAYERS, BENCH_SEQ, BENCH_BATCH, BENCH_DTYPE (see benchmarks/bench_setup.py).
+    """
+    _install(session)
+    out = ".benchmarks/bench.json"
+    session.run("python", "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
+                "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
+                f"--benchmark-json={out}", *session.posargs, env={"PYTHONPATH": "benchmarks"})
+    session.run("python", "benchmarks/table.py", out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audit your own implementation of the variant protocol (a variants.Variant subclass) "
                         "from an importable module or a .py file path; needs --card")
     r.add_argument("--card", default=None, help="the card the --impl implementation is audited against")
+    r.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes auditing variants in parallel (1 = serial; --impl and --model-path run serially)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
@@ -127,12 +130,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = runner.Plan(targets, model_names, args.dtypes, args.checks, seed=args.seed, device=args.device,
                        model_factories=factories)
     t0 = time.perf_counter()
-    rows = runner.run(plan, progress=not args.quiet)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    runner.single_threaded()
+    rows = runner.run(plan, progress=not args.quiet, jobs=args.jobs)
     verdicts = verdict.verdicts(rows)
     meta = results.provenance(args.seed, args.device, sys.argv)
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": model_names,
                  "dtypes": args.dtypes, "checks": args.checks,
-                 "implementations": {t.card.name: t.label for t in targets}})
+                 "implementations": {t.card.name: t.label for t in targets},
+                 "jobs": args.jobs if runner.parallel_ok(plan) else 1})
     results.write(args.out, meta, rows, verdicts)
     report.render(args.out, meta, rows, verdicts, targets)
     for name, v in verdicts.items():

@@ -108,29 +108,75 @@ def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], 
     return rows
 
 
-def run(plan: Plan, progress: bool = True) -> list[Row]:
-    rows: list[Row] = []
+def _run_target(tgt: Target, plan: Plan, bases: dict, bar: Progress | None) -> list[Row]:
+    """Every model × dtype × check of one audited implementation, deviations applied."""
+    card_rows: list[Row] = []
+    for model_name in plan.models:
+        for dtype in plan.dtypes:
+            cell = Cell(tgt.card, tgt.variant, model_name, dtype, seed=plan.seed, device=plan.device,
+                        model_factory=plan.model_factories.get(model_name),
+                        _base_cache=bases.setdefault((model_name, dtype), {}))
+            if dtype not in tgt.card.dtypes:
+                for name in plan.checks:
+                    cell.check = name
+                    cell.row("-", None, None, status="n/a", message=f"{dtype} is not supported by the card")
+            else:
+                run_cell(cell, plan.checks)
+            card_rows += cell.rows
+            if bar:
+                bar.step(f"{tgt.card.name} / {model_name} / {dtype}", cell.rows)
+    return apply_deviations(tgt.card, card_rows, plan.checks, plan.models, plan.dtypes)
+
+
+def single_threaded() -> None:
+    """One torch thread per process, serial or parallel alike, so both give bit-identical rows;
+    the zoo's tiny models are overhead-bound, so parallelism pays across variants, not inside ops."""
+    import torch
+    torch.set_num_threads(1)
+
+
+def _worker(card_name: str, plan: Plan) -> list[Row]:
+    """Audit one registry variant in a worker process (plan.targets is empty here)."""
+    return _run_target(default_targets([card_name])[0], plan, {}, None)
+
+
+def parallel_ok(plan: Plan) -> bool:
+    """Workers re-import targets by name: only registry variants, no --model-path factories."""
+    return (not plan.model_factories
+            and all(t.variant is variants.REGISTRY.get(t.card.name) for t in plan.targets))
+
+
+def run(plan: Plan, progress: bool = True, jobs: int = 1) -> list[Row]:
+    """All rows of the plan, in target order. ``jobs`` > 1 audits targets in that many processes
+    (same rows: every cell is seeded on its own), when ``parallel_ok``; otherwise serially."""
+    if jobs > 1 and len(plan.targets) > 1 and parallel_ok(plan):
+        return _run_parallel(plan, progress, jobs)
     total = len(plan.targets) * len(plan.models) * len(plan.dtypes)
     bar = Progress(total) if progress else None
     bases: dict[tuple[str, str], dict] = {}
+    rows: list[Row] = []
     for tgt in plan.targets:
-        card_rows: list[Row] = []
-        for model_name in plan.models:
-            for dtype in plan.dtypes:
-                cell = Cell(tgt.card, tgt.variant, model_name, dtype, seed=plan.seed, device=plan.device,
-                            model_factory=plan.model_factories.get(model_name),
-                            _base_cache=bases.setdefault((model_name, dtype), {}))
-                if dtype not in tgt.card.dtypes:
-                    for name in plan.checks:
-                        cell.check = name
-                        cell.row("-", None, None, status="n/a", message=f"{dtype} is not supported by the card")
-                else:
-                    run_cell(cell, plan.checks)
-                card_rows += cell.rows
-                if bar:
-                    bar.step(f"{tgt.card.name} / {model_name} / {dtype}", cell.rows)
-        rows += apply_deviations(tgt.card, card_rows, plan.checks, plan.models, plan.dtypes)
+        rows += _run_target(tgt, plan, bases, bar)
     return rows
+
+
+def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from dataclasses import replace
+
+    bar = Progress(len(plan.targets)) if progress else None
+    bare = replace(plan, targets=[])
+    results: dict[str, list[Row]] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=single_threaded) as pool:
+        futures = {pool.submit(_worker, t.card.name, bare): t.card.name for t in plan.targets}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            results[name] = fut.result()
+            if bar:
+                bar.step(f"{name} (all models and dtypes)", results[name])
+    return [r for t in plan.targets for r in results[t.card.name]]
 
 
 def default_targets(names: list[str] | None = None) -> list[Target]:

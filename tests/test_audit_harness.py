@@ -103,3 +103,17 @@ def test_help_explains_every_option():
                          cwd=REPO, check=True).stdout
     for opt in ("--out", "--variants", "--models", "--dtypes", "--checks", "--device", "--model-path", "--impl", "--card"):
         assert opt in out
+
+
+def test_parallel_and_serial_runs_give_the_same_rows(tmp_path):
+    args = ["--variants", "lora,hra,road", "--models", "mlp", "--dtypes", "float32", "--quiet",
+            "--checks", "identity_at_init,grad_flow,paper_parity,save_load"]
+    serial = run_audit(tmp_path / "s", *args, "--jobs", "1")
+    parallel = run_audit(tmp_path / "p", *args, "--jobs", "2")
+    assert parallel["meta"]["jobs"] == 2 and serial["meta"]["jobs"] == 1
+    assert serial["rows"] == parallel["rows"] and len(serial["rows"]) > 30
+
+
+def test_bad_jobs_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="--jobs must be >= 1"):
+        cli.main(["run", "--out", str(tmp_path), "--jobs", "0"])

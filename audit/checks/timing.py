@@ -17,7 +17,7 @@ from ..cell import Cell
 from ..state import perturb
 from .peft_parity import has_peft, peft_twin
 
-ROUNDS, BATCH, SEQ = 7, 4, 32
+ROUNDS, BATCH, SEQ = 5, 4, 32
 
 
 def _time(fn) -> float:
