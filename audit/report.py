@@ -72,9 +72,16 @@ def _env() -> jinja2.Environment:
     return env
 
 
+TIMING_RATIOS = ("fwd_ratio_vs_peft", "fwd_bwd_ratio_vs_peft", "fwd_ratio_vs_base", "fwd_bwd_ratio_vs_base")
+
+
 def timing_summary(rows: list[Row]) -> dict[str, str]:
-    vals = [r.value for r in rows if r.check == "timing" and r.metric == "fwd_bwd_ratio_vs_peft" and r.value is not None]
-    return {"fwd_bwd_ratio_vs_peft": fmt(statistics.median(vals)) if vals else "-"}
+    """Median over the audited cells of each timing ratio, and of each median time (ms)."""
+    out = {}
+    for metric in TIMING_RATIOS + tuple(f"{k}_median_ms[{w}]" for k in ("fwd", "fwd_bwd") for w in ("base", "ours", "peft")):
+        vals = [r.value for r in rows if r.check == "timing" and r.metric == metric and r.value is not None]
+        out[metric] = fmt(statistics.median(vals)) if vals else "-"
+    return out
 
 
 def _summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:

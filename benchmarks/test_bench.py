@@ -1,22 +1,29 @@
-"""pytest-benchmark: forward and forward+backward of base, each variant (ours) and its peft twin.
+"""pytest-benchmark: forward and forward+backward of the base model, each variant (ours) and its peft twin.
 
-Run with `nox -s bench`; it saves JSON and prints the ours-vs-peft table (benchmarks/table.py).
+Ours and peft are measured side by side: pytest-benchmark times ours, and before each of its
+rounds the setup hook times peft once, so the two alternate round by round and machine noise hits
+both alike. peft's median and the ratio go to each benchmark's extra_info; `nox -s bench` prints
+the table (benchmarks/table.py).
 """
 from __future__ import annotations
+
+import statistics
+import time
 
 import pytest
 
 import variants
-from references import peft_bridge as bridge
 from bench_setup import bench_model, contenders, fwd, fwd_bwd, inputs
 
-ROUNDS = 5
+ROUNDS = 9
+MODES = {"fwd": fwd, "fwd_bwd": fwd_bwd}
 
 
 @pytest.fixture(scope="module")
 def base():
     model = bench_model()
-    model.get_input_embeddings().weight.requires_grad_(True)  # so the base's backward runs through every layer
+    model.requires_grad_(False)  # frozen, as under an adapter; only the input embedding gets a gradient,
+    model.get_input_embeddings().weight.requires_grad_(True)  # so the backward still runs through every layer
     return model
 
 
@@ -25,26 +32,33 @@ def ids(base):
     return inputs(base)
 
 
-def _bench(benchmark, fn, model, ids, group):
-    benchmark.group = group
-    fn(model, ids)  # warm-up
-    benchmark.pedantic(fn, args=(model, ids), rounds=ROUNDS, iterations=1)
-
-
-@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_base(benchmark, base, ids, mode):
-    _bench(benchmark, {"fwd": fwd, "fwd_bwd": fwd_bwd}[mode], base, ids, f"base-{mode}")
+    benchmark.group = mode
+    benchmark.extra_info.update(name="base", mode=mode)
+    MODES[mode](base, ids)
+    benchmark.pedantic(MODES[mode], args=(base, ids), rounds=ROUNDS, iterations=1)
 
 
-CASES = [(n, who) for n in sorted(variants.REGISTRY) for who in ("ours", "peft")
-         if who == "ours" or n in bridge.PEFT_VARIANTS]
-_BUILT: dict[str, dict] = {}
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("name", sorted(variants.REGISTRY))
+def test_variant(benchmark, base, ids, name, mode):
+    fn, models = MODES[mode], contenders(name, base)
+    ours, peft = models["ours"], models.get("peft")
+    peft_times: list[float] = []
 
+    def time_peft():
+        if peft is not None:
+            t0 = time.perf_counter()
+            fn(peft, ids)
+            peft_times.append(time.perf_counter() - t0)
 
-@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
-@pytest.mark.parametrize("name,who", CASES, ids=[f"{n}-{w}" for n, w in CASES])
-def test_variant(benchmark, base, ids, name, who, mode):
-    if name not in _BUILT:
-        _BUILT.clear()  # keep one variant's models alive at a time
-        _BUILT[name] = contenders(name, base)
-    _bench(benchmark, {"fwd": fwd, "fwd_bwd": fwd_bwd}[mode], _BUILT[name][who], ids, f"{name}-{mode}")
+    fn(ours, ids)  # warm-up both
+    time_peft()
+    peft_times.clear()
+    benchmark.group = mode
+    benchmark.pedantic(fn, args=(ours, ids), setup=time_peft, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(name=name, mode=mode)
+    if peft_times:
+        peft_median = statistics.median(peft_times)
+        benchmark.extra_info.update(peft_median=peft_median, ratio_vs_peft=benchmark.stats.stats.median / peft_median)

@@ -22,6 +22,7 @@ import torch
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
 from ._tensor_init import kaiming_uniform_
+from .lora import add_lowrank
 
 NORM_CLAMP = 1e-4
 
@@ -71,10 +72,13 @@ class Delora(Variant):
     def forward(self, layer, x, y):
         a, b, lam, w = layer.adapter_A, layer.adapter_B, layer.adapter_lam, layer.adapter_w_norm
         r = layer.adapter_rank
-        xw = x.to(a.dtype) * w
-        h = (xw @ a.t()) * _coef(a, b, lam, r)
-        delta = h @ b.t()
+        xa = x.to(a.dtype)
+        # (x ⊙ w) Aᵀ = x (A diag(w))ᵀ: scale the (r, d_in) factor, not the (tokens, d_in) input
+        h = (xa @ (a * w).t()) * _coef(a, b, lam, r)
         if self.cfg.init_style == "paper":
+            # the two terms are formed separately and subtracted before touching y, so that they
+            # cancel bit for bit at init (C = A, D = B): exact identity
             c, d = layer.adapter_C, layer.adapter_D
-            delta = delta - ((xw @ c.t()) * _coef(c, d, lam, r)) @ d.t()
-        return y + delta.to(y.dtype)
+            frozen = ((xa @ (c * w).t()) * _coef(c, d, lam, r)) @ d.t()
+            return y + (h @ b.t() - frozen).to(y.dtype)
+        return add_lowrank(y, h, b)

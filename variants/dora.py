@@ -15,7 +15,7 @@ import torch
 
 from ._base import ParamSpec
 from ._tensor_init import kaiming_uniform_
-from .lora import Lora, LoraConfig
+from .lora import Lora, LoraConfig, add_lowrank
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Dora(Lora):
         with torch.no_grad():
             n = (layer.weight.to(a.dtype) + s * (b @ a)).norm(dim=1)
         mag = m / n
-        base = y if layer.bias is None else y - layer.bias
-        delta = (mag - 1) * base.to(a.dtype) + mag * (s * ((x.to(a.dtype) @ a.t()) @ b.t()))
-        return y + delta.to(y.dtype)
+        base = (y if layer.bias is None else y - layer.bias).to(a.dtype)
+        # y' = mag ⊙ (Wx + s·B(Ax)) + b, added to y as a delta so that it is exactly y at init
+        # (mag = 1, B = 0 give v = base bit for bit); the bias is not scaled
+        v = add_lowrank(base, (x.to(a.dtype) @ a.t()) * s, b)
+        return y + (v * mag - base).to(y.dtype)

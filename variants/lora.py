@@ -24,10 +24,17 @@ class LoraConfig(AdapterConfig):
     use_rslora: bool = False
 
 
+def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """y + h Bᵀ: one fused addmm when dtypes agree, else computed in B's dtype and added in y's."""
+    if y.dtype == b.dtype:
+        return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), b.t()).view(y.shape)
+    return y + (h @ b.t()).to(y.dtype)
+
+
 def lora_delta(layer, x: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
-    """y + s·(x Aᵀ)Bᵀ computed in the adapter dtype and added in y's dtype."""
+    """y + s·(x Aᵀ)Bᵀ in the adapter dtype; s is applied to the rank-r activations (cheapest place)."""
     a, b = layer.adapter_A, layer.adapter_B
-    return y + (s * ((x.to(a.dtype) @ a.t()) @ b.t())).to(y.dtype)
+    return add_lowrank(y, (x.to(a.dtype) @ a.t()) * s, b)
 
 
 class Lora(Variant):

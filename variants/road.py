@@ -68,4 +68,4 @@ class Road(Variant):
         h = y.to(theta.dtype)
         grouped = h.reshape(*h.shape[:-1], -1, 2, g // 2)
         swapped = torch.stack((-grouped[..., 1, :], grouped[..., 0, :]), dim=-2).reshape(h.shape)
-        return (h * c + swapped * s).to(y.dtype)
+        return torch.addcmul(h * c, swapped, s).to(y.dtype)

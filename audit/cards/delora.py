@@ -53,8 +53,14 @@ CARD = VariantCard(
     deviations=(
         Deviation("delora-lam-grad-conditioning-fp32", "paper_parity", "grad_rel_err[lam]", "paper", "tolerance",
                   "λ is one scalar: its gradient Σ t·(ΔW x)/λ reduces every output of the layer, and with the paper "
-                  "init ΔW is the difference of two nearly equal terms, so the reduction cancels heavily and fp32 "
-                  "round-off is amplified (measured up to 2.9e-5); A and B keep the 2e-6 bound",
+                  "init ΔW is the difference of two terms, so the reduction cancels heavily and fp32 round-off is "
+                  "amplified (measured up to 6.4e-5 since the hook forms x (A diag(w))ᵀ); A and B keep the 2e-6 "
+                  "bound", "numerical conditioning of a scalar reduction; measured in this audit", tolerance=2e-4,
+                  dtypes=("float32",)),
+        Deviation("delora-lam-grad-conditioning-peft-fp32", "peft_parity", "grad_rel_err[lam]", "peft", "tolerance",
+                  "the same scalar reduction against peft: ours forms x (A diag(w))ᵀ where peft forms (x ⊙ w) Aᵀ "
+                  "(equal in exact arithmetic, cheaper by one pass over the input), so λ's cancelling gradient "
+                  "differs by amplified round-off (measured up to 1.0e-5); A and B keep 2e-6",
                   "numerical conditioning of a scalar reduction; measured in this audit", tolerance=5e-5,
                   dtypes=("float32",)),
         Deviation("delora-lam-grad-conditioning-bf16", "paper_parity", "grad_rel_err[lam]", "paper", "tolerance",

@@ -3,7 +3,8 @@
 Measured on the cell's model with a larger batch, interleaving the three models each round so
 machine noise hits them alike. Reported, and gated only loosely (ours/peft fwd+bwd ≤ the card's
 bound, default 10×: a gross regression on a shared, noisy machine, not a benchmark; `nox -s bench` is the benchmark).
-Peak memory is reported on CUDA only (torch.cuda.max_memory_allocated).
+Peak memory is reported on CUDA only (torch.cuda.max_memory_allocated); torch does not track CPU
+allocations, so on CPU no memory number is printed rather than a guess.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ def run(cell: Cell) -> None:
     contenders = {"base": base, "ours": ours}
     if has_peft(cell.card):
         contenders["peft"] = peft_twin(cell, ours, cell.cfg(**over).to_dict())
-    # the frozen base gets a trainable input embedding so its backward runs through every layer
+    # the base is frozen as under an adapter, but its input embedding gets a gradient so that its
+    # backward still runs through every layer (otherwise there would be nothing to backpropagate)
+    base.requires_grad_(False)
     base.get_input_embeddings().weight.requires_grad_(True)
 
     def fwd(m):
@@ -62,3 +65,11 @@ def run(cell: Cell) -> None:
         if "peft" in contenders:
             cell.row(f"{kind}_ratio_vs_peft", med["ours"][kind] / med["peft"][kind], bound, reference="peft",
                      message=f"ours / peft; gated loosely at {bound}× (a gross regression)")
+    if cell.device == "cuda":  # peak memory is measurable on CUDA only
+        for name, m in contenders.items():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            fwd_bwd(m)
+            torch.cuda.synchronize()
+            cell.row(f"fwd_bwd_peak_mem_mb[{name}]", torch.cuda.max_memory_allocated() / 2**20, None,
+                     status="pass", message="torch.cuda.max_memory_allocated over one forward+backward")
