@@ -78,7 +78,8 @@ TIMING_RATIOS = ("fwd_ratio_vs_peft", "fwd_bwd_ratio_vs_peft", "fwd_ratio_vs_bas
 def timing_summary(rows: list[Row]) -> dict[str, str]:
     """Median over the audited cells of each timing ratio, and of each median time (ms)."""
     out = {}
-    for metric in TIMING_RATIOS + tuple(f"{k}_median_ms[{w}]" for k in ("fwd", "fwd_bwd") for w in ("base", "ours", "peft")):
+    for metric in TIMING_RATIOS + tuple(f"{k}[{w}]" for k in ("fwd_median_ms", "fwd_bwd_median_ms", "fwd_bwd_peak_mem_mb")
+                                        for w in ("base", "ours", "peft")):
         vals = [r.value for r in rows if r.check == "timing" and r.metric == metric and r.value is not None]
         out[metric] = fmt(statistics.median(vals)) if vals else "-"
     return out

@@ -1,9 +1,13 @@
 """The bench configuration and the contenders: base model, each of our variants, its peft twin.
 
-Default size is CPU-friendly (hidden 512, 4 layers, batch 4 × seq 128, float32); set
-BENCH_HIDDEN / BENCH_LAYERS / BENCH_SEQ / BENCH_BATCH / BENCH_DTYPE for the issue's larger
-configuration (e.g. hidden 1024, seq 256). Targets: every attention and MLP projection
-(IA3: the paper's k/v; ia3_ff: the down-projection input).
+Default size is CPU-friendly (hidden 512, 4 layers, batch 4 × seq 128, float32 on CPU); the
+environment sets the rest: BENCH_HIDDEN / BENCH_LAYERS / BENCH_SEQ / BENCH_BATCH (the issue's larger
+configuration is hidden 1024, seq 256), BENCH_DTYPE (bfloat16), BENCH_DEVICE (cuda), BENCH_ROUNDS.
+Targets: every attention and MLP projection (IA3: the paper's k/v; ia3_ff: the down-projection input).
+
+fwd+bwd is the same for every contender: a forward, then the backward of a scalar loss down to the
+input embedding, the one base tensor given a gradient (a frozen base has nothing else to
+backpropagate to, and the adapted models then run the same backward through every layer).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 import variants
 from audit import models
 from audit.cards import get
+from audit.measure import sync
 from audit.state import perturb, snapshot
 from references import peft_bridge as bridge
 
@@ -23,10 +28,18 @@ LAYERS = int(os.environ.get("BENCH_LAYERS", 4))
 SEQ = int(os.environ.get("BENCH_SEQ", 128))
 BATCH = int(os.environ.get("BENCH_BATCH", 4))
 DTYPE = getattr(torch, os.environ.get("BENCH_DTYPE", "float32"))
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 21))
 CONFIG = {"r": 8, "alpha": 16.0, "group_size": 64}
 
 
+def describe() -> str:
+    return (f"Qwen3 hidden {HIDDEN}, {LAYERS} layers, batch {BATCH} × seq {SEQ}, {str(DTYPE).removeprefix('torch.')} "
+            f"on {DEVICE}, r {CONFIG['r']}, {ROUNDS} rounds")
+
+
 def bench_model() -> torch.nn.Module:
+    """The frozen base, its input embedding given a gradient (see the module docstring)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
     cfg = Qwen3Config(vocab_size=1024, hidden_size=HIDDEN, intermediate_size=3 * HIDDEN, num_hidden_layers=LAYERS,
                       num_attention_heads=HIDDEN // 64, num_key_value_heads=max(1, HIDDEN // 128), head_dim=64,
@@ -34,7 +47,13 @@ def bench_model() -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Qwen3ForCausalLM(cfg)
-    return model.to(DTYPE).eval()
+    model = model.to(DEVICE, DTYPE).eval().requires_grad_(False)
+    return _embedding_grad(model)
+
+
+def _embedding_grad(model: torch.nn.Module) -> torch.nn.Module:
+    model.get_input_embeddings().weight.requires_grad_(True)
+    return model
 
 
 def variant_config(name: str) -> dict:
@@ -50,7 +69,7 @@ def contenders(name: str, base: torch.nn.Module) -> dict[str, torch.nn.Module]:
     ours = copy.deepcopy(base)
     cal = None
     if variants.REGISTRY[name].needs_calibration:
-        cal = [models.example_inputs(base, batch=2, seq=32, seed=s) for s in (1, 2)]
+        cal = [models.example_inputs(base, batch=2, seq=32, seed=s).to(DEVICE) for s in (1, 2)]
     variants.attach(ours, variants.config(name, **variant_config(name)), calibration_data=cal)
     perturb(ours, 0, get(name).perturb)
     out = {"ours": ours}
@@ -59,18 +78,20 @@ def contenders(name: str, base: torch.nn.Module) -> dict[str, torch.nn.Module]:
         names = list(variants.state_of(ours).targets)
         out["peft"] = bridge.build_peft_model(base, name, cfg, names,
                                               snapshot(ours, variants.REGISTRY[name].mutates_base_weight))
-    return out
+    return {k: _embedding_grad(m) for k, m in out.items()}
 
 
 def inputs(model: torch.nn.Module) -> torch.Tensor:
-    return models.example_inputs(model, batch=BATCH, seq=SEQ, seed=5)
+    return models.example_inputs(model, batch=BATCH, seq=SEQ, seed=5).to(DEVICE)
 
 
 def fwd(model, ids):
     with torch.no_grad():
-        return models.logits(model, ids)
+        models.logits(model, ids)
+    sync(DEVICE)
 
 
 def fwd_bwd(model, ids):
-    y = models.logits(model, ids)
-    y.float().square().mean().backward()
+    models.logits(model, ids).float().square().mean().backward()
+    model.zero_grad(set_to_none=True)  # as an optimizer step would, so every call allocates its gradients
+    sync(DEVICE)

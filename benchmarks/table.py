@@ -6,26 +6,46 @@ import sys
 from pathlib import Path
 
 
+def verdict(lo: float, hi: float) -> str:
+    """From the 95% interval of the median paired ratio ours/peft."""
+    return "faster" if hi < 1 else "slower" if lo > 1 else "parity (interval spans 1)"
+
+
 def table(path: Path) -> str:
     doc = json.loads(Path(path).read_text())
     rows: dict[str, dict[str, dict]] = {}
     for b in doc["benchmarks"]:
         info = b["extra_info"]
-        rows.setdefault(info["name"], {})[info["mode"]] = {"ours": b["stats"]["median"] * 1e3,
-                                                           "peft": info.get("peft_median", 0) * 1e3 or None}
-    base = rows.pop("base")
-    ms = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = [f"machine: {doc['machine_info'].get('cpu', {}).get('brand_raw', '?')}; medians in ms, "
-             f"ours and peft interleaved round by round",
-             f"base model: fwd {ms(base['fwd']['ours'])}, fwd+bwd {ms(base['fwd_bwd']['ours'])}", "",
-             "| variant | fwd ours | fwd peft | fwd ours/peft | fwd+bwd ours | fwd+bwd peft | fwd+bwd ours/peft | fwd+bwd ours/base |",
-             "|---|---|---|---|---|---|---|---|"]
+        rows.setdefault(info["name"], {})[info["mode"]] = {"ours": b["stats"]["median"] * 1e3, **info}
+    base = rows.pop("base", None)
+    if not rows:
+        raise SystemExit(f"{path}: no variant benchmarks in it")
+    first = next(iter(rows.values()))["fwd_bwd"]
+    ms = lambda v: "-" if v is None else f"{v * 1e3:.1f}"  # noqa: E731
+    mb = lambda v: "-" if v is None else f"{v / 2**20:.0f}"  # noqa: E731
+
+    def ratio(info, who):
+        if f"ratio_vs_{who}" not in info:
+            return "-"
+        lo, hi = info[f"ratio_vs_{who}_ci"]
+        return f"{info[f'ratio_vs_{who}']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    lines = [f"{first['config']}; timer {first['timer']}; machine {doc['machine_info'].get('cpu', {}).get('brand_raw', '?')}",
+             "medians in ms; ours/x = median over rounds of the paired ratio (same round, rotating order), "
+             "[95% interval of that median]; verdict from the fwd+bwd interval",
+             "" if base is None else f"base model alone: fwd {base['fwd']['ours']:.1f}, fwd+bwd {base['fwd_bwd']['ours']:.1f}",
+             "",
+             "| variant | fwd ours | fwd peft | fwd ours/peft | fwd+bwd ours | fwd+bwd peft | fwd+bwd ours/peft | verdict "
+             "| fwd+bwd ours/base | peak MB base / ours / peft |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
-        cells = [name]
-        for mode in ("fwd", "fwd_bwd"):
-            o, p = rows[name][mode]["ours"], rows[name][mode]["peft"]
-            cells += [ms(o), ms(p), "-" if p is None else f"{o / p:.3f}"]
-        cells.append(f"{rows[name]['fwd_bwd']['ours'] / base['fwd_bwd']['ours']:.3f}")
+        f, fb = rows[name]["fwd"], rows[name]["fwd_bwd"]
+        has_peft = "ratio_vs_peft" in fb
+        cells = [name, f"{f['ours']:.1f}", ms(f.get("peft_median")), ratio(f, "peft"),
+                 f"{fb['ours']:.1f}", ms(fb.get("peft_median")), ratio(fb, "peft"),
+                 verdict(*fb["ratio_vs_peft_ci"]) if has_peft else "no peft",
+                 ratio(fb, "base"),
+                 " / ".join(mb(fb.get(f"{k}_peak_mem_bytes")) for k in ("base", "ours", "peft"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

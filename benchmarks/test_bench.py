@@ -1,23 +1,24 @@
 """pytest-benchmark: forward and forward+backward of the base model, each variant (ours) and its peft twin.
 
-Ours and peft are measured side by side: pytest-benchmark times ours, and each of its rounds
-times peft once as well (before ours on even rounds, after on odd ones), so the two alternate
-round by round and machine noise hits both alike. peft's median and the ratio go to each benchmark's extra_info; `nox -s bench` prints
-the table (benchmarks/table.py).
+Side by side in one process: pytest-benchmark times ours, and every round also times the base and
+peft with the same timer, in an order that rotates round by round (each contender goes first,
+middle and last equally often), so machine noise hits all three alike. Each round gives a paired
+ratio ours/peft (and ours/base); extra_info keeps their medians with a distribution-free 95%
+interval of the median, the peft and base medians, and the peak memory of one forward+backward.
+`nox -s bench` prints the table (benchmarks/table.py).
 """
 from __future__ import annotations
 
 import os
 import statistics
-import time
 
 import pytest
 import torch
 
 import variants
-from bench_setup import bench_model, contenders, fwd, fwd_bwd, inputs
+from audit.measure import median_ci, peak_memory_bytes
+from bench_setup import DEVICE, ROUNDS, bench_model, contenders, describe, fwd, fwd_bwd, inputs
 
-ROUNDS = 15
 MODES = {"fwd": fwd, "fwd_bwd": fwd_bwd}
 
 
@@ -33,10 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def base():
-    model = bench_model()
-    model.requires_grad_(False)  # frozen, as under an adapter; only the input embedding gets a gradient,
-    model.get_input_embeddings().weight.requires_grad_(True)  # so the backward still runs through every layer
-    return model
+    return bench_model()
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +42,19 @@ def ids(base):
     return inputs(base)
 
 
+def _timer(benchmark):
+    timer = benchmark._timer  # the timer pytest-benchmark times ours with (--benchmark-timer)
+    if DEVICE != "cpu" and timer.__name__ in ("process_time", "thread_time"):
+        pytest.fail(f"BENCH_DEVICE={DEVICE}: a CPU-time timer ({timer.__name__}) cannot see GPU work; "
+                    "pass --benchmark-timer=time.perf_counter")
+    return timer
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_base(benchmark, base, ids, mode):
+    _timer(benchmark)
     benchmark.group = mode
-    benchmark.extra_info.update(name="base", mode=mode)
+    benchmark.extra_info.update(name="base", mode=mode, config=describe())
     MODES[mode](base, ids)
     benchmark.pedantic(MODES[mode], args=(base, ids), rounds=ROUNDS, iterations=1)
 
@@ -55,32 +62,45 @@ def test_base(benchmark, base, ids, mode):
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", sorted(variants.REGISTRY))
 def test_variant(benchmark, base, ids, name, mode):
-    fn, models = MODES[mode], contenders(name, base)
-    ours, peft = models["ours"], models.get("peft")
-    peft_times: list[float] = []
+    fn, timer = MODES[mode], _timer(benchmark)
+    built = contenders(name, base)
+    ours, others = built.pop("ours"), {"base": base, **built}
+    times: dict[str, list[float]] = {k: [] for k in others}
+    order = list(others) + ["ours"]
     state = {"round": 0}
 
-    def time_peft():
-        if peft is not None:
-            t0 = time.perf_counter()
-            fn(peft, ids)
-            peft_times.append(time.perf_counter() - t0)
+    def run(key):
+        t0 = timer()
+        fn(others[key], ids)
+        times[key].append(timer() - t0)
 
-    def before(*_a, **_k):  # even rounds: peft right before ours
-        if state["round"] % 2 == 0:
-            time_peft()
+    def rotation():
+        k = state["round"] % len(order)
+        return order[k:] + order[:k]
 
-    def after(*_a, **_k):  # odd rounds: peft right after ours, so neither always goes first
-        if state["round"] % 2 == 1:
-            time_peft()
+    def before(*_a, **_k):
+        rot = rotation()
+        for key in rot[:rot.index("ours")]:
+            run(key)
+
+    def after(*_a, **_k):
+        rot = rotation()
+        for key in rot[rot.index("ours") + 1:]:
+            run(key)
         state["round"] += 1
 
-    fn(ours, ids)  # warm-up both
-    time_peft()
-    peft_times.clear()
+    for m in (*others.values(), ours):  # warm-up
+        fn(m, ids)
     benchmark.group = mode
     benchmark.pedantic(fn, args=(ours, ids), setup=before, teardown=after, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info.update(name=name, mode=mode)
-    if peft_times:
-        peft_median = statistics.median(peft_times)
-        benchmark.extra_info.update(peft_median=peft_median, ratio_vs_peft=benchmark.stats.stats.median / peft_median)
+    ours_times = list(benchmark.stats.stats.data)
+    info = {"name": name, "mode": mode, "config": describe(), "timer": timer.__name__}
+    for key, ts in times.items():
+        ratios = [o / t for o, t in zip(ours_times, ts)]
+        lo, hi = median_ci(ratios)
+        info.update({f"{key}_median": statistics.median(ts), f"ratio_vs_{key}": statistics.median(ratios),
+                     f"ratio_vs_{key}_ci": [lo, hi]})
+    if mode == "fwd_bwd":
+        for key, m in {"ours": ours, **others}.items():
+            info[f"{key}_peak_mem_bytes"] = peak_memory_bytes(lambda: fn(m, ids), DEVICE)
+    benchmark.extra_info.update(info)

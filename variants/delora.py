@@ -81,4 +81,4 @@ class Delora(Variant):
             c, d = layer.adapter_C, layer.adapter_D
             frozen = ((xa @ (c * w).t()) * _coef(c, d, lam, r)) @ d.t()
             return y + (h @ b.t() - frozen).to(y.dtype)
-        return add_lowrank(y, h, b)
+        return add_lowrank(y, h, b, layer)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._inplace import as_operand, owns_output, recording
 
 
 @dataclass(frozen=True)
@@ -32,4 +33,6 @@ class Ia3(Variant):
 
     def forward(self, layer, x, y):
         lv = layer.adapter_l
-        return (y.to(lv.dtype) * lv).to(y.dtype)
+        if y.dtype == lv.dtype and not recording(y, lv) and owns_output(layer, y):
+            return y.mul_(lv)  # forward only: scale the fresh base output where it lies
+        return (as_operand(y, lv.dtype) * lv).to(y.dtype)  # under autograd y is kept for l's gradient

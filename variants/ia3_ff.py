@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._inplace import as_operand
 
 
 @dataclass(frozen=True)
@@ -32,4 +33,4 @@ class Ia3FF(Variant):
 
     def forward_input(self, layer, x):
         lv = layer.adapter_l
-        return (x.to(lv.dtype) * lv).to(x.dtype)
+        return (as_operand(x, lv.dtype) * lv).to(x.dtype)

@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._inplace import owns_output, recording
 from ._tensor_init import kaiming_uniform_
 
 
@@ -24,17 +26,32 @@ class LoraConfig(AdapterConfig):
     use_rslora: bool = False
 
 
-def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """y + h Bᵀ: one fused addmm when dtypes agree, else computed in B's dtype and added in y's."""
-    if y.dtype == b.dtype:
-        return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), b.t()).view(y.shape)
-    return y + (h @ b.t()).to(y.dtype)
+def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:
+    """y + h Bᵀ as one fused BLAS call when dtypes agree (else computed in B's dtype, added in y's).
+
+    Given the hooked ``layer``, the product is accumulated into y itself when that is safe
+    (``_inplace.owns_output``): addmm_ on the flattened output, or baddbmm_ on a (batch, seq, d)
+    output under autograd (y keeps its identity, so no view is modified). Same arithmetic, one
+    (tokens × d_out) allocation and copy fewer than the out-of-place addmm.
+    """
+    if y.dtype != b.dtype:
+        return y + (h @ b.t()).to(y.dtype)
+    bt = b.t()
+    if layer is not None and owns_output(layer, y):
+        if not recording(y, h, b):
+            y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), bt)
+            return y
+        if y._base is None and y.dim() == 2:
+            return y.addmm_(h, bt)
+        if y._base is None and y.dim() == 3:
+            return y.baddbmm_(h, bt.expand(y.shape[0], *bt.shape))
+    return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), bt).view(y.shape)
 
 
 def lora_delta(layer, x: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
     """y + s·(x Aᵀ)Bᵀ in the adapter dtype; s is applied to the rank-r activations (cheapest place)."""
     a, b = layer.adapter_A, layer.adapter_B
-    return add_lowrank(y, (x.to(a.dtype) @ a.t()) * s, b)
+    return add_lowrank(y, (x.to(a.dtype) @ a.t()) * s, b, layer)
 
 
 class Lora(Variant):

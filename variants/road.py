@@ -66,6 +66,11 @@ class Road(Variant):
         g = self.cfg.group_size
         c, s = road_columns(self.cfg.road_variant, g, theta, alpha)
         h = y.to(theta.dtype)
-        grouped = h.reshape(*h.shape[:-1], -1, 2, g // 2)
-        swapped = torch.stack((-grouped[..., 1, :], grouped[..., 0, :]), dim=-2).reshape(h.shape)
-        return torch.addcmul(h * c, swapped, s).to(y.dtype)
+        # rotate_half(h) ⊙ s = partner(h) ⊙ s±: the group's two halves swapped (one copy, and one
+        # flip in backward, where stacking a negated half costs a negation and two slice gradients),
+        # times s with its first half negated (a d_out-vector, free)
+        halves = s.view(-1, 2, g // 2)
+        signed = torch.stack((-halves[:, 0], halves[:, 1]), dim=1).view(s.shape)
+        partner = h.reshape(*h.shape[:-1], -1, 2, g // 2).flip(-2).view(h.shape)
+        out = partner * signed
+        return out.addcmul_(h, c).to(y.dtype)  # in place on our own product; h (= y) stays intact

@@ -3,8 +3,11 @@
 Measured on the cell's model with a larger batch, interleaving the three models each round so
 machine noise hits them alike. Reported, and gated only loosely (ours/peft fwd+bwd ≤ the card's
 bound, default 10×: a gross regression on a shared, noisy machine, not a benchmark; `nox -s bench` is the benchmark).
-Peak memory is reported on CUDA only (torch.cuda.max_memory_allocated); torch does not track CPU
-allocations, so on CPU no memory number is printed rather than a guess.
+fwd+bwd is the same for all three: a forward, then the backward of a scalar loss down to the input
+embedding (the only base tensor given a gradient), so the base's backward is defined and every
+contender runs the same backward through the whole network.
+Peak memory of one forward+backward (tensor bytes above the start; torch.profiler memory events on
+CPU, torch.cuda.max_memory_allocated on CUDA) is reported for each contender, not gated.
 """
 from __future__ import annotations
 
@@ -15,15 +18,18 @@ import torch
 
 from .. import models
 from ..cell import Cell
+from ..measure import peak_memory_bytes, sync
 from ..state import perturb
 from .peft_parity import has_peft, peft_twin
 
 ROUNDS, BATCH, SEQ = 5, 4, 32
 
 
-def _time(fn) -> float:
+def _time(fn, device) -> float:
+    sync(device)
     t0 = time.perf_counter()
     fn()
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -36,10 +42,9 @@ def run(cell: Cell) -> None:
     contenders = {"base": base, "ours": ours}
     if has_peft(cell.card):
         contenders["peft"] = peft_twin(cell, ours, cell.cfg(**over).to_dict())
-    # the base is frozen as under an adapter, but its input embedding gets a gradient so that its
-    # backward still runs through every layer (otherwise there would be nothing to backpropagate)
-    base.requires_grad_(False)
-    base.get_input_embeddings().weight.requires_grad_(True)
+    base.requires_grad_(False)  # frozen as under an adapter
+    for m in contenders.values():  # one backward for all three: down to the input embedding
+        m.get_input_embeddings().weight.requires_grad_(True)
 
     def fwd(m):
         with torch.no_grad():
@@ -47,12 +52,13 @@ def run(cell: Cell) -> None:
 
     def fwd_bwd(m):
         models.logits(m, ids).float().square().mean().backward()
+        m.zero_grad(set_to_none=True)
 
     times = {k: {"fwd": [], "fwd_bwd": []} for k in contenders}
     for _ in range(ROUNDS):
         for name, m in contenders.items():
-            times[name]["fwd"].append(_time(lambda: fwd(m)))
-            times[name]["fwd_bwd"].append(_time(lambda: fwd_bwd(m)))
+            times[name]["fwd"].append(_time(lambda: fwd(m), cell.device))
+            times[name]["fwd_bwd"].append(_time(lambda: fwd_bwd(m), cell.device))
     med = {k: {kind: statistics.median(v[1:]) for kind, v in d.items()} for k, d in times.items()}
     for name in contenders:
         for kind in ("fwd", "fwd_bwd"):
@@ -65,11 +71,6 @@ def run(cell: Cell) -> None:
         if "peft" in contenders:
             cell.row(f"{kind}_ratio_vs_peft", med["ours"][kind] / med["peft"][kind], bound, reference="peft",
                      message=f"ours / peft; gated loosely at {bound}× (a gross regression)")
-    if cell.device == "cuda":  # peak memory is measurable on CUDA only
-        for name, m in contenders.items():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            fwd_bwd(m)
-            torch.cuda.synchronize()
-            cell.row(f"fwd_bwd_peak_mem_mb[{name}]", torch.cuda.max_memory_allocated() / 2**20, None,
-                     status="pass", message="torch.cuda.max_memory_allocated over one forward+backward")
+    for name, m in contenders.items():
+        cell.row(f"fwd_bwd_peak_mem_mb[{name}]", peak_memory_bytes(lambda: fwd_bwd(m), cell.device) / 2**20, None,
+                 status="pass", message="tensor memory above the start, one forward+backward (reported, not gated)")
