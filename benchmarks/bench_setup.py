@@ -30,6 +30,8 @@ BATCH = int(os.environ.get("BENCH_BATCH", 4))
 DTYPE = getattr(torch, os.environ.get("BENCH_DTYPE", "float32"))
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 21))
+if ROUNDS < 6:
+    raise ValueError(f"BENCH_ROUNDS={ROUNDS}: at least 6 rounds are needed for a 95% interval of the median")
 CONFIG = {"r": 8, "alpha": 16.0, "group_size": 64}
 
 

@@ -94,6 +94,7 @@ def test_variant(benchmark, base, ids, name, mode):
     benchmark.group = mode
     benchmark.pedantic(fn, args=(ours, ids), setup=before, teardown=after, rounds=ROUNDS, iterations=1)
     ours_times = list(benchmark.stats.stats.data)
+    assert all(len(ts) == len(ours_times) == ROUNDS for ts in times.values()), "rounds must pair up"
     info = {"name": name, "mode": mode, "config": describe(), "timer": timer.__name__}
     for key, ts in times.items():
         ratios = [o / t for o, t in zip(ours_times, ts)]
