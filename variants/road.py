@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
@@ -65,12 +66,51 @@ class Road(Variant):
         theta, alpha = layer.adapter_theta, layer.adapter_alpha
         g = self.cfg.group_size
         c, s = road_columns(self.cfg.road_variant, g, theta, alpha)
-        h = y.to(theta.dtype)
-        # rotate_half(h) ⊙ s = partner(h) ⊙ s±: the group's two halves swapped (one copy, and one
-        # flip in backward, where stacking a negated half costs a negation and two slice gradients),
-        # times s with its first half negated (a d_out-vector, free)
-        halves = s.view(-1, 2, g // 2)
+        halves = s.view(-1, 2, g // 2)  # rotate_half's minus sign moves onto s (a d_out-vector)
         signed = torch.stack((-halves[:, 0], halves[:, 1]), dim=1).view(s.shape)
-        partner = h.reshape(*h.shape[:-1], -1, 2, g // 2).flip(-2).view(h.shape)
-        out = partner * signed
-        return out.addcmul_(h, c).to(y.dtype)  # in place on our own product; h (= y) stays intact
+        return PairRotation.apply(y.to(theta.dtype), c, signed, g).to(y.dtype)
+
+
+class PairRotation(torch.autograd.Function):
+    """out = h ⊙ c + partner(h) ⊙ s±, where partner(h) swaps the two halves of each group of g
+    outputs (eq. 4 with s± = s negated on each group's first half).
+
+    Exact and allocation-lean: one new tensor forward (h ⊙ c, then each half accumulates its
+    partner half in place) and three backward, where autograd on the composed ops (a swapped copy,
+    two products, a flip back) allocates five. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, h, c, s, g):
+        h = h.contiguous()
+        out = h * c
+        hg, og, sg = _groups(h, g), _groups(out, g), s.view(-1, 2, g // 2)
+        og[:, :, 0].addcmul_(hg[:, :, 1], sg[:, 0])
+        og[:, :, 1].addcmul_(hg[:, :, 0], sg[:, 1])
+        ctx.save_for_backward(h, c, s)
+        ctx.g = g
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        h, c, s = ctx.saved_tensors
+        g, d = ctx.g, h.shape[-1]
+        grad = grad.contiguous()
+        gg, hg, sg = _groups(grad, g), _groups(h, g), s.view(-1, 2, g // 2)
+        gh = gc = gs = None
+        if ctx.needs_input_grad[0]:
+            gh = grad * c
+            ghg = _groups(gh, g)
+            ghg[:, :, 1].addcmul_(gg[:, :, 0], sg[:, 0])  # out_0 = c_0 h_0 + s_0 h_1
+            ghg[:, :, 0].addcmul_(gg[:, :, 1], sg[:, 1])  # out_1 = c_1 h_1 + s_1 h_0
+        if ctx.needs_input_grad[1]:
+            gc = (grad * h).reshape(-1, d).sum(0)
+        if ctx.needs_input_grad[2]:
+            gs = torch.stack(((gg[:, :, 0] * hg[:, :, 1]).sum(0), (gg[:, :, 1] * hg[:, :, 0]).sum(0)), dim=1).view(d)
+        return gh, gc, gs, None
+
+
+def _groups(t: torch.Tensor, g: int) -> torch.Tensor:
+    """(tokens, groups, 2 halves, g/2) view of a contiguous (..., d_out) tensor."""
+    return t.view(-1, t.shape[-1] // g, 2, g // 2)
