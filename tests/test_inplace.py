@@ -83,18 +83,21 @@ def test_owns_output_only_for_plain_linear_with_our_hook_alone():
     lin, x = nn.Linear(8, 6), torch.randn(3, 8)
     lin.register_forward_hook(_noop)
     y = lin(x)
-    assert owns_output(lin, y)
-    assert not owns_output(lin, y.t())  # not contiguous
+    assert owns_output(lin, y, autograd=False) and owns_output(lin, y, autograd=True)
+    assert not owns_output(lin, y.t(), autograd=False)  # not contiguous
+    view = lin(torch.randn(2, 3, 8))  # a biased Linear on a 3-D input returns a view of its 2-D result
+    assert view._base is not None
+    assert owns_output(lin, view, autograd=False) and not owns_output(lin, view, autograd=True)
     lin.register_forward_hook(_noop)
-    assert not owns_output(lin, y)  # a second hook has seen y
+    assert not owns_output(lin, y, autograd=False)  # a second hook has seen y
     sub = _Cached(8, 6)
     sub.register_forward_hook(_noop)
-    assert not owns_output(sub, sub(x))
+    assert not owns_output(sub, sub(x), autograd=False)
     handle = nn.modules.module.register_module_forward_hook(_noop)
     try:
         plain = nn.Linear(8, 6)
         plain.register_forward_hook(_noop)
-        assert not owns_output(plain, plain(x))  # a global hook sees every output
+        assert not owns_output(plain, plain(x), autograd=False)  # a global hook sees every output
     finally:
         handle.remove()
 

@@ -20,12 +20,14 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 
-def owns_output(layer: nn.Module, y: torch.Tensor) -> bool:
-    """True when the output hook of ``layer`` may overwrite the base output ``y`` in place."""
+def owns_output(layer: nn.Module, y: torch.Tensor, autograd: bool) -> bool:
+    """True when the output hook of ``layer`` may overwrite the base output ``y`` in place;
+    ``autograd``: whether the in-place op will be recorded (see ``recording``)."""
     return (type(layer).forward is nn.Linear.forward
             and len(layer._forward_hooks) == 1
             and not getattr(_module, "_global_forward_hooks", None)
-            and y.is_contiguous())
+            and y.is_contiguous()
+            and not (autograd and y._base is not None))
 
 
 def recording(*tensors: torch.Tensor) -> bool:

@@ -33,6 +33,6 @@ class Ia3(Variant):
 
     def forward(self, layer, x, y):
         lv = layer.adapter_l
-        if y.dtype == lv.dtype and not recording(y, lv) and owns_output(layer, y):
+        if y.dtype == lv.dtype and not recording(y, lv) and owns_output(layer, y, autograd=False):
             return y.mul_(lv)  # forward only: scale the fresh base output where it lies
         return (as_operand(y, lv.dtype) * lv).to(y.dtype)  # under autograd y is kept for l's gradient

@@ -37,13 +37,14 @@ def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, layer: nn.Mod
     if y.dtype != b.dtype:
         return y + (h @ b.t()).to(y.dtype)
     bt = b.t()
-    if layer is not None and owns_output(layer, y):
-        if not recording(y, h, b):
+    grad = recording(y, h, b)
+    if layer is not None and owns_output(layer, y, grad):
+        if not grad:
             y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), bt)
             return y
-        if y._base is None and y.dim() == 2:
+        if y.dim() == 2:
             return y.addmm_(h, bt)
-        if y._base is None and y.dim() == 3:
+        if y.dim() == 3:
             return y.baddbmm_(h, bt.expand(y.shape[0], *bt.shape))
     return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), bt).view(y.shape)
 

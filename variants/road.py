@@ -66,14 +66,12 @@ class Road(Variant):
         theta, alpha = layer.adapter_theta, layer.adapter_alpha
         g = self.cfg.group_size
         c, s = road_columns(self.cfg.road_variant, g, theta, alpha)
-        halves = s.view(-1, 2, g // 2)  # rotate_half's minus sign moves onto s (a d_out-vector)
-        signed = torch.stack((-halves[:, 0], halves[:, 1]), dim=1).view(s.shape)
-        return PairRotation.apply(y.to(theta.dtype), c, signed, g).to(y.dtype)
+        return PairRotation.apply(y.to(theta.dtype), c, s, g).to(y.dtype)
 
 
 class PairRotation(torch.autograd.Function):
-    """out = h ⊙ c + partner(h) ⊙ s±, where partner(h) swaps the two halves of each group of g
-    outputs (eq. 4 with s± = s negated on each group's first half).
+    """out = h ⊙ c + rotate_half(h) ⊙ s (eq. 4): in each group of g outputs, the first half gets
+    c_0 h_0 − s_0 h_1 and the second c_1 h_1 + s_1 h_0 (the minus sign is exact: addcmul's value=-1).
 
     Exact and allocation-lean: one new tensor forward (h ⊙ c, then each half accumulates its
     partner half in place) and three backward, where autograd on the composed ops (a swapped copy,
@@ -85,7 +83,7 @@ class PairRotation(torch.autograd.Function):
         h = h.contiguous()
         out = h * c
         hg, og, sg = _groups(h, g), _groups(out, g), s.view(-1, 2, g // 2)
-        og[:, :, 0].addcmul_(hg[:, :, 1], sg[:, 0])
+        og[:, :, 0].addcmul_(hg[:, :, 1], sg[:, 0], value=-1)
         og[:, :, 1].addcmul_(hg[:, :, 0], sg[:, 1])
         ctx.save_for_backward(h, c, s)
         ctx.g = g
@@ -102,12 +100,12 @@ class PairRotation(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gh = grad * c
             ghg = _groups(gh, g)
-            ghg[:, :, 1].addcmul_(gg[:, :, 0], sg[:, 0])  # out_0 = c_0 h_0 + s_0 h_1
+            ghg[:, :, 1].addcmul_(gg[:, :, 0], sg[:, 0], value=-1)  # out_0 = c_0 h_0 − s_0 h_1
             ghg[:, :, 0].addcmul_(gg[:, :, 1], sg[:, 1])  # out_1 = c_1 h_1 + s_1 h_0
         if ctx.needs_input_grad[1]:
             gc = (grad * h).reshape(-1, d).sum(0)
         if ctx.needs_input_grad[2]:
-            gs = torch.stack(((gg[:, :, 0] * hg[:, :, 1]).sum(0), (gg[:, :, 1] * hg[:, :, 0]).sum(0)), dim=1).view(d)
+            gs = torch.stack((-(gg[:, :, 0] * hg[:, :, 1]).sum(0), (gg[:, :, 1] * hg[:, :, 0]).sum(0)), dim=1).view(d)
         return gh, gc, gs, None
 
 
