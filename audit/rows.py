@@ -7,7 +7,9 @@ from typing import Literal
 
 Status = Literal["pass", "fail", "xfail", "xpass", "error", "n/a"]
 Op = Literal["<=", ">", "==", ">=", "raises"]
+About = Literal["subject", "reference"]
 STATUSES = ("pass", "fail", "xfail", "xpass", "error", "n/a")
+BAD = ("fail", "xpass", "error")
 
 
 def judge(value: float | None, op: str, tolerance: float | None) -> str:
@@ -25,6 +27,11 @@ def judge(value: float | None, op: str, tolerance: float | None) -> str:
     raise ValueError(f"unknown comparison {op!r}")
 
 
+def within(value: float | None, op: str, bound: float) -> bool:
+    """Is ``value`` on the allowed side of ``bound`` (a declared deviation's magnitude)?"""
+    return judge(value, ">=" if op in (">", ">=") else "<=", bound) == "pass"
+
+
 @dataclass
 class Row:
     variant: str
@@ -39,9 +46,35 @@ class Row:
     message: str = ""
     op: str = "<="
     reference: str = ""
+    about: str = "subject"  # "reference": the row audits the external reference itself, not the subject
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if isinstance(d["value"], float) and not math.isfinite(d["value"]):
             d["value"] = str(d["value"])
         return d
+
+    @property
+    def margin(self) -> float | None:
+        """How much of its tolerance a judged row uses: value/tolerance for "<=" rows, tolerance/value
+        for lower bounds, 0 or inf for exact ones; > 1 fails. None for rows that are not judged."""
+        v, t = self.value, self.tolerance
+        if self.status in ("n/a", "error") or t is None or not isinstance(v, (int, float)):
+            return None
+        if not math.isfinite(v):
+            return math.inf
+        if self.op == "<=":
+            return v / t if t > 0 else (0.0 if v <= t else math.inf)
+        if self.op in (">", ">="):
+            if t == 0:
+                return 0.0 if judge(v, self.op, t) == "pass" else math.inf
+            return t / v if v > 0 and t > 0 else math.inf
+        return 0.0 if v == t else math.inf
+
+
+def from_dict(d: dict) -> Row:
+    """A Row from results.json (older files lack newer fields; non-finite values were strings)."""
+    d = dict(d)
+    if isinstance(d.get("value"), str):
+        d["value"] = float(d["value"])
+    return Row(**{k: v for k, v in d.items() if k in Row.__dataclass_fields__})

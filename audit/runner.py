@@ -13,7 +13,7 @@ from variants import Variant
 from . import checks as checks_pkg
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
-from .rows import Row, judge
+from .rows import Row, judge, within
 
 
 @dataclass
@@ -92,7 +92,11 @@ def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], 
                 r.tolerance = dev.tolerance
                 r.status = judge(r.value, r.op, dev.tolerance)
             elif r.status == "fail":
-                r.status = "xfail"
+                if dev.magnitude is None or within(r.value, r.op, dev.magnitude):
+                    r.status = "xfail"
+                else:
+                    r.message = (f"beyond the magnitude declared by deviation {dev.id!r} "
+                                 f"({dev.magnitude:.4g}): " + r.message)
             else:
                 r.status = "xpass"
                 r.message = (f"declared deviation {dev.id!r} is no longer observed: update the card. "
@@ -135,6 +139,14 @@ def single_threaded() -> None:
     torch.set_num_threads(1)
 
 
+def _init_worker() -> None:
+    """Worker process setup: one torch thread, and Ctrl-C left to the parent (which terminates the
+    workers), so an interrupted parallel run prints no worker tracebacks."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded()
+
+
 def _worker(card_name: str, plan: Plan) -> list[Row]:
     """Audit one registry variant in a worker process (plan.targets is empty here)."""
     return _run_target(default_targets([card_name])[0], plan, {}, None)
@@ -161,21 +173,43 @@ def run(plan: Plan, progress: bool = True, jobs: int = 1) -> list[Row]:
 
 
 def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
+    """Targets audited in ``jobs`` spawned processes. On KeyboardInterrupt the pending futures are
+    cancelled, the workers terminated at once (not waited for) and the interrupt re-raised."""
     import multiprocessing
+    import signal
+    import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from dataclasses import replace
 
     bar = Progress(len(plan.targets)) if progress else None
     bare = replace(plan, targets=[])
     results: dict[str, list[Row]] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=single_threaded) as pool:
-        futures = {pool.submit(_worker, t.card.name, bare): t.card.name for t in plan.targets}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker)
+    try:
+        # Workers are spawned by submit(); an ignored SIGINT survives exec, so they never see a
+        # Ctrl-C even before their initializer runs. The parent ignores it only for these few ms.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            futures = {pool.submit(_worker, t.card.name, bare): t.card.name for t in plan.targets}
+        finally:
+            if main and previous is not None:
+                signal.signal(signal.SIGINT, previous)
         for fut in as_completed(futures):
             name = futures[fut]
             results[name] = fut.result()
             if bar:
                 bar.step(f"{name} (all models and dtypes)", results[name])
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                proc.terminate()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return [r for t in plan.targets for r in results[t.card.name]]
 
 

@@ -19,10 +19,15 @@ class Deviation:
     """A known, sourced difference between the code and a reference, declared as data.
 
     It matches rows by check, metric (exact, or a prefix ending in '*'; alternatives joined by '|'),
-    and optionally models and
-    dtypes. xfail: a failing row becomes xfail and a passing one xpass (strict: the card must be
-    updated). tolerance: the row is re-judged with ``tolerance``. expected_raise: the row measures
+    and optionally models and dtypes. xfail: a failing row becomes xfail and a passing one xpass
+    (strict: the card must be updated); ``magnitude`` is the worst value the deviation covers (a
+    failure beyond it stays a fail); it may be None only for rows judged by equality (counts,
+    yes/no). tolerance: the row is re-judged with ``tolerance``. expected_raise: the row measures
     that something raises. A deviation that matches no row is an error.
+
+    ``reference`` names what departs from the paper: "paper" (or the subject's own card) means the
+    subject deviates, which makes its verdict partial; "peft" or another external reference means
+    the row audits that reference and the deviation is a reference finding, never the subject's.
     """
 
     id: str
@@ -33,8 +38,15 @@ class Deviation:
     reason: str
     source: str
     tolerance: float | None = None
+    magnitude: float | None = None
     models: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.kind == "xfail" and self.magnitude is None:
+            raise ValueError(f"deviation {self.id!r}: an xfail must state the magnitude it covers")
+        if self.kind == "tolerance" and self.tolerance is None:
+            raise ValueError(f"deviation {self.id!r}: a tolerance deviation needs its tolerance")
 
     def matches(self, check: str, metric: str, model: str, dtype: str) -> bool:
         if check != self.check:
@@ -70,14 +82,14 @@ class Invariant:
 
 @dataclass(frozen=True)
 class BadInput:
-    """A config (or attach situation) that must raise ``error`` with a message matching ``match``.
+    """A config (or attach situation) that must be refused with ``error`` (or a subclass), and whose
+    message names the problem: one of the offending fields or its value. The wording is free.
 
     ``fields`` are config fields, except the key ``calibration_data`` which goes to attach.
     """
 
     fields: dict[str, Any]
     error: type[Exception]
-    match: str
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ CARD = VariantCard(
     trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
     invariants=(Invariant("A_orthonormality_err", "rows of A are orthonormal principal directions",
                           _orthonormal, {"*": 4 * 2.0 ** -24 * 8}, at="init"),),
-    bad_inputs=(BadInput({"calibration_data": None}, ValueError, "calibration_data"),
-                BadInput({"calibration_data": []}, ValueError, "empty"),
-                BadInput({"rho": 0.5}, ValueError, "rho")),
+    bad_inputs=(BadInput({"calibration_data": None}, ValueError),
+                BadInput({"calibration_data": []}, ValueError),
+                BadInput({"rho": 0.5}, ValueError)),
 )

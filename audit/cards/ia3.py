@@ -20,7 +20,7 @@ CARD = VariantCard(
         Deviation("peft-ia3-qwen-targets-q", "placement", "peft_default_targets_mismatch", "peft", "xfail",
                   "peft's default IA3 targets for qwen2/qwen3 are q_proj, v_proj (and down_proj), not the paper's k/v",
                   "peft/utils/constants.py TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING",
-                  models=("qwen3", "qwen2")),
+                  magnitude=2, models=("qwen3", "qwen2")),
     ),
     notes="On the toy MLP (no attention) the audit scales the up-projection output.",
 )

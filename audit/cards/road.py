@@ -10,9 +10,9 @@ CARD = VariantCard(
     references=("paper", "peft"),
     identity="exact",
     trainable_per_layer=lambda d_in, d_out, c: {"road_1": d_out, "road_2": 2 * d_out, "road_4": 4 * d_out}[c["road_variant"]],
-    bad_inputs=(BadInput({"group_size": 7}, ValueError, "group_size"),
-                BadInput({"group_size": 12}, ValueError, "does not divide"),
-                BadInput({"road_variant": "road_3"}, ValueError, "road_variant")),
+    bad_inputs=(BadInput({"group_size": 7}, ValueError),
+                BadInput({"group_size": 12}, ValueError),
+                BadInput({"road_variant": "road_3"}, ValueError)),
     perturb={"theta": 0.3, "alpha": 0.1},
     deviations=(
         Deviation("road-few-params-training", "training", "loss_ratio", "paper", "tolerance",

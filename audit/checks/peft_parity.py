@@ -165,8 +165,8 @@ def _peft_vs_paper(cell: Cell, peft_model, names: list[str], cfg: dict) -> None:
             grads = torch.autograd.grad((y_ref * t).sum(), list(leaf.values()))
             for (k, _), gr in zip(leaf.items(), grads):
                 grad_err[k] = max(grad_err.get(k, 0.0), rel_err(pg[k], gr))
-    cell.row("peft_layer_vs_paper_rel_err", out_err, TOL_OUT[cell.dtype_name], reference="peft",
+    cell.row("peft_layer_vs_paper_rel_err", out_err, TOL_OUT[cell.dtype_name], reference="peft", about="reference",
              message="peft's own layer outputs vs the paper formula (worst layer)")
     for k, err in sorted(grad_err.items()):
         cell.row(f"peft_grad_vs_undetached_paper[{k}]", err, TOL_GRAD[cell.dtype_name], reference="peft",
-                 message="peft's gradients vs the fully differentiated paper formula")
+                 about="reference", message="peft's gradients vs the fully differentiated paper formula")
