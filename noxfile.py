@@ -1,4 +1,7 @@
-"""Entry points: nox -s tests | audit | gate | baseline | bench. Options after `--` pass through."""
+"""Entry points: nox -s tests | audit | gate | baseline | seeds | bench. Options after `--` pass through.
+
+`python -m audit run` exits 1 when a verdict is non-conformant or a row errors; the sessions that go
+on to compare or render (audit, gate, baseline, seeds) accept that and let the next step decide."""
 from __future__ import annotations
 
 import os
@@ -32,7 +35,7 @@ def audit(session: nox.Session) -> None:
     args = session.posargs or []
     if "--out" not in args:
         args = ["--out", "reports", *args]
-    session.run("python", "-m", "audit", "run", *args)
+    session.run("python", "-m", "audit", "run", *args, success_codes=[0, 1])  # reports either way
     out = args[args.index("--out") + 1]
     session.run("python", "-m", "audit", "mutants", "--out", out)
 
@@ -42,7 +45,8 @@ def gate(session: nox.Session) -> None:
     """Run the default audit into a temporary folder and gate it against reports/baseline.json."""
     _install(session)
     out = session.create_tmp()
-    session.run("python", "-m", "audit", "run", "--out", out, "--quiet", *session.posargs)
+    # exit 1 (a non-conformant verdict) still produces results: the gate decides whether that regresses
+    session.run("python", "-m", "audit", "run", "--out", out, "--quiet", *session.posargs, success_codes=[0, 1])
     session.run("python", "-m", "audit", "gate", "--baseline", "reports/baseline.json",
                 "--results", f"{out}/results.json")
 
@@ -51,9 +55,43 @@ def gate(session: nox.Session) -> None:
 def baseline(session: nox.Session) -> None:
     """Rewrite reports/ and reports/baseline.json on purpose (review the diff before committing)."""
     _install(session)
-    session.run("python", "-m", "audit", "run", "--out", "reports", "--quiet")
+    session.run("python", "-m", "audit", "run", "--out", "reports", "--quiet", success_codes=[0, 1])
     session.run("python", "-m", "audit", "baseline", "--results", "reports/results.json",
                 "--out", "reports/baseline.json")
+
+
+def _seeds(spec: str) -> list[int]:
+    """"0-9" -> 0..9; "0,3,5-7" -> 0, 3, 5, 6, 7."""
+    out: list[int] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return list(dict.fromkeys(out))
+
+
+@nox.session(python=PYTHON)
+def seeds(session: nox.Session) -> None:
+    """The default audit (every check but timing) under several seeds, AUDIT_SEEDS="0-9" by default
+    (e.g. AUDIT_SEEDS=0-4 or 0,3,7); prints a variant x seed table of verdicts and fails when a verdict
+    is not conformant/partial or a variant's verdict differs across seeds. Extra options pass to `run`."""
+    _install(session)
+    try:
+        seed_list = _seeds(os.environ.get("AUDIT_SEEDS", "0-9"))
+    except ValueError:
+        session.error(f"AUDIT_SEEDS must look like 0-9 or 0,3,5-7, got {os.environ['AUDIT_SEEDS']!r}")
+    if not seed_list:
+        session.error("AUDIT_SEEDS names no seed")
+    checks = session.run("python", "-c", "from audit.checks import CHECK_ORDER; "
+                         "print(','.join(c for c in CHECK_ORDER if c != 'timing'))", silent=True)
+    checks = str(checks).strip().splitlines()[-1]
+    tmp = session.create_tmp()
+    files = []
+    for seed in seed_list:
+        out = os.path.join(tmp, f"seed-{seed}")
+        session.run("python", "-m", "audit", "run", "--out", out, "--seed", str(seed), "--checks", checks,
+                    "--quiet", *session.posargs, success_codes=[0, 1])  # the comparison below decides
+        files.append(os.path.join(out, "results.json"))
+    session.run("python", "-m", "audit", "seeds", "--results", *files)
 
 
 # glibc returns large freed blocks to the OS, so every step page-faults its activations back in:

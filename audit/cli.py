@@ -1,179 +1,512 @@
-"""python -m audit run | gate: the command line."""
+"""python -m audit run | gate | baseline | mutants | seeds: the command line.
+
+Exit codes (every subcommand): 0 success; 1 findings (``run``: a non-conformant verdict or an error
+row; ``gate``: a regression; ``mutants``: a surviving mutant; ``seeds``: verdicts that differ or are
+not conformant/partial); 2 usage error, reported as ``python -m audit <command>: error: <message>``
+before anything is built; 130 interrupted (Ctrl-C), with nothing written.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 from .checks import CHECK_ORDER
 
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_MODELS = ("qwen3", "qwen2", "llama", "mlp")
 DEFAULT_DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")  # audit.cell.DTYPES (a test keeps them equal)
+DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float": "float32",
+                 "bf16": "bfloat16",
+                 "fp16": "float16", "f16": "float16", "half": "float16"}
+
+
+class UsageError(Exception):
+    """Bad command-line input: main() reports it argparse's way (``prog: error: msg``) and exits 2."""
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _dedupe(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help (where there is one worth showing), epilogs kept as written."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is None or d is False or d is argparse.SUPPRESS or d == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    import textwrap
+    return textwrap.fill(text, width=100, subsequent_indent=indent, break_on_hyphens=False)
+
+
+EXIT_CODES_HELP = """exit codes:
+  0    done: every verdict conformant, partial or not audited, and no row errored
+  1    a verdict is non-conformant, or a row is an error
+  2    usage error (bad option or input), reported before any model is built
+  130  interrupted (Ctrl-C): workers stopped, nothing written"""
+
+
+MAIN_EPILOG = """exit codes:
+  0    success
+  1    findings: run, a non-conformant verdict or an error row; gate, a regression;
+       mutants, a surviving mutant; seeds, verdicts that differ or are not conformant/partial
+  2    usage error (bad option, missing or foreign file), reported before anything runs
+  130  interrupted (Ctrl-C): nothing written
+
+`python -m audit <command> --help` explains each command."""
+
+
+def _run_epilog() -> str:
+    from . import models
+    from .cards import CARDS
+    zoo = "\n".join(f"  {name:8s} {spec.description}" for name, spec in models.ZOO.items())
+    aliases = ", ".join(f"{a}={d}" for a, d in DTYPE_ALIASES.items())
+    cards = "\n".join(f"  {name:10s} dtypes {', '.join(c.dtypes)}" for name, c in sorted(CARDS.items()))
+    return (f"zoo models (--models):\n{zoo}\n\n"
+            + _wrap(f"dtypes (--dtypes): {', '.join(DTYPES)} (aliases {aliases}). A dtype that no selected "
+                    "card supports is refused; one that only some cards lack gives those cards n/a rows.")
+            + "\n\n" + _wrap(f"checks (--checks, in report order; 'all' = every one): {', '.join(CHECK_ORDER)}")
+            + f"\n\nvariants (--variants, --card):\n{cards}\n\n{EXIT_CODES_HELP}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m audit", description=(
-        "adapter-audit: check LoRA-family adapters against their papers and against peft."))
+    p = argparse.ArgumentParser(prog="python -m audit", formatter_class=_Help, epilog=MAIN_EPILOG,
+                                description="adapter-audit: check LoRA-family adapters against their papers and against peft.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the audit and write results.json, SUMMARY.md and <variant>.md",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Run checks over variant x model x dtype and render the reports.")
-    r.add_argument("--out", required=True, type=Path, help="output folder for results.json and the markdown reports")
+                       formatter_class=_Help, epilog=_run_epilog(),
+                       description=_wrap("Run checks over variant x model x dtype and render the reports. "
+                                         "Every input is validated before any model is built."))
+    r.add_argument("--out", required=True, type=Path,
+                   help="output folder for results.json, SUMMARY.md and <variant>.md (created with its parents; "
+                        "must be writable). Reports of cards not in this run are removed from it")
     r.add_argument("--variants", type=_csv, default=None,
-                   help="comma-separated variants (cards) to audit; default: all cards")
-    r.add_argument("--models", type=_csv, default=list(DEFAULT_MODELS),
-                   help="comma-separated zoo models (qwen3, qwen2, llama, mlp)")
-    r.add_argument("--dtypes", type=_csv, default=list(DEFAULT_DTYPES), help="comma-separated dtypes")
-    r.add_argument("--checks", type=_csv, default=list(CHECK_ORDER), help="comma-separated checks")
+                   help="comma-separated variants (cards) to audit, duplicates dropped; default: every card "
+                        "with a variant in variants.REGISTRY")
+    r.add_argument("--models", type=_csv, default=",".join(DEFAULT_MODELS),
+                   help="comma-separated zoo models (listed below); --models \"\" audits no zoo model, "
+                        "only the --model-path ones")
+    r.add_argument("--dtypes", type=_csv, default=",".join(DEFAULT_DTYPES),
+                   help=f"comma-separated dtypes: {', '.join(DTYPES)} (aliases fp32, bf16, fp16)")
+    r.add_argument("--checks", type=_csv, default="all",
+                   help="comma-separated checks (listed below), or all")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where models run")
     r.add_argument("--seed", type=int, default=0, help="seed for models, inputs and adapter inits")
     r.add_argument("--model-path", action="append", default=[], metavar="PATH",
                    help="a local HF causal-LM checkpoint folder, or a hub id already in the local cache "
-                        "(never downloaded); repeatable; audited alongside --models")
+                        "(never downloaded); repeatable; audited alongside --models. Refused unless its "
+                        "config.json names a causal LM with nn.Linear layers to adapt")
     r.add_argument("--impl", metavar="MODULE:CLASS", default=None,
-                   help="audit your own implementation of the variant protocol (a variants.Variant subclass) "
-                        "from an importable module or a .py file path; needs --card")
+                   help="audit your own implementation of the variant protocol (a variants.Variant subclass): "
+                        "MODULE:CLASS (an importable module; the current folder is importable) or "
+                        "FILE.py:CLASS (its folder is importable while it loads, for sibling modules); "
+                        "needs --card")
     r.add_argument("--card", default=None, help="the card the --impl implementation is audited against")
     r.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes auditing variants in parallel (1 = serial; --impl and --model-path run serially)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_Help,
                        description="Cell-by-cell regression gate: a status that gets worse, a verdict that "
                                    "drops, a missing cell or an error metric growing beyond --factor x its "
-                                   "baseline fails. Timing is reported only; new cells are listed.")
+                                   "baseline fails. Timing is reported only; new cells are listed.",
+                       epilog="exit codes: 0 no regression, 1 regression, 2 a missing or foreign file")
     g.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"), help="the committed baseline")
     g.add_argument("--results", type=Path, required=True, help="results.json of a fresh run")
     g.add_argument("--factor", type=float, default=None, help="allowed growth of an error metric (default 4)")
 
     b = sub.add_parser("baseline", help="write a baseline from a results.json (on purpose: it moves the gate)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help, epilog="exit codes: 0 written, 2 a missing or foreign results file")
     b.add_argument("--results", type=Path, default=Path("reports/results.json"), help="results.json to freeze")
     b.add_argument("--out", type=Path, default=Path("reports/baseline.json"), help="baseline file to write")
 
     m = sub.add_parser("mutants", help="audit the mutant corpus and add the kill table to DIR/SUMMARY.md",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m.add_argument("--out", type=Path, required=True, help="folder with results.json; mutants.json is written there")
+                       formatter_class=_Help,
+                       epilog="exit codes: 0 every mutant killed, 1 a mutant survived, 2 no results.json in --out")
+    m.add_argument("--out", type=Path, required=True,
+                   help="folder with the results.json of an audit run; mutants.json is written there")
     m.add_argument("--corpus", type=Path, default=None, help="folder of mutant files (default tests/mutants)")
     m.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    s = sub.add_parser("seeds", help="compare the verdicts of the same audit under several seeds",
+                       formatter_class=_Help,
+                       description="Print a variant x seed table of verdicts.",
+                       epilog="exit codes: 0 every verdict conformant or partial and the same under every seed; "
+                              "1 otherwise (non-conformant, not audited, missing, or differing); "
+                              "2 a missing or foreign file")
+    s.add_argument("--results", type=Path, nargs="+", required=True, help="results.json files, one per seed")
     return p
 
 
+# -- --impl -----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _on_sys_path(folder: str):
+    """``folder`` first on sys.path for the duration (removed again unless it was already there)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    importlib.invalidate_caches()  # files written moments ago (tests, editors) must be seen
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _import_failed(spec: str, what: str, e: BaseException) -> UsageError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return UsageError(f"--impl {spec}: importing {what} raised {type(e).__name__}" + (f": {msg}" if msg else ""))
+
+
 def load_impl(spec: str):
-    """Import ``module:Class`` or ``path/to/file.py:Class``."""
+    """The class named by ``--impl``: ``module:Class`` (the current folder importable) or
+    ``path/to/file.py:Class`` (the file's folder importable while it loads, so sibling modules work).
+    Any failure is a UsageError naming why; the user's module never produces a traceback here."""
     if ":" not in spec:
-        raise SystemExit(f"--impl must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
+        raise UsageError(f"--impl must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
     mod_name, cls_name = spec.rsplit(":", 1)
-    if mod_name.endswith(".py"):
-        import importlib.util
-        path = Path(mod_name).resolve()
+    if not mod_name or not cls_name.isidentifier():
+        raise UsageError(f"--impl must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
+    if mod_name.endswith(".py") or "/" in mod_name or os.sep in mod_name:
+        path = Path(mod_name).expanduser().resolve()
         if not path.is_file():
-            raise SystemExit(f"--impl: file not found: {path}")
-        spec_ = importlib.util.spec_from_file_location(f"_audit_impl_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec_)
-        sys.modules[spec_.name] = module
-        spec_.loader.exec_module(module)
-    else:
+            raise UsageError(f"--impl: file not found: {path}")
+        name = f"_audit_impl_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UsageError(f"--impl: {path} cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
         try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise SystemExit(f"--impl: cannot import module {mod_name!r}: {e}") from None
+            with _on_sys_path(str(path.parent)):
+                module_spec.loader.exec_module(module)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: report, don't crash
+            sys.modules.pop(name, None)
+            raise _import_failed(spec, path.name, e) from None
+    else:
+        here = os.getcwd()
+        cwd_importable = "" in sys.path or "." in sys.path or here in sys.path
+        try:
+            with (contextlib.nullcontext() if cwd_importable else _on_sys_path(here)):
+                importlib.invalidate_caches()
+                module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name and mod_name.split(".")[0] == e.name.split(".")[0] and mod_name.startswith(e.name):
+                raise UsageError(f"--impl {spec}: no module named {e.name!r} (looked in the current folder "
+                                 f"{here} and sys.path; for a file use FILE.py:{cls_name})") from None
+            raise _import_failed(spec, mod_name, e) from None
+        except (Exception, SystemExit) as e:  # noqa: BLE001
+            raise _import_failed(spec, mod_name, e) from None
     cls = getattr(module, cls_name, None)
     if cls is None:
-        raise SystemExit(f"--impl: module {mod_name!r} has no attribute {cls_name!r}")
+        raise UsageError(f"--impl: module {mod_name!r} has no attribute {cls_name!r}")
     import variants
     if not (isinstance(cls, type) and issubclass(cls, variants.Variant)):
-        raise SystemExit(f"--impl: {spec} is not a subclass of variants.Variant")
+        raise UsageError(f"--impl: {spec} is not a subclass of variants.Variant")
     return cls
 
+
+# -- input validation --------------------------------------------------------------------------------
+
+def normalise_dtypes(names: list[str]) -> list[str]:
+    """Aliases (bf16, fp32, f32, fp16, half) to torch names, duplicates dropped; unknown -> UsageError."""
+    out, unknown = [], []
+    for n in names:
+        d = DTYPE_ALIASES.get(n.lower(), n.lower())
+        (out if d in DTYPES else unknown).append(d if d in DTYPES else n)
+    if unknown:
+        raise UsageError(f"unknown dtype(s) {', '.join(unknown)}; valid dtypes: {', '.join(DTYPES)} "
+                         f"(aliases: {', '.join(f'{a}={d}' for a, d in DTYPE_ALIASES.items())})")
+    return _dedupe(out)
+
+
+def check_out_dir(out: Path) -> Path:
+    """``--out`` must be a folder we can create and write into: checked before the run, not after."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".audit-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--out {out}: the folder is not writable ({e.strerror or e})") from None
+    return out
+
+
+def _model_path_label(path: str, taken: set[str]) -> str:
+    base = f"path:{Path(path).name or path}"
+    label, i = base, 2
+    while label in taken:
+        label, i = f"{base}#{i}", i + 1
+    return label
+
+
+def run_exit_code(rows, verdicts: dict) -> int:
+    """1 when a verdict is non-conformant, a row errored, or a row about the audited implementation
+    itself failed (rows with ``about == "reference"`` audit the external reference: only their errors
+    count); else 0."""
+    if any(v.get("verdict") == "non-conformant" for v in verdicts.values()):
+        return EXIT_FINDINGS
+    for r in rows:
+        status = r["status"] if isinstance(r, dict) else r.status
+        about = r.get("about", "subject") if isinstance(r, dict) else getattr(r, "about", "subject")
+        if status == "error" or (about != "reference" and status in ("fail", "xpass")):
+            return EXIT_FINDINGS
+    return EXIT_OK
+
+
+def remove_stale_reports(out: Path, keep: set[str]) -> list[Path]:
+    """Remove ``<card>.md`` files of cards not in this run that look generated (first line a markdown
+    title), so an old variant report never sits beside a new SUMMARY.md. Other files are left alone."""
+    from .cards import CARDS
+    removed = []
+    for name in sorted(set(CARDS) - set(keep)):
+        path = out / f"{name}.md"
+        if not path.is_file():
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                first = f.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if first.startswith("# "):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C until the block ends (the writes), so reports are never left half-written."""
+    hits: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hits
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: hits.append(1))
+    try:
+        yield hits
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _interrupted(what: str = "nothing written") -> int:
+    print(f"interrupted; {what}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+# -- commands ----------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import models, report, results, runner, verdict
     from .cards import CARDS, get
 
-    unknown = [c for c in args.checks if c not in CHECK_ORDER]
+    # cheap checks first, then the ones that import user code or read configs, --out last
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    unknown = [c for c in args.checks if c not in CHECK_ORDER and c != "all"]
     if unknown:
-        raise SystemExit(f"unknown check(s) {unknown}; checks: {', '.join(CHECK_ORDER)}")
+        raise UsageError(f"unknown check(s) {', '.join(unknown)}; checks: {', '.join(CHECK_ORDER)} (or all)")
+    checks = _dedupe(c for name in args.checks for c in (CHECK_ORDER if name == "all" else (name,)))
+    if not checks:
+        raise UsageError(f"--checks is empty; checks: {', '.join(CHECK_ORDER)}")
     bad_models = [m for m in args.models if m not in models.ZOO]
     if bad_models:
-        raise SystemExit(f"unknown model(s) {bad_models}; zoo: {', '.join(models.ZOO)} (use --model-path for local checkpoints)")
+        raise UsageError(f"unknown model(s) {', '.join(bad_models)}; zoo: {', '.join(models.ZOO)} "
+                         "(use --model-path for local checkpoints)")
+    model_names = _dedupe(args.models)
+    if not model_names and not args.model_path:
+        raise UsageError("nothing to audit: --models is empty and no --model-path given")
+    dtypes = normalise_dtypes(args.dtypes)
+    if not dtypes:
+        raise UsageError(f"--dtypes is empty; valid dtypes: {', '.join(DTYPES)}")
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: CUDA is not available on this machine")
+            raise UsageError("--device cuda: CUDA is not available on this machine")
+
     if args.impl:
         if not args.card:
-            raise SystemExit("--impl needs --card NAME (the card to audit against)")
+            raise UsageError("--impl needs --card NAME (the card to audit against); cards: " + ", ".join(sorted(CARDS)))
+        if args.variants is not None:
+            raise UsageError("--variants cannot be combined with --impl (the --card names what is audited)")
+        try:
+            card = get(args.card)
+        except ValueError:
+            raise UsageError(f"--card {args.card!r}: no such card; cards: {', '.join(sorted(CARDS))}") from None
         cls = load_impl(args.impl)
-        targets = [runner.Target(get(args.card), cls, args.impl)]
+        targets = [runner.Target(card, cls, args.impl)]
     else:
         if args.card:
-            raise SystemExit("--card is only used with --impl")
+            raise UsageError("--card is only used with --impl")
+        if args.variants is not None and not args.variants:
+            raise UsageError(f"--variants is empty; cards: {', '.join(sorted(CARDS))}")
+        names = _dedupe(args.variants) if args.variants is not None else None
+        unknown = [n for n in names or [] if n not in CARDS]
+        if unknown:
+            raise UsageError(f"unknown variant(s) {', '.join(unknown)}; cards: {', '.join(sorted(CARDS))}")
         try:
-            targets = runner.default_targets(args.variants)
+            targets = runner.default_targets(names)
         except ValueError as e:
-            raise SystemExit(str(e)) from None
+            raise UsageError(str(e)) from None
+
+    supported = {d for t in targets for d in t.card.dtypes}
+    unsupported = [d for d in dtypes if d not in supported]
+    if unsupported:
+        per_card = "; ".join(f"{t.card.name}: {', '.join(t.card.dtypes)}" for t in targets)
+        raise UsageError(f"dtype(s) {', '.join(unsupported)} not supported by any selected card ({per_card})")
+
     factories = {}
-    model_names = list(args.models)
-    for path in args.model_path:
-        label = f"path:{Path(path).name or path}"
+    for path in _dedupe(args.model_path):
+        try:
+            models.check_local(path)
+        except ValueError as e:
+            msg = str(e)
+            raise UsageError(msg.replace("model path", "--model-path", 1) if msg.startswith("model path")
+                             else f"--model-path {path}: {msg}") from None
+        label = _model_path_label(path, set(model_names))
         factories[label] = (lambda p=path: models.load_local(p))
         model_names.append(label)
-    plan = runner.Plan(targets, model_names, args.dtypes, args.checks, seed=args.seed, device=args.device,
+    out = check_out_dir(args.out)
+
+    plan = runner.Plan(targets, model_names, dtypes, checks, seed=args.seed, device=args.device,
                        model_factories=factories)
     t0 = time.perf_counter()
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     runner.single_threaded()
-    rows = runner.run(plan, progress=not args.quiet, jobs=args.jobs)
+    try:
+        rows = runner.run(plan, progress=not args.quiet, jobs=args.jobs)
+    except KeyboardInterrupt:
+        return _interrupted()
     verdicts = verdict.verdicts(rows)
     meta = results.provenance(args.seed, args.device, sys.argv)
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": model_names,
-                 "dtypes": args.dtypes, "checks": args.checks,
+                 "dtypes": dtypes, "checks": checks,
                  "implementations": {t.card.name: t.label for t in targets},
                  "jobs": args.jobs if runner.parallel_ok(plan) else 1})
-    results.write(args.out, meta, rows, verdicts)
-    report.render(args.out, meta, rows, verdicts, targets)
+    with _sigint_deferred() as hits:
+        report.render(out, meta, rows, verdicts, targets)
+        results.write(out, meta, rows, verdicts)  # last: a results.json always comes with its reports
+        removed = remove_stale_reports(out, {t.card.name for t in targets})
     for name, v in verdicts.items():
         print(f"{name:10s} {v['verdict']:15s} confidence {v['confidence']}")
-    print(f"wrote {args.out}/results.json, SUMMARY.md and {len(verdicts)} variant reports "
-          f"in {meta['wall_seconds']:.1f}s")
-    return 0
+    print(f"wrote {out}/results.json, SUMMARY.md and {len(verdicts)} variant reports "
+          f"in {meta['wall_seconds']:.1f}s" + (f"; removed stale {', '.join(p.name for p in removed)}" if removed else ""))
+    if hits:
+        return _interrupted("the results had been written completely")
+    code = run_exit_code(rows, verdicts)
+    if code:
+        bad = [n for n, v in verdicts.items() if v.get("verdict") == "non-conformant"]
+        errors = sum(r.status == "error" for r in rows)
+        print(f"exit 1: non-conformant: {', '.join(bad) or '-'}; error rows: {errors}", file=sys.stderr)
+    return code
+
+
+def _read(path: Path, what: str) -> dict:
+    from . import results
+    try:
+        return results.read(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"{what}: {e}") from None
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from . import gate
-    ok, text = gate.gate(args.baseline, args.results, args.factor or gate.FACTOR)
-    print(text)
-    return 0 if ok else 1
+    factor = gate.FACTOR if args.factor is None else args.factor
+    if not factor > 0:
+        raise UsageError(f"--factor must be > 0, got {args.factor}")
+    baseline = _read(args.baseline, "--baseline")
+    res = _read(args.results, "--results")
+    rep = gate.compare(baseline, res, factor)
+    print(gate.render(rep))
+    return EXIT_OK if rep.ok else EXIT_FINDINGS
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from . import gate
-    print(f"wrote {gate.write_baseline(args.results, args.out)}")
-    return 0
+    import json
+
+    from . import gate, results
+    doc = gate.make_baseline(_read(args.results, "--results"))
+    try:
+        results.atomic_write(args.out, json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot write ({e.strerror or e})") from None
+    print(f"wrote {args.out}")
+    return EXIT_OK
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
-    from . import mutants, report, results
+    from . import mutants, report
     from .rows import Row
-    doc = mutants.run_corpus(args.corpus or mutants.CORPUS, progress=not args.quiet)
-    mutants.write(args.out, doc)
-    if (args.out / "results.json").exists():
-        res = results.read(args.out / "results.json")
-        report.render_summary(args.out, res["meta"], [Row(**r) for r in res["rows"]], res["verdicts"])
+    res = _read(args.out / "results.json", "--out (run `python -m audit run --out DIR` first)")
+    corpus = args.corpus or mutants.CORPUS
+    if not corpus.is_dir():
+        raise UsageError(f"--corpus {corpus}: not a folder")
+    check_out_dir(args.out)
+    try:
+        doc = mutants.run_corpus(corpus, progress=not args.quiet)
+    except KeyboardInterrupt:
+        return _interrupted()
+    rows = [Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__}) for r in res["rows"]]
+    with _sigint_deferred() as hits:
+        mutants.write(args.out, doc)
+        report.render_summary(args.out, res["meta"], rows, res["verdicts"])
     print(f"kill rate {doc['killed']}/{doc['total']}; wrote {args.out}/mutants.json")
-    return 0 if doc["killed"] == doc["total"] else 1
+    if hits:
+        return _interrupted("mutants.json had been written completely")
+    return EXIT_OK if doc["killed"] == doc["total"] else EXIT_FINDINGS
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from . import gate
+    docs = [_read(p, "--results") for p in args.results]
+    labels = []
+    for p, d in zip(args.results, docs):
+        seed = d["meta"].get("seed")
+        labels.append(f"seed {seed}" if seed is not None else str(p))
+    if len(set(labels)) < len(labels):  # the same seed twice: tell the files apart
+        labels = [f"{lab} ({p})" for lab, p in zip(labels, args.results)]
+    ok, text = gate.compare_seeds(docs, labels)
+    print(text)
+    return EXIT_OK if ok else EXIT_FINDINGS
+
+
+COMMANDS = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants": cmd_mutants, "seeds": cmd_seeds}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants": cmd_mutants}[args.command](args)
+    """Parse and dispatch; returns the exit code. Usage errors raise SystemExit(2) after printing
+    ``python -m audit <command>: error: <message>`` (as argparse does for its own errors)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            return COMMANDS[args.command](args)
+        except UsageError as e:
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            sub.choices[args.command].error(str(e))
+    except KeyboardInterrupt:
+        return _interrupted()
+    return EXIT_USAGE  # not reached: error() exits

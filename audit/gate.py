@@ -16,7 +16,8 @@ from .results import atomic_write, read
 FACTOR = 4.0
 KEY = ("variant", "check", "model", "dtype", "metric")
 RANK = {"pass": 0, "xfail": 1, "xpass": 3, "fail": 3, "error": 3}
-VERDICT_RANK = {"conformant": 0, "partial": 1, "non-conformant": 2}
+VERDICT_RANK = {"conformant": 0, "partial": 1, "not audited": 2, "non-conformant": 3}
+GOOD_VERDICTS = ("conformant", "partial")
 KEPT = (*KEY, "value", "tolerance", "op", "status", "deviation")
 
 
@@ -82,7 +83,7 @@ def compare(baseline: dict, results: dict, factor: float = FACTOR) -> GateReport
     rep.new_cells = ["/".join(str(x) for x in k) for k in new_rows if k not in base_keys]
     for v, d in baseline.get("verdicts", {}).items():
         now = results["verdicts"].get(v, {}).get("verdict", "missing")
-        if VERDICT_RANK.get(now, 3) > VERDICT_RANK[d["verdict"]]:
+        if VERDICT_RANK.get(now, 4) > VERDICT_RANK.get(d["verdict"], 4):
             rep.regressions.append((f"{v} (verdict)", d["verdict"], now, "verdict dropped"))
     return rep
 
@@ -118,3 +119,39 @@ def write_baseline(results_path: Path, out: Path) -> Path:
     import json
     atomic_write(out, json.dumps(make_baseline(read(results_path)), indent=1) + "\n")
     return out
+
+
+def compare_seeds(docs: list[dict], labels: list[str] | None = None) -> tuple[bool, str]:
+    """Verdicts of the same audit run under several seeds, as a variant × seed table.
+
+    ``docs`` are results.json documents; a column is labelled by its ``meta.seed`` (or ``labels``).
+    Fails when any verdict is not conformant/partial (non-conformant, not audited, missing) or when
+    a variant's verdicts differ across seeds.
+    """
+    if not docs:
+        return False, "seeds: no results to compare"
+    if labels is None:
+        labels = [f"seed {d.get('meta', {}).get('seed', '?')}" for d in docs]
+    variants = sorted({v for d in docs for v in d["verdicts"]})
+    table = {v: [d["verdicts"].get(v, {}).get("verdict", "missing") for d in docs] for v in variants}
+    bad = {v: sorted({x for x in row if x not in GOOD_VERDICTS}) for v, row in table.items()}
+    bad = {v: xs for v, xs in bad.items() if xs}
+    differ = [v for v, row in table.items() if len(set(row)) > 1]
+    w0 = max([len("variant"), *(len(v) for v in variants)])
+    widths = [max(len(lab), *(len(table[v][i]) for v in variants)) if variants else len(lab)
+              for i, lab in enumerate(labels)]
+    lines = ["  ".join([f"{'variant':<{w0}}", *(f"{lab:<{w}}" for lab, w in zip(labels, widths))]).rstrip()]
+    for v in variants:
+        mark = "  <- differs" if v in differ else ""
+        lines.append("  ".join([f"{v:<{w0}}", *(f"{x:<{w}}" for x, w in zip(table[v], widths))]).rstrip() + mark)
+    ok = bool(variants) and not bad and not differ
+    lines.append("")
+    if not variants:
+        lines.append("FAIL: no verdicts in the results")
+    if differ:
+        lines.append(f"FAIL: verdicts differ across seeds for {', '.join(differ)}")
+    for v, xs in bad.items():
+        lines.append(f"FAIL: {v} is {' / '.join(xs)} under some seed")
+    if ok:
+        lines.append(f"PASS: {len(variants)} variants, {len(docs)} seeds, the same conformant/partial verdicts")
+    return ok, "\n".join(lines)

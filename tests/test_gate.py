@@ -79,7 +79,8 @@ def test_gate_cli_fails_when_an_implementation_is_broken(tmp_path):
                      "--out", str(tmp_path / "baseline.json")]) == 0
     assert cli.main(["gate", "--baseline", str(tmp_path / "baseline.json"),
                      "--results", str(tmp_path / "good" / "results.json")]) == 0
-    assert cli.main(["run", "--out", str(tmp_path / "bad"), "--impl", f"{impl}:Broken", "--card", "lora", *small]) == 0
+    # exit 1: the broken run is non-conformant; the gate then compares it against the baseline
+    assert cli.main(["run", "--out", str(tmp_path / "bad"), "--impl", f"{impl}:Broken", "--card", "lora", *small]) == 1
     assert cli.main(["gate", "--baseline", str(tmp_path / "baseline.json"),
                      "--results", str(tmp_path / "bad" / "results.json")]) == 1
 
