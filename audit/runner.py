@@ -37,24 +37,39 @@ class Plan:
 
 
 class Progress:
-    """One line per (variant, model, dtype) on stderr; a live counter when stderr is a terminal."""
+    """Progress over audit units on stderr, with tqdm: a live bar on a terminal (its postfix counts
+    the failing rows so far), and one tqdm status line per finished unit otherwise (CI logs, where a
+    redrawn bar is noise). ``--quiet`` creates none."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, total: int, stream=None):
+        from tqdm import tqdm
+        self.stream = stream if stream is not None else sys.stderr
+        self.total, self.done, self.failing, self.t0 = total, 0, 0, time.perf_counter()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._fmt = tqdm.format_meter
+        self.bar = (tqdm(total=total, file=self.stream, unit="unit", dynamic_ncols=True, leave=True)
+                    if self.tty else None)
+        if self.bar is not None:
+            self.bar.set_postfix_str("0 failing", refresh=False)
 
     def step(self, label: str, rows: list[Row]) -> None:
         self.done += 1
-        bad = sum(r.status in ("fail", "error", "xpass") for r in rows)
-        line = (f"[{self.done}/{self.total}] {label}: {len(rows)} rows, {bad} failing "
-                f"({time.perf_counter() - self.t0:.1f}s)")
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-            if self.done == self.total:
-                self.stream.write("\n")
+        self.failing += sum(r.status in ("fail", "error", "xpass") for r in rows)
+        if self.bar is not None:
+            self.bar.set_description_str(label, refresh=False)
+            self.bar.set_postfix_str(f"{self.failing} failing", refresh=False)
+            self.bar.update(1)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.write(self._fmt(self.done, self.total, time.perf_counter() - self.t0, ncols=0,
+                                        prefix=label, unit="unit", postfix=f"{self.failing} failing") + "\n")
+            self.stream.flush()
+        if self.done >= self.total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
@@ -169,6 +184,8 @@ def run(plan: Plan, progress: bool = True, jobs: int = 1) -> list[Row]:
     rows: list[Row] = []
     for tgt in plan.targets:
         rows += _run_target(tgt, plan, bases, bar)
+    if bar:
+        bar.close()
     return rows
 
 
@@ -201,6 +218,8 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
             results[name] = fut.result()
             if bar:
                 bar.step(f"{name} (all models and dtypes)", results[name])
+        if bar:
+            bar.close()
     except BaseException:
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             try:

@@ -1,0 +1,242 @@
+"""Reports from hand-made rows: failures first, honest digits, reference findings apart, CSV, progress."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+
+import pandas as pd
+import pytest
+
+import variants
+from audit import report, runner, verdict
+from audit.cards import get
+from audit.rows import Row
+
+META = {"seed": 0, "device": "cpu", "versions": {"torch": "t", "transformers": "tf", "peft": "p"},
+        "git_commit": "abc", "git_dirty": False, "wall_seconds": 1.0, "models": ["qwen2", "mlp"],
+        "dtypes": ["float32", "bfloat16"], "checks": ["paper_parity", "peft_parity", "training"],
+        "implementations": {}}
+CELLS = [("qwen2", "float32"), ("qwen2", "bfloat16"), ("mlp", "float32"), ("mlp", "bfloat16")]
+
+
+def row(variant, check, metric, value, tol, status=None, model="qwen2", dtype="float32", op="<=", **kw):
+    from audit.rows import judge
+    return Row(variant, check, model, dtype, metric, value, tol,
+               status or (judge(value, op, tol) if tol is not None else "pass"), op=op, **kw)
+
+
+def passing(variant: str) -> list[Row]:
+    out = []
+    for m, d in CELLS:
+        out += [row(variant, "identity_at_init", "logits_rel_err", 0.0, 0.0, model=m, dtype=d),
+                row(variant, "paper_parity", "output_rel_err", 5e-7, 1e-6, model=m, dtype=d,
+                    message="worst layer q"),
+                row(variant, "peft_parity", "logits_rel_err", 2e-7, 1e-6, model=m, dtype=d),
+                row(variant, "training", "loss_ratio", 0.5, 0.9, model=m, dtype=d),
+                row(variant, "timing", "fwd_median_ms[base]", 2.0, None, model=m, dtype=d),
+                row(variant, "timing", "fwd_median_ms[ours]", 2.5, None, model=m, dtype=d),
+                row(variant, "timing", "fwd_bwd_ratio_vs_base", {"mlp": 0.8, "qwen2": 0.9}[m] if d == "float32" or m == "mlp"
+                    else 1.3, None, model=m, dtype=d),
+                row(variant, "timing", "fwd_bwd_ratio_vs_peft", 0.9, 10.0, model=m, dtype=d, reference="peft"),
+                row(variant, "timing", "fwd_bwd_peak_mem_mb[ours]", 1.2, None, model=m, dtype=d)]
+    return out
+
+
+def failing(variant: str) -> list[Row]:
+    rs = passing(variant)
+    rs[1] = row(variant, "paper_parity", "output_rel_err", 0.95004, 0.95, message="worst layer v")
+    for m, d in CELLS:  # a constant factor 4 on a gradient: rel err 3 everywhere
+        rs.append(row(variant, "paper_parity", "grad_rel_err[A]", 3.0 + 1e-4 * len(m), 1e-6, model=m, dtype=d))
+    rs.append(row(variant, "paper_parity", "delta_scale_factor", 4.0, 1.0, op="=="))
+    # rows about the reference: a declared one (xfail) and an undeclared one (fail)
+    rs.append(row(variant, "peft_parity", "peft_default_targets_mismatch", 2.0, 0.0, status="xfail",
+                  about="reference", reference="peft", deviation="peft-targets", message="peft targets q"))
+    rs.append(row(variant, "peft_parity", "peft_layer_vs_paper_rel_err", 0.2, 1e-6, model="mlp",
+                  about="reference", reference="peft", message="peft layer differs"))
+    return rs
+
+
+def not_audited(variant: str) -> list[Row]:
+    return [row(variant, "training", "loss_ratio", 0.5, 0.9, model=m, dtype=d) for m, d in CELLS]
+
+
+def target(name: str) -> runner.Target:
+    card = dataclasses.replace(get("lora"), name=name)
+    return runner.Target(card, variants.REGISTRY["lora"], f"tests.{name}")
+
+
+@pytest.fixture()
+def rendered(tmp_path):
+    rows = passing("good") + failing("bad") + not_audited("idle")
+    verdicts = verdict.verdicts(rows)
+    report.render(tmp_path, META, rows, verdicts, [target("good"), target("bad"), target("idle")])
+    return tmp_path, rows, verdicts
+
+
+def section(text: str, title: str) -> str:
+    """The body of the '## title' section of a markdown document."""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
+def test_the_verdicts_are_what_the_fixture_means(rendered):
+    _, _, verdicts = rendered
+    assert {k: v["verdict"] for k, v in verdicts.items()} == {
+        "good": "conformant", "bad": "non-conformant", "idle": "not audited"}
+
+
+def test_failures_print_a_failing_value_apart_from_its_tolerance(rendered):
+    out, _, _ = rendered
+    fails = section((out / "bad.md").read_text(), "Failures")
+    line = next(ln for ln in fails.splitlines() if ln.startswith("| qwen2 | float32 | output_rel_err |"))
+    cells = [c.strip() for c in line.split("|")]
+    value, bound, margin = cells[4], cells[5], cells[6]
+    assert value == "0.95004" and bound == "<= 0.95"
+    assert float(margin) > 1 and margin != "1"
+    assert "value is 1.00004× the tolerance" in line
+
+
+def test_number_formatting_never_hides_a_failure():
+    assert report.fmt_vs(0.95004, 0.95) == ("0.95004", "0.95")
+    assert report.fmt_vs(0.95, 0.95) == ("0.95", "0.95")
+    v, t = report.fmt_vs(1.0000000001e-6, 1e-6)
+    assert v != t and float(v) > float(t)
+    assert report.fmt_margin(1.0000421) == "1.00004"
+    assert report.fmt_margin(0.99996) == "0.99996"
+    assert report.fmt_margin(6.2345) == "6.2" and report.fmt_margin(math.inf) == "inf"
+    assert report.fmt_margin(None) == "-"
+
+
+def test_reference_findings_have_their_own_section_and_are_not_failures(rendered):
+    out, _, _ = rendered
+    text = (out / "bad.md").read_text()
+    fails, refs = section(text, "Failures"), section(text, "Reference findings")
+    for metric in ("peft_default_targets_mismatch", "peft_layer_vs_paper_rel_err"):
+        assert metric in refs
+        assert metric not in fails
+    assert "peft-targets" in refs and "undeclared" in refs
+    summary = section((out / "SUMMARY.md").read_text(), "Reference findings")
+    assert re.search(r"bad: peft peft_parity `peft_default_targets_mismatch` xfail \(declared `peft-targets`\) "
+                     r"on qwen2 × fp32", summary)
+    assert "good:" not in summary
+
+
+def test_failures_carry_a_cheap_diagnosis(rendered):
+    out, _, _ = rendered
+    fails = section((out / "bad.md").read_text(), "Failures")
+    assert "scale off by 4×" in fails  # the scale_factor row
+    grad = next(ln for ln in fails.splitlines() if ln.startswith("- `grad_rel_err[A]`"))
+    assert "every model × dtype" in grad and "scale off by 4× or -2×" in grad
+    out_line = next(ln for ln in fails.splitlines() if ln.startswith("- `output_rel_err`"))
+    assert "1 of 4 cells" in out_line and "scale off" not in out_line  # one cell: no constant-factor claim
+
+
+def test_summary_shows_verdict_deciding_checks_and_margins(rendered):
+    out, _, _ = rendered
+    text = (out / "SUMMARY.md").read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| variant |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    bad = next(ln for ln in text.splitlines() if ln.startswith("| [bad]"))
+    good = next(ln for ln in text.splitlines() if ln.startswith("| [good]"))
+    bad_cells = dict(zip(cols, (c.strip() for c in bad.strip("|").split("|"))))
+    good_cells = dict(zip(cols, (c.strip() for c in good.strip("|").split("|"))))
+    assert bad_cells["verdict"] == "**non-conformant**" and bad_cells["decided by"] == "paper_parity"
+    assert bad_cells["paper parity"].startswith("**fail ") and float(bad_cells["paper parity"][7:-2]) > 1e6
+    assert good_cells["verdict"] == "**conformant**"
+    assert good_cells["paper parity"] == "pass 0.5" and good_cells["training"] == "pass 0.56"
+    assert good_cells["identity"] == "pass 0" and good_cells["properties"] == "-"
+    # the failing value's margin prints above 1 in the variant's overview as well
+    overview = section((out / "bad.md").read_text(), "Verdict and why")
+    assert "failing row" in overview and "see Failures" in overview
+
+
+def test_not_audited_renders(rendered):
+    out, _, verdicts = rendered
+    text = (out / "idle.md").read_text()
+    assert text.startswith("# idle: not audited (confidence none)")
+    assert "no parity check" in section(text, "Verdict and why")
+    idle = next(ln for ln in (out / "SUMMARY.md").read_text().splitlines() if ln.startswith("| [idle]"))
+    assert "**not audited**" in idle
+
+
+def test_a_passing_report_is_short_and_folds_its_tables(rendered):
+    out, _, _ = rendered
+    text = (out / "good.md").read_text()
+    head, _, tail = text.partition("## All measurements")
+    assert tail and len(head.splitlines()) < 200
+    assert section(text, "Failures").strip() == "None."
+    assert "| metric | bound |" not in head
+    blocks = re.findall(r"<details><summary>(.*?)</summary>(.*?)</details>", tail, re.S)
+    assert [b[0].split(":")[0] for b in blocks] == ["identity_at_init", "paper_parity", "peft_parity",
+                                                     "training", "timing"]
+    assert all("| metric | bound |" in body for _, body in blocks)
+    assert tail.count("| metric | bound |") == len(blocks)
+    paper = dict(blocks)[next(s for s, _ in blocks if s.startswith("paper_parity"))]
+    assert "| output_rel_err | <= 1.000e-06 | 5.000e-07 | 5.000e-07 | 5.000e-07 | 5.000e-07 | 0.5 |" in paper
+
+
+def test_timing_is_labelled_overhead_bound_and_cannot_contradict_itself(rendered):
+    out, _, _ = rendered
+    summary = section((out / "SUMMARY.md").read_text(),
+                      "Timing (tiny models, per-call overhead dominates; not a speed claim; see `nox -s bench`)")
+    header = next(ln for ln in summary.splitlines() if ln.startswith("| variant |"))
+    assert "fwd ours" not in header and " ms " not in header  # fwd+bwd ratios and memory only
+    good = next(ln for ln in summary.splitlines() if ln.startswith("| good |"))
+    assert "≈1 (noise: 0.85) [0.8–1.3]" in good  # ours/base 0.9, 1.3, 0.8, 0.8: a median below 1 is noise
+    text = (out / "good.md").read_text()
+    assert "fwd_median_ms" not in text  # millisecond medians stay in the CSV
+    timing = re.search(r"<details><summary>timing:.*?</details>", text, re.S).group(0)
+    assert "overhead dominates" in timing and "| 0.9 (noise) | 1.3 | 0.8 (noise) | 0.8 (noise) |" in timing
+
+
+def test_results_csv_round_trips_with_pandas(rendered):
+    out, rows, _ = rendered
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == len(rows)
+    assert list(df.columns) == list(Row.__dataclass_fields__) + ["margin"]
+    bad = df[(df.variant == "bad") & (df.metric == "output_rel_err") & (df.model == "qwen2")
+             & (df.dtype == "float32")]
+    assert bad.status.tolist() == ["fail"] and bad.margin.iloc[0] == pytest.approx(0.95004 / 0.95)
+    assert df[df.about == "reference"].shape[0] == 2
+    assert df.margin.isna().sum() == sum(r.margin is None for r in rows)
+
+
+def test_summary_renders_from_an_older_results_json(tmp_path):
+    """The mutants command re-renders SUMMARY from results.json; older files lack newer keys."""
+    rows = passing("good")
+    old = {"good": {"verdict": "conformant", "confidence": "high", "references_agreeing": [], "reasons": []}}
+    report.render_summary(tmp_path, {"seed": 0}, rows, old)
+    line = next(ln for ln in (tmp_path / "SUMMARY.md").read_text().splitlines() if ln.startswith("| [good]"))
+    assert "**conformant**" in line and "pass 0.5" in line
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_lines_in_logs_count_failing_rows():
+    stream = io.StringIO()
+    bar = runner.Progress(2, stream=stream)
+    bar.step("lora / qwen2 / float32", failing("x")[:3])
+    bar.step("lora / mlp / float32", [row("x", "c", "m", 2.0, 1.0), row("x", "c", "m", 0.5, 1.0)])
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("lora / qwen2 / float32:") and "1/2" in lines[0] and "1 failing" in lines[0]
+    assert "2/2" in lines[1] and "2 failing" in lines[1]
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    stream = _Tty()
+    bar = runner.Progress(3, stream=stream)
+    for i in range(3):
+        bar.step(f"unit {i}", [row("x", "c", "m", 2.0, 1.0)])
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" in text and "3/3" in text and "3 failing" in text and "100%" in text
+    assert bar.bar is None  # closed once done; close() again is harmless
+    bar.close()
