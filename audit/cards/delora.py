@@ -51,22 +51,6 @@ CARD = VariantCard(
     peft_extra=_peft_default_init,
     bad_inputs=(BadInput({"r": 100}, ValueError), BadInput({"init_style": "kaiming"}, ValueError)),
     deviations=(
-        Deviation("delora-lam-grad-conditioning-fp32", "paper_parity", "grad_rel_err[lam]", "paper", "tolerance",
-                  "λ is one scalar: its gradient Σ t·(ΔW x)/λ reduces every output of the layer, and with the paper "
-                  "init ΔW is the difference of two terms, so the reduction cancels heavily and fp32 round-off is "
-                  "amplified (measured up to 6.4e-5 since the hook forms x (A diag(w))ᵀ); A and B keep the 2e-6 "
-                  "bound", "numerical conditioning of a scalar reduction; measured in this audit", tolerance=2e-4,
-                  dtypes=("float32",)),
-        Deviation("delora-lam-grad-conditioning-peft-fp32", "peft_parity", "grad_rel_err[lam]", "peft", "tolerance",
-                  "the same scalar reduction against peft: ours forms x (A diag(w))ᵀ where peft forms (x ⊙ w) Aᵀ "
-                  "(equal in exact arithmetic, cheaper by one pass over the input), so λ's cancelling gradient "
-                  "differs by amplified round-off (measured up to 1.0e-5); A and B keep 2e-6",
-                  "numerical conditioning of a scalar reduction; measured in this audit", tolerance=5e-5,
-                  dtypes=("float32",)),
-        Deviation("delora-lam-grad-conditioning-bf16", "paper_parity", "grad_rel_err[lam]", "paper", "tolerance",
-                  "as the fp32 case, with bf16 layer outputs (u = 2⁻⁸) entering the cancelling reduction "
-                  "(measured up to 5.2e-2)", "numerical conditioning of a scalar reduction; measured in this audit",
-                  tolerance=0.1, dtypes=("bfloat16",)),
         Deviation("peft-delora-no-frozen-copy", "peft_parity", "peft_init_B_norm_min", "peft", "xfail",
                   "peft initialises B = 0 with no frozen copy; the paper starts from random A, B and subtracts "
                   "their frozen copy, so A and B both learn from step 0 (peft: A and λ get zero gradient)",

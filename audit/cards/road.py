@@ -1,5 +1,5 @@
 """Card: RoAd (Liao & Monz, arXiv 2409.00119), road_1."""
-from ..cards import BadInput, Deviation, VariantCard
+from ..cards import BadInput, VariantCard
 
 CARD = VariantCard(
     name="road",
@@ -14,12 +14,5 @@ CARD = VariantCard(
                 BadInput({"group_size": 12}, ValueError),
                 BadInput({"road_variant": "road_3"}, ValueError)),
     perturb={"theta": 0.3, "alpha": 0.1},
-    deviations=(
-        Deviation("road-few-params-training", "training", "loss_ratio", "paper", "tolerance",
-                  "road_1 trains only d_out values (an angle and a scale per output pair) per layer, so on the "
-                  "random-label task the loss falls slowly (measured 0.955 on qwen2/llama); it must still fall",
-                  "audit training task (random labels, 12 Adam steps, lr 3e-2); measured in this audit",
-                  tolerance=0.99),
-    ),
     notes="Pairing j ↔ j + g/2 is peft's (the paper pairs neighbours); the bias is rotated too.",
 )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ._common import compute_dtype, evaluated_in  # noqa: F401 - the audit measures rounding spread with it
+
 VARIANTS = ("lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road", "antipasto")
 
 

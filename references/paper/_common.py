@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 DTYPE = torch.float64
+_COMPUTE = [DTYPE]
+
+
+@contextlib.contextmanager
+def evaluated_in(dtype: torch.dtype):
+    """Evaluate the formulas in ``dtype`` instead of float64 (every ``f64`` cast goes there).
+
+    The audit uses this to measure the formula's own rounding spread in a run's precision, which
+    sets how far a correct low-precision implementation may sit from the float64 truth.
+    """
+    _COMPUTE.append(dtype)
+    try:
+        yield
+    finally:
+        _COMPUTE.pop()
+
+
+def compute_dtype() -> torch.dtype:
+    """The dtype the formulas compute in: float64 unless inside ``evaluated_in``."""
+    return _COMPUTE[-1]
 
 
 def f64(t: torch.Tensor | None) -> torch.Tensor | None:
-    """Cast to float64 keeping the autograd graph (``.double()`` is a no-op on float64)."""
-    return None if t is None else t.to(DTYPE)
+    """Cast to the compute dtype (float64 by default) keeping the autograd graph."""
+    return None if t is None else t.to(_COMPUTE[-1])
 
 
 def linear(x: torch.Tensor, W_eff: torch.Tensor, b_eff: torch.Tensor | None) -> torch.Tensor:

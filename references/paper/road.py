@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import f64, linear
+from ._common import compute_dtype, f64, linear
 
 EQUATION = "y′ = R(Wx + b),  R = blocks α·[[cos θ, −sin θ], [sin θ, cos θ]] (road_1; road_2/road_4 free per entry)"
 CITATION = (
@@ -37,7 +37,7 @@ def cos_sin_columns(theta: torch.Tensor, alpha: torch.Tensor, variant: str, grou
 
 def _half_swap(d_out: int, g: int) -> torch.Tensor:
     """Signed permutation J with (Jy)_j = −y_{j+g/2}, (Jy)_{j+g/2} = y_j inside each group of g."""
-    J = torch.zeros(d_out, d_out, dtype=torch.float64)
+    J = torch.zeros(d_out, d_out, dtype=compute_dtype())
     h = g // 2
     for start in range(0, d_out, g):
         for j in range(h):
