@@ -1,6 +1,6 @@
 """timing: forward and forward+backward medians of base, ours and peft, side by side in one process.
 
-Measured on the cell's model with a larger batch, interleaving the three models each round so
+Measured on the cell's model with a larger batch (CPU time of this single-threaded process on CPU), interleaving the three models each round so
 machine noise hits them alike. Reported, and gated only loosely (ours/peft fwd+bwd ≤ the card's
 bound, default 10×: a gross regression on a shared, noisy machine, not a benchmark; `nox -s bench` is the benchmark).
 fwd+bwd is the same for all three: a forward, then the backward of a scalar loss down to the input
@@ -26,11 +26,14 @@ ROUNDS, BATCH, SEQ = 5, 4, 32
 
 
 def _time(fn, device) -> float:
+    """Seconds ``fn`` takes: this process's CPU time on CPU (the audit's workers are single-threaded,
+    so time the machine gives to other processes is not counted), wall time around a sync on CUDA."""
+    clock = time.perf_counter if torch.device(device).type == "cuda" else time.process_time
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def run(cell: Cell) -> None:
