@@ -67,7 +67,8 @@ class Delora(Variant):
         else:
             layer.adapter_B.zero_()
         layer.adapter_lam.fill_(cfg.lambda0)
-        layer.adapter_w_norm.copy_(layer.weight.to(torch.float32).norm(dim=0))
+        w = layer.adapter_w_norm  # float32, or float64 for a float64 adapter
+        w.copy_(layer.weight.to(torch.promote_types(w.dtype, torch.float32)).norm(dim=0))
 
     def forward(self, layer, x, y):
         a, b, lam, w = layer.adapter_A, layer.adapter_B, layer.adapter_lam, layer.adapter_w_norm

@@ -4,8 +4,9 @@
 
 The norm is one value per output neuron (row of the (d_out, d_in) weight). As the paper's §4.3
 recommends (and peft does), ‖V‖_row is treated as a constant in backprop (detached). The bias is not
-scaled. Init: m = ‖W‖_row (computed in float32 then cast to the adapter dtype), A kaiming-uniform,
-B = 0, so identity is exact in fp32 and approximate with a bf16 base. At step 0 A's gradient is 0.
+scaled. Init: m = ‖W‖_row (computed in float32, or in float64 for a float64 adapter, then cast to
+the adapter dtype), A kaiming-uniform, B = 0, so identity is exact in fp32 and approximate with a
+bf16 base. At step 0 A's gradient is 0.
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ class Dora(Lora):
     def init(self, layer, cfg, gen):
         kaiming_uniform_(layer.adapter_A, gen)
         layer.adapter_B.zero_()
-        layer.adapter_m.copy_(layer.weight.to(torch.float32).norm(dim=1))
+        m = layer.adapter_m
+        # float32, or float64 for a float64 adapter (never narrower than the adapter): an fp32 or
+        # fp64 forward then computes ‖W + s·0‖_row exactly as here, so m / ‖·‖ = 1 at init
+        m.copy_(layer.weight.to(torch.promote_types(m.dtype, torch.float32)).norm(dim=1))
 
     def forward(self, layer, x, y):
         a, b, m = layer.adapter_A, layer.adapter_B, layer.adapter_m

@@ -1,0 +1,119 @@
+"""EVA written independently: principal directions from an SVD of the centred calibration inputs,
+each carrying a seeded random sign.
+
+    A_l = ±(top-r_l right singular vectors of X_l − mean),  B = 0,  y = x Wᵀ + b + s·(x Aᵀ) Bᵀ
+
+(Paischer et al., arXiv 2410.07170, §3.) A principal direction is defined up to its sign, so any
+signs are valid: this implementation multiplies row i of A by a ±1 drawn from a generator seeded
+with cfg.seed, where ours fixes the sign so that the largest-magnitude entry is positive and uses an
+eigendecomposition of the covariance. Same row space, other signs.
+Rank redistribution (rho > 1): each layer offers min(round(r·rho), d_in) components, the explained
+variance ratios σ_i² / Σσ² of all layers are pooled and the global top r·(number of layers) kept;
+a layer left with rank 0 loses its adapter. s = alpha / r with the config r (peft's
+adjust_scaling_factors). The forward is LoRA's, written out: y + (s · x Aᵀ Bᵀ) in the adapter dtype.
+
+    python -m audit run --impl tests/alternatives/eva_flipped_signs.py:EvaFlippedSigns --card eva
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from variants import ParamSpec, Variant
+from variants._runtime import allocate, remove_tensors
+from variants.eva import EvaConfig
+
+
+def _call(model, item):
+    if isinstance(item, torch.Tensor):
+        return model(item)
+    if isinstance(item, dict):
+        return model(**item)
+    if isinstance(item, (tuple, list)):
+        return model(*item)
+    raise TypeError(f"calibration_data items must be tensors, tuples or dicts, got {type(item).__name__}")
+
+
+class EvaFlippedSigns(Variant):
+    name = "eva"
+    Config = EvaConfig
+    needs_calibration = True
+
+    def param_specs(self, d_in, d_out, r, cfg):
+        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}
+
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if cfg.r > d_in:
+            raise ValueError(f"EvaConfig.r: r={cfg.r} exceeds d_in={d_in} of module {name!r} "
+                             "(no more principal directions of its inputs)")
+
+    def init(self, layer, cfg, gen):
+        layer.adapter_B.zero_()  # A is written by group_init
+
+    # -- data-driven init ------------------------------------------------------------------------
+    @staticmethod
+    def _record(model, targets, data) -> dict[str, torch.Tensor]:
+        seen: dict[str, list[torch.Tensor]] = defaultdict(list)
+        hooks = [mod.register_forward_pre_hook(
+            lambda m, args, _n=n: seen[_n].append(args[0].detach().reshape(-1, args[0].shape[-1]).to("cpu", torch.float64)))
+            for n, mod in targets.items()]
+        mode = model.training
+        model.eval()
+        batches = 0
+        try:
+            with torch.no_grad():
+                for item in data:
+                    _call(model, item)
+                    batches += 1
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(mode)
+        if batches == 0:
+            raise ValueError("EVA: calibration_data is empty (give at least one batch of model inputs)")
+        return {n: torch.cat(xs) for n, xs in seen.items()}
+
+    def group_init(self, model, targets, cfg, calibration_data):
+        if calibration_data is None:
+            raise ValueError("EVA needs calibration_data")
+        inputs = self._record(model, targets, calibration_data)
+        offer = {n: min(round(cfg.r * cfg.rho), mod.in_features) for n, mod in targets.items()}
+        pcs = {}
+        for n in targets:
+            X = inputs[n]
+            if X.shape[0] < offer[n]:
+                raise ValueError(f"EVA: module {n!r} saw {X.shape[0]} calibration tokens, fewer than "
+                                 f"the {offer[n]} components it needs; give more calibration_data")
+            X = X - X.mean(dim=0, keepdim=True)
+            _, sv, vh = torch.linalg.svd(X, full_matrices=False)
+            pcs[n] = (sv.square(), vh)
+        # global top-k of explained-variance ratios
+        pool = []
+        for n, (var, _) in pcs.items():
+            ratio = var / var.sum() if var.sum() > 0 else var
+            pool.extend((float(ratio[i]), n, i) for i in range(offer[n]))
+        pool.sort(key=lambda t: t[0], reverse=True)
+        rank = {n: 0 for n in targets}
+        for _, n, _ in pool[: cfg.r * len(targets)]:
+            rank[n] += 1
+
+        signs = torch.Generator().manual_seed(cfg.seed + 4242)
+        for n in list(targets):
+            mod = targets[n]
+            if rank[n] == 0:
+                remove_tensors(mod)
+                del targets[n]
+                continue
+            if rank[n] != mod.adapter_rank:
+                allocate(mod, self, cfg, rank[n])
+            vh = pcs[n][1][: rank[n]]
+            flip = torch.randint(0, 2, (rank[n], 1), generator=signs, dtype=torch.float64) * 2 - 1
+            with torch.no_grad():
+                mod.adapter_A.copy_(vh * flip)
+                mod.adapter_B.zero_()
+
+    def forward(self, layer, x, y):
+        A, B = layer.adapter_A, layer.adapter_B
+        s = self.cfg.alpha / self.cfg.r
+        return y + (s * (x.to(A.dtype) @ A.T @ B.T)).to(y.dtype)
