@@ -52,6 +52,10 @@ class Cell:
             self._base_cache["model"] = m.to(device=self.device, dtype=self.dtype).eval()
         return self._base_cache["model"]
 
+    def base(self) -> nn.Module:
+        """The cached base model itself: read it, never modify it (``fresh_model`` gives a copy)."""
+        return self._base()
+
     def fresh_model(self) -> nn.Module:
         """An untouched copy of the base model (same weights every call)."""
         return copy.deepcopy(self._base())

@@ -13,6 +13,7 @@ gradients vs the independent antipasto3 port.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -29,9 +30,11 @@ from .paper_parity import formula_outputs, formula_spreads, worst_layer_rows
 STEPS, LR = 3, 1e-3
 
 
-def _loss(cell: Cell, model) -> torch.Tensor:
-    y = cell.logits(model).double()
-    return ((y - cell.target(y)) ** 2).mean()
+def _loss(cell: Cell, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖logits − t‖² mean, the logits it was computed from)."""
+    y = cell.logits(model)
+    y64 = y.double()
+    return ((y64 - cell.target(y64)) ** 2).mean(), y.detach()
 
 
 def _our_grads(model) -> dict[str, dict[str, torch.Tensor]]:
@@ -62,7 +65,7 @@ def has_peft(card) -> bool:
 def peft_twin(cell: Cell, model, cfg: dict):
     """The peft model holding the same adapter state as ``model``, on a fresh copy of the base."""
     names = list(variants.state_of(model).targets)
-    return bridge.build_peft_model(cell.fresh_model(), cell.card.name, cfg, names,
+    return bridge.build_peft_model(cell.base(), cell.card.name, cfg, names,  # build() deep-copies it
                                    snapshot(model, cell.variant.mutates_base_weight))
 
 
@@ -127,16 +130,17 @@ def _term_scales(cell: Cell, truth_model, taps: _LayerTaps, names, cfg) -> dict[
 
 def _twins(cell: Cell, model, cfg: dict) -> dict:
     """peft holding ``model``'s state: in the run's precision ("peft"), from a start jittered by one
-    unit round-off ("peft_jittered"), and in float64 on the same (exactly representable) weights ("truth")."""
-    names = list(variants.state_of(model).targets)
-    state = snapshot(model, cell.variant.mutates_base_weight)
+    unit round-off ("peft_jittered"), and in float64 on the same (exactly representable) weights
+    ("truth"). The last two are copies of the first (jittering peft's tensors elementwise is jittering
+    the canonical state: the bridge's layout maps only transpose and reshape)."""
+    twin = peft_twin(cell, model, cfg)
+    jittered, truth = copy.deepcopy(twin), copy.deepcopy(twin).double()
     gen = torch.Generator().manual_seed(cell.seed + 23)
-    jittered = {n: {k: v if k == "weight" else jitter(v, cell.dtype, gen) for k, v in st.items()}
-                for n, st in state.items()}
-    wide = {n: {k: v.double() for k, v in st.items()} for n, st in state.items()}
-    return {"peft": bridge.build_peft_model(cell.fresh_model(), cell.card.name, cfg, names, state),
-            "peft_jittered": bridge.build_peft_model(cell.fresh_model(), cell.card.name, cfg, names, jittered),
-            "truth": bridge.build_peft_model(cell.fresh_model().double(), cell.card.name, cfg, names, wide)}
+    with torch.no_grad():
+        for p in jittered.parameters():
+            if p.requires_grad:
+                p.copy_(jitter(p, cell.dtype, gen))
+    return {"peft": twin, "peft_jittered": jittered, "truth": truth}
 
 
 def run(cell: Cell) -> None:
@@ -165,7 +169,7 @@ def run(cell: Cell) -> None:
     try:
         for m in models.values():
             m.zero_grad(set_to_none=True)
-            _loss(cell, m).backward()
+            _loss(cell, m)[0].backward()
     finally:
         taps.remove()
     scales = _term_scales(cell, twins["truth"], taps, names, cfg)
@@ -180,12 +184,12 @@ def run(cell: Cell) -> None:
     logits_err: dict[str, float] = {k: 0.0 for k in ("ours", *refs)}
     state_worst: dict[str, tuple[float, float, str]] = {}
     for _ in range(STEPS):
-        for k, m in models.items():
+        y = {}
+        for k, m in models.items():  # step, then the loss (and logits) at the new state
             opts[k].step()
             opts[k].zero_grad(set_to_none=True)
-            _loss(cell, m).backward()
-        with torch.no_grad():
-            y = {k: cell.logits(m) for k, m in models.items()}
+            loss, y[k] = _loss(cell, m)
+            loss.backward()
         for k in logits_err:
             logits_err[k] = max(logits_err[k], rel_err(y[k], y["truth"]))
         states = {k: bridge.peft_state(m, card.name, names) for k, m in twins.items()}

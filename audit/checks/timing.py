@@ -17,7 +17,7 @@ import time
 import torch
 
 from .. import models
-from ..cell import Cell
+from ..cell import Cell, NotApplicable
 from ..measure import peak_memory_bytes, sync
 from ..state import perturb
 from .peft_parity import has_peft, peft_twin
@@ -37,6 +37,9 @@ def _time(fn, device) -> float:
 
 
 def run(cell: Cell) -> None:
+    if cell.device == "cpu" and cell.dtype_name != "float32":
+        raise NotApplicable("timed in float32 only on CPU: CPU bf16/fp16 kernels say nothing about a speed "
+                            "claim (BENCH_DEVICE=cuda BENCH_DTYPE=bfloat16 nox -s bench times bf16)")
     base = cell.fresh_model()
     ids = models.example_inputs(base, batch=BATCH, seq=SEQ, seed=cell.seed + 5).to(cell.device)
     over = cell.card.peft_config or {}

@@ -20,7 +20,7 @@ from references import paper
 
 from ..cell import Cell, NotApplicable
 
-STEPS, LR = 12, 1e-2
+STEPS, LR = 8, 1e-2
 REL_DROP_TOL = 0.5  # |drop_subject − drop_reference| / drop_reference; see the module docstring
 
 
