@@ -7,6 +7,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 import variants
 from variants import Variant
 
@@ -127,10 +129,10 @@ def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], 
     return rows
 
 
-def _run_target(tgt: Target, plan: Plan, bases: dict, bar: Progress | None) -> list[Row]:
-    """Every model × dtype × check of one audited implementation, deviations applied."""
+def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progress | None) -> list[Row]:
+    """Every model (of ``models``) × dtype × check of one audited implementation, deviations not applied."""
     card_rows: list[Row] = []
-    for model_name in plan.models:
+    for model_name in models:
         for dtype in plan.dtypes:
             cell = Cell(tgt.card, tgt.variant, model_name, dtype, seed=plan.seed, device=plan.device,
                         model_factory=plan.model_factories.get(model_name),
@@ -144,7 +146,13 @@ def _run_target(tgt: Target, plan: Plan, bases: dict, bar: Progress | None) -> l
             card_rows += cell.rows
             if bar:
                 bar.step(f"{tgt.card.name} / {model_name} / {dtype}", cell.rows)
-    return apply_deviations(tgt.card, card_rows, plan.checks, plan.models, plan.dtypes)
+    return card_rows
+
+
+def _run_target(tgt: Target, plan: Plan, bases: dict, bar: Progress | None) -> list[Row]:
+    """Every model × dtype × check of one audited implementation, deviations applied."""
+    return apply_deviations(tgt.card, _cells(tgt, plan, plan.models, bases, bar), plan.checks, plan.models,
+                            plan.dtypes)
 
 
 def single_threaded() -> None:
@@ -162,9 +170,10 @@ def _init_worker() -> None:
     single_threaded()
 
 
-def _worker(card_name: str, plan: Plan) -> list[Row]:
-    """Audit one registry variant in a worker process (plan.targets is empty here)."""
-    return _run_target(default_targets([card_name])[0], plan, {}, None)
+def _worker(card_name: str, model_name: str, plan: Plan) -> list[Row]:
+    """Audit one registry variant on one model in a worker process (plan.targets is empty here);
+    the parent applies the card's deviations once it has every model's rows."""
+    return _cells(default_targets([card_name])[0], plan, [model_name], {}, None)
 
 
 def parallel_ok(plan: Plan) -> bool:
@@ -174,9 +183,9 @@ def parallel_ok(plan: Plan) -> bool:
 
 
 def run(plan: Plan, progress: bool = True, jobs: int = 1) -> list[Row]:
-    """All rows of the plan, in target order. ``jobs`` > 1 audits targets in that many processes
+    """All rows of the plan, in target order. ``jobs`` > 1 audits (target, model) units in that many processes
     (same rows: every cell is seeded on its own), when ``parallel_ok``; otherwise serially."""
-    if jobs > 1 and len(plan.targets) > 1 and parallel_ok(plan):
+    if jobs > 1 and len(plan.targets) * len(plan.models) > 1 and parallel_ok(plan):
         return _run_parallel(plan, progress, jobs)
     total = len(plan.targets) * len(plan.models) * len(plan.dtypes)
     bar = Progress(total) if progress else None
@@ -189,8 +198,28 @@ def run(plan: Plan, progress: bool = True, jobs: int = 1) -> list[Row]:
     return rows
 
 
+def _warm_up(plan: Plan) -> None:
+    """Pay the lazy one-time costs (transformers' model modules and weight-conversion tables, peft's
+    tuner registry, torch's first-call dispatch) once in the parent, so forked workers inherit them
+    instead of paying them each."""
+    import peft  # noqa: F401 - imported for its side effect on the forked workers
+
+    from . import models
+    from references.peft_bridge import build_peft_model
+    for name in plan.models:
+        if name in models.ZOO:
+            m = models.build(name, seed=plan.seed)
+            models.logits(m, models.example_inputs(m, seed=plan.seed))
+    if plan.models and plan.models[0] in models.ZOO:
+        m = models.build(plan.models[0], seed=plan.seed)
+        target = next(n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear))
+        build_peft_model(m, "lora", {"r": 1, "alpha": 1.0}, [target], {target: {
+            "A": torch.zeros(1, m.get_submodule(target).in_features),
+            "B": torch.zeros(m.get_submodule(target).out_features, 1)}})
+
+
 def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
-    """Targets audited in ``jobs`` spawned processes. On KeyboardInterrupt the pending futures are
+    """(target, model) units audited in ``jobs`` worker processes. On KeyboardInterrupt the pending futures are
     cancelled, the workers terminated at once (not waited for) and the interrupt re-raised."""
     import multiprocessing
     import signal
@@ -198,26 +227,33 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from dataclasses import replace
 
-    bar = Progress(len(plan.targets)) if progress else None
     bare = replace(plan, targets=[])
-    results: dict[str, list[Row]] = {}
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+    units = [(t.card.name, m) for t in plan.targets for m in plan.models]  # small units keep both cores busy
+    results: dict[tuple[str, str], list[Row]] = {}
+    # fork where there is one: workers start with torch, transformers and peft already imported (the
+    # parent holds no torch threads: single_threaded() ran first); spawn elsewhere
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        _warm_up(plan)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
                                initializer=_init_worker)
+    bar = None
     try:
-        # Workers are spawned by submit(); an ignored SIGINT survives exec, so they never see a
+        # Workers are started by submit(); an ignored SIGINT is inherited, so they never see a
         # Ctrl-C even before their initializer runs. The parent ignores it only for these few ms.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
-            futures = {pool.submit(_worker, t.card.name, bare): t.card.name for t in plan.targets}
+            futures = {pool.submit(_worker, name, model, bare): (name, model) for name, model in units}
         finally:
             if main and previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        bar = Progress(len(units)) if progress else None
         for fut in as_completed(futures):
-            name = futures[fut]
-            results[name] = fut.result()
+            unit = futures[fut]
+            results[unit] = fut.result()
             if bar:
-                bar.step(f"{name} (all models and dtypes)", results[name])
+                bar.step(f"{unit[0]} / {unit[1]} (all dtypes)", results[unit])
         if bar:
             bar.close()
     except BaseException:
@@ -229,7 +265,9 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    return [r for t in plan.targets for r in results[t.card.name]]
+    return [r for t in plan.targets
+            for r in apply_deviations(t.card, [x for m in plan.models for x in results[(t.card.name, m)]],
+                                      plan.checks, plan.models, plan.dtypes)]
 
 
 def default_targets(names: list[str] | None = None) -> list[Target]:
