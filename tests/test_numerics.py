@@ -90,3 +90,18 @@ def test_bfloat16_tolerance_is_wider_than_float32_by_the_precision():
     t32 = _paper_parity_rows(variants.REGISTRY["lora"], "float32")["output_rel_err"].tolerance
     t16 = _paper_parity_rows(variants.REGISTRY["lora"], "bfloat16")["output_rel_err"].tolerance
     assert t16 / t32 > 1e3
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    import os
+
+    from audit import models
+    m = models.build("mlp")
+    variants.attach(m, variants.config("lora", r=2))
+    old = os.umask(0o027)
+    try:
+        path = variants.save(m, tmp_path / "a.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert not list(tmp_path.glob("*.tmp"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -44,6 +44,13 @@ def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _umask() -> int:
+    """The process umask (set and restored at once: os has no read-only accessor)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the attached adapter (and any base weight it mutated) to ``path`` atomically."""
     st = state_of(model)
@@ -57,10 +64,11 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # never over another file
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # the usual permissions, as open() would give (safetensors writes 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
