@@ -63,8 +63,8 @@ class Row:
             return None
         if not math.isfinite(v):
             return math.inf
-        if self.op == "<=":
-            return v / t if t > 0 else (0.0 if v <= t else math.inf)
+        if self.op == "<=":  # a negative value (an excess below its bound) uses none of the tolerance
+            return max(v, 0.0) / t if t > 0 else (0.0 if v <= t else math.inf)
         if self.op in (">", ">="):
             if t == 0:
                 return 0.0 if judge(v, self.op, t) == "pass" else math.inf
