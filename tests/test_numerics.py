@@ -105,3 +105,21 @@ def test_checkpoints_follow_the_umask(tmp_path):
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
     assert not list(tmp_path.glob("*.tmp"))
+
+
+class _FrozenBLora(Lora):
+    """B is used detached: the optimiser holds it, but it never learns (a wiring bug)."""
+
+    def forward(self, layer, x, y):
+        h = x.to(layer.adapter_A.dtype) @ layer.adapter_A.t()
+        return y + (self.scale(self.cfg, layer.adapter_rank) * h @ layer.adapter_B.detach().t()).to(y.dtype)
+
+
+def test_training_is_judged_against_the_reference_curve():
+    def rows(cls):
+        cell = Cell(get("lora"), cls, "qwen2", "float32", seed=0)
+        return {r.metric: r for r in runner.run_cell(cell, ["training"])}
+    good, bad = rows(variants.REGISTRY["lora"]), rows(_FrozenBLora)
+    assert good["loss_drop_diff_vs_reference"].status == "pass"
+    assert good["loss_drop_diff_vs_reference"].margin < 0.01  # same start, same data: the same curve in fp32
+    assert bad["loss_drop_diff_vs_reference"].status == "fail"

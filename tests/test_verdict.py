@@ -19,7 +19,7 @@ def row(check="paper_parity", metric="output_rel_err", value=1e-7, tol=1e-6, sta
 
 
 def test_all_pass_with_parity_is_conformant_with_margins():
-    v = verdicts([row(), row("training", "loss_drop_rel_diff_vs_reference", 0.1, 0.5)])["v"]
+    v = verdicts([row(), row("training", "loss_drop_diff_vs_reference", 0.1, 0.5)])["v"]
     assert v["verdict"] == "conformant" and v["confidence"] == "medium"
     assert math.isclose(v["check_margins"]["paper_parity"]["margin"], 0.1)
     assert math.isclose(v["check_margins"]["training"]["margin"], 0.2)
@@ -42,7 +42,7 @@ def test_partial_only_for_the_subjects_own_declared_deviation():
 
 @pytest.mark.parametrize("rows,reason", [
     ([row(status="n/a", value=None, tol=None)], "no subject measurement"),
-    ([row("training", "loss_drop_rel_diff_vs_reference", 0.1, 0.5)], "no parity check"),
+    ([row("training", "loss_drop_diff_vs_reference", 0.1, 0.5)], "no parity check"),
 ])
 def test_nothing_judged_is_not_audited(rows, reason):
     v = verdicts(rows)["v"]

@@ -22,7 +22,7 @@ from ..measure import peak_memory_bytes, sync
 from ..state import perturb
 from .peft_parity import has_peft, peft_twin
 
-ROUNDS, BATCH, SEQ = 5, 4, 32
+ROUNDS, BATCH, SEQ = 4, 4, 32
 
 
 def _time(fn, device) -> float:

@@ -4,10 +4,12 @@ Task: from a fixed batch of token ids, predict a fixed random token sequence (cr
 fixed seed. The reference is the base model in float64 with each adapted layer's output replaced by
 the paper formula on float64 copies of the subject's *own* initial state (so another random draw of
 a correct init trains the same way), trained on the same data with the same optimiser. The subject
-passes when its loss drop (first loss − final loss) is within half of the reference's: a dead or
-mis-scaled gradient path, an optimiser that sees the wrong tensors, or a training-mode difference
-moves it by far more. In exact arithmetic the two runs coincide; rounding (up to bf16 in every
-layer), amplified over the steps, moves the drop by a few per cent on the zoo, hence the factor.
+passes when its loss drop (first loss − final loss) is within half of the reference's, plus the
+rounding noise of a loss value in the run's precision: a dead or mis-scaled gradient path, an
+optimiser that sees the wrong tensors, or a training-mode difference moves it by far more. In exact
+arithmetic the two runs coincide; at step 0 they hold the same state, so |first loss − reference's
+first loss| is exactly the precision's noise on one loss value (bf16: ~1e-3, comparable to the whole
+drop of an adapter with few parameters), and SPREAD_FACTOR times it is allowed on top.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ import variants
 from references import paper
 
 from ..cell import Cell, NotApplicable
+from ..numerics import SPREAD_FACTOR
 
-STEPS, LR = 8, 1e-2
-REL_DROP_TOL = 0.5  # |drop_subject − drop_reference| / drop_reference; see the module docstring
+STEPS, LR = 6, 1e-2
+REL_DROP_TOL = 0.5  # of the reference's drop, plus the loss-value rounding noise; see the module docstring
 
 
 def reference_model(cell: Cell, model):
@@ -76,9 +79,13 @@ def run(cell: Cell) -> None:
     ref_losses, ref_final, _ = _train(cell, reference, ref_params, labels)
     losses, final, nonfinite = _train(cell, model, params, labels)
     ref_drop, drop = ref_losses[0] - ref_final, losses[0] - final
+    noise = abs(losses[0] - ref_losses[0])  # same state, same data: only rounding differs
     cell.row("nonfinite_steps", nonfinite, 0.0, op="==")
     if not ref_drop > 0:
         raise NotApplicable(f"the paper formula's loss does not fall on this task ({ref_losses[0]:.4g} -> {ref_final:.4g})")
-    cell.row("loss_drop_rel_diff_vs_reference", abs(drop - ref_drop) / ref_drop, REL_DROP_TOL, reference="paper",
+    cell.row("loss_drop_diff_vs_reference", abs(drop - ref_drop), REL_DROP_TOL * ref_drop + SPREAD_FACTOR * noise,
+             reference="paper",
              message=f"loss {losses[0]:.5g} -> {final:.5g} (drop {drop:.4g}); paper formula in float64 from the "
-                     f"same start {ref_losses[0]:.5g} -> {ref_final:.5g} (drop {ref_drop:.4g}); {STEPS} Adam steps, lr {LR}")
+                     f"same start {ref_losses[0]:.5g} -> {ref_final:.5g} (drop {ref_drop:.4g}); tolerance "
+                     f"{REL_DROP_TOL:g} × the reference's drop + {SPREAD_FACTOR:g} × the first-loss rounding "
+                     f"noise {noise:.2e}; {STEPS} Adam steps, lr {LR}")
