@@ -499,6 +499,10 @@ COMMANDS = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants
 def main(argv: list[str] | None = None) -> int:
     """Parse and dispatch; returns the exit code. Usage errors raise SystemExit(2) after printing
     ``python -m audit <command>: error: <message>`` (as argparse does for its own errors)."""
+    import warnings
+    # peft 0.21 calls a transformers API that transformers 5 deprecates, once per peft model: noise
+    # between the progress lines that says nothing about the audit (forked workers inherit the filter)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
