@@ -38,6 +38,12 @@ def audit(session: nox.Session) -> None:
     session.run("python", "-m", "audit", "run", *args, success_codes=[0, 1])  # reports either way
     out = args[args.index("--out") + 1]
     session.run("python", "-m", "audit", "mutants", "--out", out)
+    # then the run's own verdict decides the session's exit code (the mutant table is written first)
+    session.run("python", "-c", "import json, sys; from audit.cli import run_exit_code; "
+                f"d = json.load(open({os.path.join(out, 'results.json')!r})); "
+                "code = run_exit_code(d['rows'], d['verdicts']); "
+                "print('audit: a verdict is non-conformant or a row errored; see SUMMARY.md') if code else None; "
+                "sys.exit(code)")
 
 
 @nox.session(python=PYTHON)
