@@ -79,6 +79,14 @@ def spread_tolerance(spreads: list[float], dtype: torch.dtype) -> float:
     return SPREAD_FACTOR * max([*spreads, unit_roundoff(dtype)])
 
 
+def keep_worst(store: dict, key, entry: tuple) -> None:
+    """Keep in ``store[key]`` whichever of its entry and ``entry`` — (error, tolerance, ...) — uses the
+    larger share of its tolerance: the worst layer/tensor is the one nearest to failing, not the one
+    with the largest raw error (tolerances differ by layer)."""
+    if key not in store or entry[0] / entry[1] > store[key][0] / store[key][1]:
+        store[key] = entry
+
+
 def describe(spreads: list[float], dtype: torch.dtype) -> str:
     shown = ", ".join(f"{s:.2e}" for s in spreads)
     return (f"vs float64 truth; tolerance {SPREAD_FACTOR:g} × max(reference spread in "

@@ -17,14 +17,8 @@ import variants
 from references import paper
 
 from ..cell import Cell, rel_err
-from ..numerics import describe, jitter, spread_tolerance, term_magnitudes
+from ..numerics import describe, jitter, keep_worst, spread_tolerance, term_magnitudes
 from ..state import capture, perturb
-
-
-def reference_state(mod) -> dict[str, torch.Tensor]:
-    """Float64 leaf copies of a layer's adapter tensors (trainable ones require grad)."""
-    return {k: v.detach().to(torch.float64).clone().requires_grad_(v.requires_grad)
-            for k, v in variants.adapter_tensors(mod).items()}
 
 
 def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64, gen=None):
@@ -137,8 +131,7 @@ def worst_layer_rows(cell: Cell, ref, reference: str, note: str = "", spread_ref
     worst: dict[str, tuple] = {}
     for name, mod in targets.items():
         for metric, (err, tol, how) in layer_parity(cell, ref, cfg, mod, seen[name][0], spread_ref).items():
-            if metric not in worst or err / tol >= worst[metric][0] / worst[metric][1]:
-                worst[metric] = (err, tol, how, name)
+            keep_worst(worst, metric, (err, tol, how, name))
     for metric, (err, tol, how, name) in worst.items():
         cell.row(metric, err, tol, reference=reference, message=f"{note}worst layer {name}; {how}")
     return model, cfg

@@ -23,7 +23,7 @@ from references import antipasto3, paper
 from references import peft_bridge as bridge
 
 from ..cell import Cell, NotApplicable, rel_err
-from ..numerics import SMALL_TENSOR, describe, jitter, spread_tolerance, term_magnitudes
+from ..numerics import SMALL_TENSOR, describe, jitter, keep_worst, spread_tolerance, term_magnitudes
 from ..state import capture, perturb, snapshot
 from .paper_parity import formula_outputs, formula_spreads, worst_layer_rows
 
@@ -88,9 +88,8 @@ def _worst(ours: dict, truth: dict, refs: list[dict], dtype, scales: dict | None
         for k, t in tensors.items():
             scale = (scales or {}).get(n, {}).get(k)
             spreads = [rel_err(r[n][k], truth[n][k], scale) for r in refs]
-            err, tol = rel_err(t, truth[n][k], scale), spread_tolerance(spreads, dtype)
-            if k not in out or err / tol > out[k][0] / out[k][1]:
-                out[k] = (err, tol, describe(spreads, dtype) + (" (error / Σ|terms|)" if scale is not None else ""))
+            keep_worst(out, k, (rel_err(t, truth[n][k], scale), spread_tolerance(spreads, dtype),
+                                describe(spreads, dtype) + (" (error / Σ|terms|)" if scale is not None else "")))
     return out
 
 
@@ -194,8 +193,7 @@ def run(cell: Cell) -> None:
             logits_err[k] = max(logits_err[k], rel_err(y[k], y["truth"]))
         states = {k: bridge.peft_state(m, card.name, names) for k, m in twins.items()}
         for k, cur in _worst(snapshot(model), states["truth"], [states[r] for r in refs], cell.dtype).items():
-            if k not in state_worst or cur[0] / cur[1] > state_worst[k][0] / state_worst[k][1]:
-                state_worst[k] = cur
+            keep_worst(state_worst, k, cur)
     spreads = [logits_err[r] for r in refs]
     cell.row("trajectory_logits_rel_err", logits_err["ours"], spread_tolerance(spreads, cell.dtype), reference="peft",
              message=f"max over {STEPS} Adam steps (lr {LR}) run side by side; {describe(spreads, cell.dtype)}")
@@ -219,9 +217,7 @@ def _peft_vs_paper(cell: Cell, peft_model, names: list[str], cfg: dict) -> None:
     worst: dict[str, tuple[float, float, str]] = {}
 
     def keep(metric, err, spreads):
-        tol = spread_tolerance(spreads, cell.dtype)
-        if metric not in worst or err / tol > worst[metric][0] / worst[metric][1]:
-            worst[metric] = (err, tol, describe(spreads, cell.dtype))
+        keep_worst(worst, metric, (err, spread_tolerance(spreads, cell.dtype), describe(spreads, cell.dtype)))
 
     g = torch.Generator().manual_seed(cell.seed + 13)
     for n in names:
