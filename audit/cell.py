@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 import variants
-from variants import Variant
 
 from . import models
 from .cards import VariantCard
 from .numerics import rel_err  # noqa: F401 - the checks import it from here
 from .rows import Row, judge
+from .subjects import Adapted, Subject, as_subject
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,7 +27,7 @@ class NotApplicable(Exception):
 @dataclass
 class Cell:
     card: VariantCard
-    variant: type[Variant]
+    subject: Subject  # a variants.Variant subclass is accepted too (run on our runtime)
     model_name: str
     dtype_name: str
     seed: int = 0
@@ -36,6 +36,14 @@ class Cell:
     check: str = ""
     rows: list[Row] = field(default_factory=list)
     _base_cache: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.subject = as_subject(self.subject)
+
+    @property
+    def variant(self):
+        """Our runtime's variant class for this card (the subject's, when the subject is ours)."""
+        return getattr(self.subject, "variant_for", lambda m: variants.REGISTRY.get(m))(self.card.name)
 
     # -- models --------------------------------------------------------------------------------
     @property
@@ -68,19 +76,36 @@ class Cell:
         base = self._base()
         return [models.example_inputs(base, batch=4, seed=self.seed + 100 + i).to(self.device) for i in range(2)]
 
-    def cfg(self, **overrides: Any):
+    def config(self, **overrides: Any) -> dict:
+        """The canonical config (a plain dict, references/STATE_LAYOUT.md) of this cell: the card's
+        config, its per-model overrides, then ``overrides``, with every field's default filled in from
+        the config schema (our config classes); the peft subject also takes the card's peft_config."""
+        subject_over = (self.card.peft_config or {}) if self.subject.kind == "peft" else {}
         fields = {**self.card.config, **self.card.model_overrides.get(self.model_name, {}),
-                  "dtype": "float32", "seed": self.seed, **overrides}
-        return self.variant.Config(**fields)
+                  "dtype": "float32", "seed": self.seed, **subject_over, **overrides}
+        schema = self.variant or variants.REGISTRY.get(self.card.name)
+        return schema.Config(**fields).to_dict() if schema is not None else fields
 
-    def attach(self, model: nn.Module, **overrides: Any) -> nn.Module:
-        cal = self.calibration() if (self.card.needs_calibration or self.variant.needs_calibration) else None
-        return variants.attach(model, self.cfg(**overrides), calibration_data=cal, variant=self.variant)
+    def needs_calibration(self) -> bool:
+        v = self.variant
+        return self.card.needs_calibration or bool(v is not None and v.needs_calibration)
 
-    def adapted(self, **overrides: Any) -> nn.Module:
+    def attach(self, model: nn.Module, **overrides: Any) -> Adapted:
+        """The subject attached its own way to ``model``: the canonical handle on it."""
+        cfg = self.config(**overrides)
+        cal = self.calibration() if self.needs_calibration() else None
+        return Adapted(self.subject, self.subject.attach(model, self.card.name, cfg, cal), self.card.name, cfg)
+
+    def adapted(self, **overrides: Any) -> Adapted:
         return self.attach(self.fresh_model(), **overrides)
 
-    def logits(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def about(self, implementation: str) -> str:
+        """"subject" when ``implementation`` (e.g. "peft") is the one under audit, else "reference"."""
+        return "subject" if self.subject.kind == implementation else "reference"
+
+    def logits(self, model, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of a model or of an Adapted handle's model."""
+        model = model.model if isinstance(model, Adapted) else model
         return models.logits(model, self.inputs if ids is None else ids)
 
     def target(self, logits: torch.Tensor) -> torch.Tensor:

@@ -114,14 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local HF causal-LM checkpoint folder, or a hub id already in the local cache "
                         "(never downloaded); repeatable; audited alongside --models. Refused unless its "
                         "config.json names a causal LM with nn.Linear layers to adapt")
+    r.add_argument("--subject", metavar="SUBJECT", default=None,
+                   help="the implementation under audit: ours (variants/, the default), peft (the installed "
+                        "peft: its own init, targeting and save/load), or MODULE:CLASS / FILE.py:CLASS naming "
+                        "a driver (an audit.subjects.Subject subclass, see examples/) or a variants.Variant "
+                        "subclass (run on our runtime; needs --card). A FILE.py's folder is importable while it "
+                        "loads, for sibling modules; a MODULE is looked up from the current folder")
     r.add_argument("--impl", metavar="MODULE:CLASS", default=None,
-                   help="audit your own implementation of the variant protocol (a variants.Variant subclass): "
-                        "MODULE:CLASS (an importable module; the current folder is importable) or "
-                        "FILE.py:CLASS (its folder is importable while it loads, for sibling modules); "
-                        "needs --card")
-    r.add_argument("--card", default=None, help="the card the --impl implementation is audited against")
+                   help="a variants.Variant subclass to audit on our runtime (MODULE:CLASS or FILE.py:CLASS); "
+                        "needs --card. The older spelling of --subject for a Variant")
+    r.add_argument("--card", default=None, help="the card a --impl / Variant subject is audited against")
     r.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
-                   help="processes auditing variants in parallel (1 = serial; --impl and --model-path run serially)")
+                   help="processes auditing variants in parallel (1 = serial; --model-path runs serially)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
@@ -159,71 +163,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- --impl -----------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _on_sys_path(folder: str):
-    """``folder`` first on sys.path for the duration (removed again unless it was already there)."""
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    importlib.invalidate_caches()  # files written moments ago (tests, editors) must be seen
+def load_impl(spec: str, flag: str = "--impl"):
+    """The class a subject spec names (``module:Class`` or ``FILE.py:Class``); a UsageError naming why."""
+    from . import subjects
     try:
-        yield
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
+        return subjects.load_class(spec, flag)
+    except subjects.SpecError as e:
+        raise UsageError(str(e)) from None
 
 
-def _import_failed(spec: str, what: str, e: BaseException) -> UsageError:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return UsageError(f"--impl {spec}: importing {what} raised {type(e).__name__}" + (f": {msg}" if msg else ""))
+def _subject_meta(targets) -> dict:
+    """Who was audited and against what, for results.json and the reports."""
+    from .twins import reference_names
+    subj = targets[0].subject if targets else None
+    return {"kind": getattr(subj, "kind", ""), "label": subj.describe() if subj else "",
+            "version": getattr(subj, "version", ""),
+            "references": {t.card.name: reference_names(t.card, t.subject) for t in targets}}
 
 
-def load_impl(spec: str):
-    """The class named by ``--impl``: ``module:Class`` (the current folder importable) or
-    ``path/to/file.py:Class`` (the file's folder importable while it loads, so sibling modules work).
-    Any failure is a UsageError naming why; the user's module never produces a traceback here."""
-    if ":" not in spec:
-        raise UsageError(f"--impl must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
-    mod_name, cls_name = spec.rsplit(":", 1)
-    if not mod_name or not cls_name.isidentifier():
-        raise UsageError(f"--impl must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
-    if mod_name.endswith(".py") or "/" in mod_name or os.sep in mod_name:
-        path = Path(mod_name).expanduser().resolve()
-        if not path.is_file():
-            raise UsageError(f"--impl: file not found: {path}")
-        name = f"_audit_impl_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UsageError(f"--impl: {path} cannot be imported as a Python module")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
+def _targets(args) -> list:
+    """The (card, subject) pairs of a run, from --subject / --impl, --card and --variants."""
+    from . import runner, subjects
+    from .cards import CARDS, get
+    if args.impl and args.subject:
+        raise UsageError("--impl is the older spelling of --subject: give one of them")
+    flag, spec = ("--impl", args.impl) if args.impl else ("--subject", args.subject or "ours")
+    if flag == "--impl" and not args.card:
+        raise UsageError("--impl needs --card NAME (the card to audit against); cards: " + ", ".join(sorted(CARDS)))
+    if args.card and args.variants is not None:
+        raise UsageError(f"--variants cannot be combined with --card (the --card names what {flag} is audited against)")
+    if args.variants is not None and not args.variants:
+        raise UsageError(f"--variants is empty; cards: {', '.join(sorted(CARDS))}")
+    names = [args.card] if args.card else (_dedupe(args.variants) if args.variants is not None else None)
+    unknown = [n for n in names or [] if n not in CARDS]
+    if unknown:
+        what = f"--card {args.card!r}: no such card" if args.card else f"unknown variant(s) {', '.join(unknown)}"
+        raise UsageError(f"{what}; cards: {', '.join(sorted(CARDS))}")
+    if spec in ("ours", "peft"):
+        if args.card:
+            raise UsageError(f"--card is only used with --impl or a --subject naming a variants.Variant; "
+                             f"use --variants with --subject {spec}")
+        if spec == "peft" and names is None:  # default: every card the installed peft has
+            peft = subjects.from_spec("peft")
+            names = [n for n in sorted(CARDS) if peft.supports(n) is None]
         try:
-            with _on_sys_path(str(path.parent)):
-                module_spec.loader.exec_module(module)
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: report, don't crash
-            sys.modules.pop(name, None)
-            raise _import_failed(spec, path.name, e) from None
-    else:
-        here = os.getcwd()
-        cwd_importable = "" in sys.path or "." in sys.path or here in sys.path
-        try:
-            with (contextlib.nullcontext() if cwd_importable else _on_sys_path(here)):
-                importlib.invalidate_caches()
-                module = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            if e.name and mod_name.split(".")[0] == e.name.split(".")[0] and mod_name.startswith(e.name):
-                raise UsageError(f"--impl {spec}: no module named {e.name!r} (looked in the current folder "
-                                 f"{here} and sys.path; for a file use FILE.py:{cls_name})") from None
-            raise _import_failed(spec, mod_name, e) from None
-        except (Exception, SystemExit) as e:  # noqa: BLE001
-            raise _import_failed(spec, mod_name, e) from None
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise UsageError(f"--impl: module {mod_name!r} has no attribute {cls_name!r}")
+            return runner.default_targets(names, spec)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    cls = load_impl(spec, flag)
     import variants
-    if not (isinstance(cls, type) and issubclass(cls, variants.Variant)):
-        raise UsageError(f"--impl: {spec} is not a subclass of variants.Variant")
-    return cls
+    if issubclass(cls, variants.Variant):
+        if not args.card:
+            raise UsageError(f"{flag} {spec} is a variants.Variant (one method): name its card with --card; "
+                             f"cards: {', '.join(sorted(CARDS))}")
+        return [runner.Target(get(args.card), cls, spec, spec)]
+    subject = subjects.as_subject(cls, spec)
+    if names is None:
+        names = [n for n in sorted(CARDS) if subject.supports(n) is None]
+        if not names:
+            raise UsageError(f"{flag} {spec}: the driver supports none of the cards ({', '.join(sorted(CARDS))}); "
+                             "declare tensor_names for at least one")
+    return [runner.Target(get(n), subject, spec, spec) for n in names]
 
 
 # -- input validation --------------------------------------------------------------------------------
@@ -348,30 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: CUDA is not available on this machine")
 
-    if args.impl:
-        if not args.card:
-            raise UsageError("--impl needs --card NAME (the card to audit against); cards: " + ", ".join(sorted(CARDS)))
-        if args.variants is not None:
-            raise UsageError("--variants cannot be combined with --impl (the --card names what is audited)")
-        try:
-            card = get(args.card)
-        except ValueError:
-            raise UsageError(f"--card {args.card!r}: no such card; cards: {', '.join(sorted(CARDS))}") from None
-        cls = load_impl(args.impl)
-        targets = [runner.Target(card, cls, args.impl)]
-    else:
-        if args.card:
-            raise UsageError("--card is only used with --impl")
-        if args.variants is not None and not args.variants:
-            raise UsageError(f"--variants is empty; cards: {', '.join(sorted(CARDS))}")
-        names = _dedupe(args.variants) if args.variants is not None else None
-        unknown = [n for n in names or [] if n not in CARDS]
-        if unknown:
-            raise UsageError(f"unknown variant(s) {', '.join(unknown)}; cards: {', '.join(sorted(CARDS))}")
-        try:
-            targets = runner.default_targets(names)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    targets = _targets(args)
 
     supported = {d for t in targets for d in t.card.dtypes}
     unsupported = [d for d in dtypes if d not in supported]
@@ -405,6 +382,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": model_names,
                  "dtypes": dtypes, "checks": checks,
                  "implementations": {t.card.name: t.label for t in targets},
+                 "subject": _subject_meta(targets),
                  "jobs": args.jobs if runner.parallel_ok(plan) else 1})
     with _sigint_deferred() as hits:
         report.render(out, meta, rows, verdicts, targets)

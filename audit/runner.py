@@ -10,21 +10,30 @@ from typing import Callable
 import torch
 
 import variants
-from variants import Variant
 
 from . import checks as checks_pkg
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge, within
+from .subjects import LayoutError, Subject, as_subject, from_spec
 
 
 @dataclass
 class Target:
-    """What is audited: a card and the implementation measured against it."""
+    """What is audited: a card and the implementation (the subject) measured against it."""
 
     card: VariantCard
-    variant: type[Variant]
-    label: str  # "variants.lora" or the user's "module:Class"
+    subject: Subject  # a variants.Variant subclass is accepted too (our runtime runs it)
+    label: str  # "variants.lora", "peft 0.21.2" or the user's "module:Class"
+    spec: str | None = None  # how a worker process re-creates the subject (--subject); None: serial only
+
+    def __post_init__(self):
+        self.subject = as_subject(self.subject, self.label)
+
+    @property
+    def variant(self):
+        """Our runtime's variant class, when the subject is ours (reports show its source)."""
+        return getattr(self.subject, "variant_for", lambda m: None)(self.card.name)
 
 
 @dataclass
@@ -75,13 +84,23 @@ class Progress:
 
 
 def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
+    """Every check on one cell. A subject layout that cannot be mapped onto the canonical one is a
+    single error row (the first check to meet it); the remaining checks are n/a."""
+    layout_error = None
     for name in check_names:
         cell.check = name
         before = len(cell.rows)
+        if layout_error is not None:
+            cell.row("-", None, None, status="n/a", message=f"the subject's layout cannot be mapped: {layout_error}")
+            continue
         try:
             checks_pkg.load(name).run(cell)
             if len(cell.rows) == before:
                 cell.row("-", None, None, status="error", message="check produced no measurement")
+        except LayoutError as e:
+            del cell.rows[before:]
+            layout_error = str(e)
+            cell.row("layout", None, None, status="error", message=f"LayoutError: {e}")
         except NotApplicable as e:
             del cell.rows[before:]
             cell.row("-", None, None, status="n/a", message=str(e))
@@ -94,14 +113,19 @@ def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
 
 
 def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], ran_models: list[str],
-                     ran_dtypes: list[str]) -> list[Row]:
-    """Turn declared deviations into xfail/xpass/re-judged rows; unmatched deviations are errors."""
+                     ran_dtypes: list[str], subject_kind: str = "ours") -> list[Row]:
+    """Turn declared deviations into xfail/xpass/re-judged rows; unmatched deviations are errors.
+
+    A deviation names who departs (``reference``): "peft" deviations apply to the rows about peft
+    (reference rows when peft is a reference, the subject's rows when peft is the subject); the
+    card's own ("paper") deviations describe the method and apply to the subject's rows."""
     used: set[str] = set()
+    devs = [d for d in card.deviations if d.subjects is None or subject_kind in d.subjects]
     for r in rows:
         if r.status in ("error", "n/a"):
             continue
-        for dev in card.deviations:
-            if not dev.matches(r.check, r.metric, r.model, r.dtype):
+        for dev in devs:
+            if not (dev.matches(r.check, r.metric, r.model, r.dtype) and dev.applies_to(r, subject_kind)):
                 continue
             used.add(dev.id)
             r.deviation = dev.id
@@ -119,7 +143,7 @@ def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], 
                 r.message = (f"declared deviation {dev.id!r} is no longer observed: update the card. "
                              + r.message)
             break
-    for dev in card.deviations:
+    for dev in devs:
         relevant = (dev.check in ran_checks
                     and (dev.models is None or set(dev.models) & set(ran_models))
                     and (dev.dtypes is None or set(dev.dtypes) & set(ran_dtypes)))
@@ -134,13 +158,15 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
     card_rows: list[Row] = []
     for model_name in models:
         for dtype in plan.dtypes:
-            cell = Cell(tgt.card, tgt.variant, model_name, dtype, seed=plan.seed, device=plan.device,
+            cell = Cell(tgt.card, tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
                         model_factory=plan.model_factories.get(model_name),
                         _base_cache=bases.setdefault((model_name, dtype), {}))
-            if dtype not in tgt.card.dtypes:
+            unsupported = tgt.subject.supports(tgt.card.name)
+            if dtype not in tgt.card.dtypes or unsupported:
                 for name in plan.checks:
                     cell.check = name
-                    cell.row("-", None, None, status="n/a", message=f"{dtype} is not supported by the card")
+                    cell.row("-", None, None, status="n/a",
+                             message=unsupported or f"{dtype} is not supported by the card")
             else:
                 run_cell(cell, plan.checks)
             card_rows += cell.rows
@@ -152,7 +178,7 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
 def _run_target(tgt: Target, plan: Plan, bases: dict, bar: Progress | None) -> list[Row]:
     """Every model × dtype × check of one audited implementation, deviations applied."""
     return apply_deviations(tgt.card, _cells(tgt, plan, plan.models, bases, bar), plan.checks, plan.models,
-                            plan.dtypes)
+                            plan.dtypes, tgt.subject.kind)
 
 
 def single_threaded() -> None:
@@ -170,16 +196,15 @@ def _init_worker() -> None:
     single_threaded()
 
 
-def _worker(card_name: str, model_name: str, plan: Plan) -> list[Row]:
-    """Audit one registry variant on one model in a worker process (plan.targets is empty here);
-    the parent applies the card's deviations once it has every model's rows."""
-    return _cells(default_targets([card_name])[0], plan, [model_name], {}, None)
+def _worker(card_name: str, spec: str, model_name: str, plan: Plan) -> list[Row]:
+    """Audit one card with the subject ``spec`` on one model in a worker process (plan.targets is
+    empty here); the parent applies the card's deviations once it has every model's rows."""
+    return _cells(default_targets([card_name], spec)[0], plan, [model_name], {}, None)
 
 
 def parallel_ok(plan: Plan) -> bool:
-    """Workers re-import targets by name: only registry variants, no --model-path factories."""
-    return (not plan.model_factories
-            and all(t.variant is variants.REGISTRY.get(t.card.name) for t in plan.targets))
+    """Workers re-create targets from their spec: every target needs one; no --model-path factories."""
+    return not plan.model_factories and all(t.spec is not None for t in plan.targets)
 
 
 def run(plan: Plan, progress: bool = True, jobs: int = 1) -> list[Row]:
@@ -244,7 +269,8 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
-            futures = {pool.submit(_worker, name, model, bare): (name, model) for name, model in units}
+            specs = {t.card.name: t.spec for t in plan.targets}
+            futures = {pool.submit(_worker, name, specs[name], model, bare): (name, model) for name, model in units}
         finally:
             if main and previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -267,17 +293,20 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     pool.shutdown(wait=True)
     return [r for t in plan.targets
             for r in apply_deviations(t.card, [x for m in plan.models for x in results[(t.card.name, m)]],
-                                      plan.checks, plan.models, plan.dtypes)]
+                                      plan.checks, plan.models, plan.dtypes, t.subject.kind)]
 
 
-def default_targets(names: list[str] | None = None) -> list[Target]:
+def default_targets(names: list[str] | None = None, spec: str = "ours") -> list[Target]:
+    """One target per card (default: every card) with the subject ``spec`` (default: ours)."""
     from .cards import CARDS, get
     names = names or sorted(CARDS)
+    subject = from_spec(spec)
     out = []
     for n in names:
         card = get(n)
-        if n not in variants.REGISTRY:
-            raise ValueError(f"card {n!r} has no variant in variants.REGISTRY; use --impl module:Class --card {n}")
-        out.append(Target(card, variants.REGISTRY[n], f"variants.{n}"))
+        if spec == "ours" and n not in variants.REGISTRY:
+            raise ValueError(f"card {n!r} has no variant in variants.REGISTRY; use --subject module:Class --card {n}")
+        label = f"variants.{n}" if spec == "ours" else subject.describe()
+        out.append(Target(card, subject, label, spec))
     return out
 

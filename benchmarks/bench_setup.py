@@ -20,7 +20,8 @@ import variants
 from audit import models
 from audit.cards import get
 from audit.measure import sync
-from audit.state import perturb, snapshot
+from audit.state import perturb
+from audit.subjects.ours import ours_handle
 from references import peft_bridge as bridge
 
 HIDDEN = int(os.environ.get("BENCH_HIDDEN", 512))
@@ -79,7 +80,7 @@ def contenders(name: str, base: torch.nn.Module) -> dict[str, torch.nn.Module]:
         cfg = variants.state_of(ours).cfg.to_dict()
         names = list(variants.state_of(ours).targets)
         out["peft"] = bridge.build_peft_model(base, name, cfg, names,
-                                              snapshot(ours, variants.REGISTRY[name].mutates_base_weight))
+                                              ours_handle(ours).state(variants.REGISTRY[name].mutates_base_weight))
     return {k: _embedding_grad(m) for k, m in out.items()}
 
 

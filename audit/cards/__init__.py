@@ -25,9 +25,12 @@ class Deviation:
     yes/no). tolerance: the row is re-judged with ``tolerance``. expected_raise: the row measures
     that something raises. A deviation that matches no row is an error.
 
-    ``reference`` names what departs from the paper: "paper" (or the subject's own card) means the
-    subject deviates, which makes its verdict partial; "peft" or another external reference means
-    the row audits that reference and the deviation is a reference finding, never the subject's.
+    ``reference`` names who departs from the paper: "paper" (the card's own) means the method as
+    specified deviates, and applies to whatever subject is audited (its verdict becomes partial);
+    "peft" means peft departs: it applies to the rows about peft, which are reference findings when
+    peft is a reference and the subject's own rows (partial) when peft is the subject.
+    ``subjects`` lists the subject kinds ("ours", "peft", "third-party") under whose audit the
+    deviation's rows exist (None: every kind); outside them it is neither applied nor required.
     """
 
     id: str
@@ -41,6 +44,7 @@ class Deviation:
     magnitude: float | None = None
     models: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
+    subjects: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.kind == "xfail" and self.magnitude is None:
@@ -54,6 +58,13 @@ class Deviation:
         ok = any(metric.startswith(m[:-1]) if m.endswith("*") else metric == m for m in self.metric.split("|"))
         return (ok and (self.models is None or model in self.models)
                 and (self.dtypes is None or dtype in self.dtypes))
+
+    def applies_to(self, row, subject_kind: str) -> bool:
+        """Is ``row`` about the implementation this deviation describes (see the class docstring)?"""
+        if self.reference == "peft":
+            return (row.about == "reference" and row.reference == "peft") or (
+                row.about == "subject" and subject_kind == "peft")
+        return row.about == "subject"
 
 
 @dataclass(frozen=True)

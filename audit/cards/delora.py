@@ -15,18 +15,17 @@ def _bound(p) -> float:
 def _peft_default_init(cell) -> None:
     """Audit peft's own DeLoRA init against the paper's: the paper starts from random B (with a
     frozen copy subtracted); peft starts from B = 0. Row: the smallest ‖B‖_F over peft's layers."""
-    import variants
     from peft import DeloraConfig, get_peft_model
     from references.peft_bridge import peft_layer
     from references.peft_bridge._core import exact_target_regex
 
-    names = list(variants.state_of(cell.adapted()).targets)
+    names = cell.adapted(**cell.card.peft_config).names
     torch.manual_seed(cell.seed)
     pm = get_peft_model(cell.fresh_model(), DeloraConfig(r=cell.card.config["r"], delora_lambda=int(cell.card.config["lambda0"]),
                                                          target_modules=exact_target_regex(names)))
     with torch.no_grad():
         smallest = min(float(peft_layer(pm, n).delora_B["default"].norm()) for n in names)
-    cell.row("peft_init_B_norm_min", smallest, 0.0, op=">", reference="peft", about="reference",
+    cell.row("peft_init_B_norm_min", smallest, 0.0, op=">", reference="peft", about=cell.about("peft"),
              message="paper init: B random (non-zero) with a frozen copy subtracted; peft's default init")
 
 

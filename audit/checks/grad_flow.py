@@ -12,22 +12,21 @@ from collections import defaultdict
 
 import torch
 
-import variants
-
 from ..cell import Cell
+from ..subjects import linear_dims
 
 LR = 1e-2
 
 
-def _grads(cell: Cell, model) -> dict[str, list[torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    y = cell.logits(model).float()
+def _grads(cell: Cell, adapted) -> dict[str, list[torch.Tensor]]:
+    """{canonical tensor name: [its gradient on each adapted layer]} of ‖logits − t‖²."""
+    adapted.model.zero_grad(set_to_none=True)
+    y = cell.logits(adapted).float()
     ((y - cell.target(y)) ** 2).mean().backward()
     out: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for full, t in variants.adapter_parameters(model).items():
-        if t.requires_grad:
-            g = t.grad if t.grad is not None else torch.zeros_like(t)
-            out[full.rsplit(".", 1)[-1].removeprefix("adapter_")].append(g.detach().double())
+    for grads in adapted.grads().values():
+        for k, g in grads.items():
+            out[k].append(g.double())
     return out
 
 
@@ -37,8 +36,9 @@ def _dead(gs: list[torch.Tensor]) -> float:
 
 def run(cell: Cell) -> None:
     card = cell.card
-    model = cell.adapted()
-    grads = _grads(cell, model)
+    adapted = cell.adapted()
+    model = adapted.model
+    grads = _grads(cell, adapted)
     for tname, gs in sorted(grads.items()):
         claim = card.zero_grads.get(tname)
         gmin = min(float(g.norm()) for g in gs)
@@ -56,21 +56,23 @@ def run(cell: Cell) -> None:
         cell.row(f"claimed_tensor_exists[{tname}]", 0.0, 1.0, op="==",
                  message="the card claims a zero gradient for a tensor the implementation does not have")
 
-    base_with_grad = sum(1 for n, p in model.named_parameters() if "adapter_" not in n and p.grad is not None)
+    mapped = adapted.adapter_tensor_ids()
+    base_with_grad = sum(1 for p in model.parameters() if id(p) not in mapped and p.grad is not None)
     cell.row("base_params_with_grad", base_with_grad, 0.0, op="==", message="base parameters must stay frozen")
-    trainable_non_adapter = sum(1 for n, p in model.named_parameters() if "adapter_" not in n and p.requires_grad)
-    cell.row("trainable_non_adapter", trainable_non_adapter, 0.0, op="==")
+    trainable_non_adapter = sum(1 for p in model.parameters() if id(p) not in mapped and p.requires_grad)
+    cell.row("trainable_non_adapter", trainable_non_adapter, 0.0, op="==",
+             message="trainable tensors outside the adapter's canonical state")
     if card.trainable_per_layer is not None:
-        st = variants.state_of(model)
-        expect = sum(card.trainable_per_layer(m.in_features, m.out_features, {**cell.cfg().to_dict(), "r_layer": m.adapter_rank})
-                     for m in st.targets.values())
-        have = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+        cfg = adapted.cfg
+        expect = sum(card.trainable_per_layer(*linear_dims(adapted.base_layer(n))[:2], {**cfg, "r_layer": adapted.rank(n)})
+                     for n in adapted.names)
+        have = sum(p.numel() for p in adapted.parameters())
         cell.row("trainable_params", have, float(expect), op="==", message="card formula summed over adapted layers")
 
     if card.zero_grads:
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
+        opt = torch.optim.Adam(adapted.parameters(), lr=LR)
         opt.step()
-        after = _grads(cell, model)
+        after = _grads(cell, adapted)
         for tname, claim in sorted(card.zero_grads.items()):
             if tname not in after:
                 continue

@@ -14,35 +14,33 @@ from __future__ import annotations
 
 import torch
 
-import variants
-
 from ..cell import Cell, rel_err
 from ..numerics import describe, jitter, spread_tolerance
-from ..state import capture, layer_states
+from ..state import capture, modules_named
 
 
-def _outputs(cell: Cell, model, names) -> tuple[dict, torch.Tensor]:
+def _outputs(cell: Cell, model, modules) -> tuple[dict, torch.Tensor]:
     with torch.no_grad():
-        return capture(model, names, lambda: cell.logits(model))
+        return capture(modules, lambda: cell.logits(model))
 
 
 def _rounding_spread(cell: Cell, names, base_out) -> tuple[float, dict[str, float]]:
     """(logits, {layer: output}) rel errors of the base model with every adapted layer's weight
     jittered by one unit round-off, against the base model itself."""
     jittered = cell.fresh_model()
-    mods = dict(jittered.named_modules())
+    mods = modules_named(jittered, names)
     gen = torch.Generator().manual_seed(cell.seed + 41)
     with torch.no_grad():
         for n in names:
             mods[n].weight.copy_(jitter(mods[n].weight, cell.dtype, gen))
-    seen, y = _outputs(cell, jittered, names)
+    seen, y = _outputs(cell, jittered, mods)
     return rel_err(y, base_out[1]), {n: rel_err(seen[n][1], base_out[0][n][1]) for n in names}
 
 
-def _judge(cell: Cell, model, names, base_out, spread, metric_suffix: str = "", claim: str = "",
+def _judge(cell: Cell, adapted, names, base_out, spread, metric_suffix: str = "", claim: str = "",
            tolerance: float | None = None) -> None:
-    """Rows: logits and worst layer (by error/tolerance) of ``model`` vs the base outputs."""
-    seen, y = _outputs(cell, model, names)
+    """Rows: logits and worst layer (by error/tolerance) of the adapted model vs the base outputs."""
+    seen, y = _outputs(cell, adapted.model, adapted.layers)
     logit_err = rel_err(y, base_out[1])
     layer = {n: (rel_err(seen[n][1], base_out[0][n][1]), tolerance or spread_tolerance([spread[1][n]], cell.dtype))
              for n in names}
@@ -60,18 +58,16 @@ def _judge(cell: Cell, model, names, base_out, spread, metric_suffix: str = "", 
 def run(cell: Cell) -> None:
     card = cell.card
     base = cell.fresh_model()
-    model = cell.adapted()
-    names = list(variants.state_of(model).targets)
-    base_out = _outputs(cell, base, names)
+    adapted = cell.adapted()
+    names = adapted.names
+    base_out = _outputs(cell, base, modules_named(base, names))
     spread = _rounding_spread(cell, names, base_out)
     claim = f"claim: {card.identity}"
     # "offset" is judged strictly, unless the card declares the offset as a tolerance deviation
-    _judge(cell, model, names, base_out, spread, claim=claim, tolerance=0.0 if card.identity == "offset" else None)
+    _judge(cell, adapted, names, base_out, spread, claim=claim, tolerance=0.0 if card.identity == "offset" else None)
     if card.identity == "offset":
         zeroed = cell.adapted()
-        with torch.no_grad():
-            for tensors in layer_states(zeroed).values():
-                for tname in card.offset_tensors:
-                    tensors[tname].zero_()
+        zeroed.set_state({n: {t: torch.zeros_like(v[t]) for t in card.offset_tensors}
+                          for n, v in zeroed.state().items()})
         _judge(cell, zeroed, names, base_out, spread, "_offset_zeroed",
                f"with {', '.join(card.offset_tensors)} set to 0 the init must be the identity up to rounding")

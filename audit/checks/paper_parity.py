@@ -9,16 +9,13 @@ reference runs on the layer's live weight (W_res for PiSSA/AntiPaSTO).
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
-import variants
 from references import paper
 
 from ..cell import Cell, rel_err
 from ..numerics import describe, jitter, keep_worst, spread_tolerance, term_magnitudes
-from ..state import capture, perturb
+from ..state import capture, modules_named, perturb
 
 
 def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64, gen=None):
@@ -65,22 +62,25 @@ def _scales(trainable, scales=None) -> list:
     return [None, None, *((scales or {}).get(k) for k in trainable)]
 
 
-def layer_parity(cell: Cell, ref, cfg: dict, mod, x: torch.Tensor, spread_ref=None) -> dict[str, tuple]:
-    """{metric: (error vs float64 truth, tolerance, note)} for one layer: output, input grad and
-    each trainable tensor's grad. ``spread_ref`` (default ``ref``) is the formula whose evaluation
-    in the run's precision sets the tolerance."""
+def layer_parity(cell: Cell, ref, cfg: dict, adapted, name: str, x: torch.Tensor, spread_ref=None) -> dict[str, tuple]:
+    """{metric: (error vs float64 truth, tolerance, note)} for one adapted layer: output, input grad
+    and each trainable tensor's grad. ``spread_ref`` (default ``ref``) is the formula whose
+    evaluation in the run's precision sets the tolerance."""
     g = torch.Generator().manual_seed(cell.seed + 11)
+    slots = adapted.slots[name]
     x_ours = x.clone().requires_grad_(True)
-    y = mod(x_ours)
+    y = adapted.layers[name](x_ours)
     t = torch.randn(y.shape, generator=g, dtype=torch.float64)
-    params = {k: v for k, v in variants.adapter_tensors(mod).items() if v.requires_grad}
+    params = {k: s.tensor for k, s in slots.items() if s.trainable}
     (y.to(torch.float64) * t).sum().backward(inputs=[x_ours, *params.values()])
-    ours = [y, x_ours.grad, *(p.grad if p.grad is not None else torch.zeros_like(p) for p in params.values())]
+    ours = [y, x_ours.grad, *(slots[k].canonical(p.grad) if p.grad is not None else torch.zeros_like(slots[k].canonical())
+                             for k, p in params.items())]
     for p in params.values():
         p.grad = None
 
-    state = {k: v.detach() for k, v in variants.adapter_tensors(mod).items()}
-    w, b = mod.weight.detach(), None if mod.bias is None else mod.bias.detach()
+    state = {k: v.detach() for k, v in adapted.tensors(name).items()}
+    bias = adapted.bias(name)
+    w, b = adapted.weight(name).detach(), None if bias is None else bias.detach()
     truth = formula_outputs(ref, x, w, b, state, cfg, list(params), t)
     scales = term_magnitudes(spread_ref or ref, x, w, b, state, cfg, t, list(params))
     spreads = formula_spreads(spread_ref or ref, x, w, b, state, cfg, list(params), t, truth, cell.dtype,
@@ -93,21 +93,22 @@ def layer_parity(cell: Cell, ref, cfg: dict, mod, x: torch.Tensor, spread_ref=No
     return out
 
 
-def merged_model(model, ref, cfg: dict, dtype: torch.dtype | None = None, gen=None):
-    """A copy of the base model whose target weights/biases are the paper's merged ones, in ``dtype``
-    (default: the model's), the merged weights jittered by one unit round-off when ``gen`` is given."""
-    st = variants.state_of(model)
-    clone = copy.deepcopy(model)
-    variants.detach(clone)
+def merged_model(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | None = None, gen=None):
+    """A copy of the base model whose adapted layers' weights/biases are the paper's merged ones
+    from ``adapted``'s state and live base weights, in ``dtype`` (default: the cell's), the merged
+    weights jittered by one unit round-off when ``gen`` is given."""
+    clone = cell.fresh_model()
     if dtype is not None:
         clone.to(dtype)
-    mods = dict(clone.named_modules())
+    mods = modules_named(clone, adapted.names)
+    states = adapted.state(with_weight=True)
     with torch.no_grad():
-        for name, mod in st.targets.items():
+        for name in adapted.names:
             tgt = mods[name]
-            state = {k: v.detach().to(torch.float64) for k, v in variants.adapter_tensors(mod).items()}
-            b = None if mod.bias is None else mod.bias.to(torch.float64)
-            w_eff, b_eff = ref.merged(mod.weight.to(torch.float64), b, state, cfg)
+            state = {k: v.to(torch.float64) for k, v in states[name].items() if k != "weight"}
+            bias = adapted.bias(name)
+            b = None if bias is None else bias.detach().to(torch.float64)
+            w_eff, b_eff = ref.merged(states[name]["weight"].to(torch.float64), b, state, cfg)
             if gen is not None:
                 w_eff, b_eff = jitter(w_eff, tgt.weight.dtype, gen), jitter(b_eff, tgt.weight.dtype, gen)
             tgt.weight.copy_(w_eff.to(tgt.weight.dtype))
@@ -122,28 +123,27 @@ def merged_model(model, ref, cfg: dict, dtype: torch.dtype | None = None, gen=No
 def worst_layer_rows(cell: Cell, ref, reference: str, note: str = "", spread_ref=None):
     """Perturb a fresh adapter, run ``layer_parity`` against ``ref`` on every adapted layer, and
     append one row per metric for the layer with the largest error/tolerance. Returns (model, cfg)."""
-    model = cell.adapted()
-    perturb(model, cell.seed, cell.card.perturb)
-    cfg = cell.cfg().to_dict()
-    targets = variants.state_of(model).targets
+    adapted = cell.adapted()
+    perturb(adapted, cell.seed, cell.card.perturb)
+    cfg = adapted.cfg
     with torch.no_grad():
-        seen, _ = capture(model, list(targets), lambda: cell.logits(model))
+        seen, _ = capture(adapted.layers, lambda: cell.logits(adapted))
     worst: dict[str, tuple] = {}
-    for name, mod in targets.items():
-        for metric, (err, tol, how) in layer_parity(cell, ref, cfg, mod, seen[name][0], spread_ref).items():
+    for name in adapted.names:
+        for metric, (err, tol, how) in layer_parity(cell, ref, cfg, adapted, name, seen[name][0], spread_ref).items():
             keep_worst(worst, metric, (err, tol, how, name))
     for metric, (err, tol, how, name) in worst.items():
         cell.row(metric, err, tol, reference=reference, message=f"{note}worst layer {name}; {how}")
-    return model, cfg
+    return adapted, cfg
 
 
 def run(cell: Cell) -> None:
     ref = paper.get(cell.card.name)
-    model, cfg = worst_layer_rows(cell, ref, "paper")
+    adapted, cfg = worst_layer_rows(cell, ref, "paper")
     gen = torch.Generator().manual_seed(cell.seed + 19)
     with torch.no_grad():
-        truth = cell.logits(merged_model(model, ref, cfg, torch.float64))
-        spreads = [rel_err(cell.logits(merged_model(model, ref, cfg, gen=gn)), truth) for gn in (None, gen)]
-        err = rel_err(cell.logits(model), truth)
+        truth = cell.logits(merged_model(cell, adapted, ref, cfg, torch.float64))
+        spreads = [rel_err(cell.logits(merged_model(cell, adapted, ref, cfg, gen=gn)), truth) for gn in (None, gen)]
+        err = rel_err(cell.logits(adapted), truth)
     cell.row("logits_rel_err_vs_merged", err, spread_tolerance(spreads, cell.dtype), reference="paper",
              message="hooked model vs the model with the paper's merged weights; " + describe(spreads, cell.dtype))

@@ -13,60 +13,31 @@ gradients vs the independent antipasto3 port.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 
 import torch
 
-import variants
 from references import antipasto3, paper
-from references import peft_bridge as bridge
 
 from ..cell import Cell, NotApplicable, rel_err
-from ..numerics import SMALL_TENSOR, describe, jitter, keep_worst, spread_tolerance, term_magnitudes
-from ..state import capture, perturb, snapshot
+from ..numerics import SMALL_TENSOR, describe, keep_worst, spread_tolerance, term_magnitudes
+from ..state import capture, perturb
+from ..twins import reference_name, twins
 from .paper_parity import formula_outputs, formula_spreads, worst_layer_rows
 
 STEPS, LR = 3, 1e-3
 
 
-def _loss(cell: Cell, model) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss(cell: Cell, adapted) -> tuple[torch.Tensor, torch.Tensor]:
     """(‖logits − t‖² mean, the logits it was computed from)."""
-    y = cell.logits(model)
+    y = cell.logits(adapted)
     y64 = y.double()
     return ((y64 - cell.target(y64)) ** 2).mean(), y.detach()
 
 
-def _our_grads(model) -> dict[str, dict[str, torch.Tensor]]:
-    st = variants.state_of(model)
-    return {n: {k: (v.grad if v.grad is not None else torch.zeros_like(v)).detach().clone()
-                for k, v in variants.adapter_tensors(m).items() if v.requires_grad}
-            for n, m in st.targets.items()}
-
-
-def _peft_grads(peft_model, variant: str, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    """peft's gradients mapped to canonical layout (read the state with .data swapped for .grad)."""
-    saved = {}
-    for p in peft_model.parameters():
-        if p.requires_grad:
-            saved[p] = p.data
-            p.data = p.grad.detach() if p.grad is not None else torch.zeros_like(p.data)
-    try:
-        return bridge.peft_state(peft_model, variant, names)
-    finally:
-        for p, d in saved.items():
-            p.data = d
-
-
 def has_peft(card) -> bool:
-    return "peft" in card.references and card.name in bridge.PEFT_VARIANTS
-
-
-def peft_twin(cell: Cell, model, cfg: dict):
-    """The peft model holding the same adapter state as ``model``, on a fresh copy of the base."""
-    names = list(variants.state_of(model).targets)
-    return bridge.build_peft_model(cell.base(), cell.card.name, cfg, names,  # build() deep-copies it
-                                   snapshot(model, cell.variant.mutates_base_weight))
+    from references.peft_bridge import PEFT_VARIANTS
+    return "peft" in card.references and card.name in PEFT_VARIANTS
 
 
 class _Antipasto3Port:
@@ -94,15 +65,23 @@ def _worst(ours: dict, truth: dict, refs: list[dict], dtype, scales: dict | None
 
 
 class _LayerTaps:
-    """Records each named peft layer's input and the loss gradient at its output (float64 truth twin)."""
+    """Records each adapted layer's input (before any adapter pre-hook) and the loss gradient at its output."""
 
-    def __init__(self, peft_model, names):
+    def __init__(self, adapted, names):
         self.seen: dict[str, list] = {}
-        self.handles = [bridge.peft_layer(peft_model, n).register_forward_hook(self._hook(n)) for n in names]
+        self.handles = []
+        for n in names:
+            mod = adapted.layers[n]
+            self.handles.append(mod.register_forward_pre_hook(self._pre(n), prepend=True))
+            self.handles.append(mod.register_forward_hook(self._hook(n)))
+
+    def _pre(self, n):
+        def hook(mod, args):
+            self.seen[n] = [args[0].detach(), None]
+        return hook
 
     def _hook(self, n):
         def hook(mod, args, out):
-            self.seen[n] = [args[0].detach(), None]
             if out.requires_grad:
                 out.register_hook(lambda g: self.seen[n].__setitem__(1, g.detach()))
         return hook
@@ -112,107 +91,94 @@ class _LayerTaps:
             h.remove()
 
 
-def _term_scales(cell: Cell, truth_model, taps: _LayerTaps, names, cfg) -> dict[str, dict[str, torch.Tensor]]:
+def _term_scales(cell: Cell, truth, taps: _LayerTaps, cfg) -> dict[str, dict[str, torch.Tensor]]:
     """{layer: {small tensor: Σ|terms| of its model-level gradient}} on the float64 twin."""
     ref = paper.get(cell.card.name)
-    states = bridge.peft_state(truth_model, cell.card.name, names)
+    states = truth.state()
     out = {}
-    for n in names:
+    for n in truth.names:
         x, gy = taps.seen[n]
-        base = bridge.peft_layer(truth_model, n).get_base_layer()
-        state = {k: v for k, v in states[n].items() if k != "weight"}
-        small = [k for k, v in state.items() if v.numel() <= SMALL_TENSOR]
+        state = states[n]
+        small = [k for k, v in state.items() if v.numel() <= SMALL_TENSOR and truth.slots[n][k].trainable]
         if small and gy is not None:
-            out[n] = term_magnitudes(ref, x, base.weight, base.bias, state, cfg, gy, small)
+            out[n] = term_magnitudes(ref, x, truth.weight(n), truth.bias(n), state, cfg, gy, small)
     return out
-
-
-def _twins(cell: Cell, model, cfg: dict) -> dict:
-    """peft holding ``model``'s state: in the run's precision ("peft"), from a start jittered by one
-    unit round-off ("peft_jittered"), and in float64 on the same (exactly representable) weights
-    ("truth"). The last two are copies of the first (jittering peft's tensors elementwise is jittering
-    the canonical state: the bridge's layout maps only transpose and reshape)."""
-    twin = peft_twin(cell, model, cfg)
-    jittered, truth = copy.deepcopy(twin), copy.deepcopy(twin).double()
-    gen = torch.Generator().manual_seed(cell.seed + 23)
-    with torch.no_grad():
-        for p in jittered.parameters():
-            if p.requires_grad:
-                p.copy_(jitter(p, cell.dtype, gen))
-    return {"peft": twin, "peft_jittered": jittered, "truth": truth}
 
 
 def run(cell: Cell) -> None:
     card = cell.card
-    if "antipasto3" in card.references:
+    if "antipasto3" in card.references and cell.subject.kind != "peft":
         worst_layer_rows(cell, _Antipasto3Port, "antipasto3", "vs the antipasto3 port; ", spread_ref=paper.get(card.name))
         return
-    if not has_peft(card):
-        raise NotApplicable("no external reference for this card")
-    over = card.peft_config or {}
-    model = cell.adapted(**over)
-    perturb(model, cell.seed, card.perturb)
-    cfg = cell.cfg(**over).to_dict()
-    names = list(variants.state_of(model).targets)
-    twins = _twins(cell, model, cfg)
-    refs = ("peft", "peft_jittered")
-    note = f"peft run with {over}: {card.peft_config_reason}; " if over else ""
+    other = reference_name(cell)
+    if other is None:
+        raise NotApplicable(f"no other implementation to compare {cell.subject.describe()} with")
+    over = (card.peft_config or {}) if cell.subject.kind != "peft" else {}
+    adapted = cell.adapted(**over)
+    perturb(adapted, cell.seed, card.perturb)
+    cfg = adapted.cfg
+    names = adapted.names
+    tw = twins(cell, adapted)
+    refs = ("ref", "ref_jittered")
+    note = f"{other} run with {over}: {card.peft_config_reason}; " if over else ""
+    label = f"{other} ({tw['ref'].subject.describe()})" if other == "peft" else other
     with torch.no_grad():
-        y = {"ours": cell.logits(model), **{k: cell.logits(m) for k, m in twins.items()}}
+        y = {"subject": cell.logits(adapted), **{k: cell.logits(m) for k, m in tw.items()}}
     spreads = [rel_err(y[k], y["truth"]) for k in refs]
-    cell.row("logits_rel_err", rel_err(y["ours"], y["truth"]), spread_tolerance(spreads, cell.dtype), reference="peft",
-             message=note + describe(spreads, cell.dtype))
+    cell.row("logits_rel_err", rel_err(y["subject"], y["truth"]), spread_tolerance(spreads, cell.dtype), reference=other,
+             message=note + f"vs {label} in float64; " + describe(spreads, cell.dtype))
 
-    models = {"ours": model, **twins}
-    taps = _LayerTaps(twins["truth"], names)
+    handles = {"subject": adapted, **tw}
+    taps = _LayerTaps(tw["truth"], names)
     try:
-        for m in models.values():
-            m.zero_grad(set_to_none=True)
-            _loss(cell, m)[0].backward()
+        for h in handles.values():
+            h.model.zero_grad(set_to_none=True)
+            _loss(cell, h)[0].backward()
     finally:
         taps.remove()
-    scales = _term_scales(cell, twins["truth"], taps, names, cfg)
-    grads = {k: _peft_grads(m, card.name, names) for k, m in twins.items()}
-    worst = _worst(_our_grads(model), grads["truth"], [grads[r] for r in refs], cell.dtype, scales)
+    scales = _term_scales(cell, tw["truth"], taps, cfg)
+    grads = {k: h.grads() for k, h in tw.items()}
+    worst = _worst(adapted.grads(), grads["truth"], [grads[r] for r in refs], cell.dtype, scales)
     for k, (err, tol, how) in sorted(worst.items()):
         scaled = any(k in sc for sc in scales.values())
-        cell.row(f"grad_err_per_term_sum[{k}]" if scaled else f"grad_rel_err[{k}]", err, tol, reference="peft",
+        cell.row(f"grad_err_per_term_sum[{k}]" if scaled else f"grad_rel_err[{k}]", err, tol, reference=other,
                  message=f"model-level gradient of ‖logits − t‖², worst layer; {how}")
 
-    opts = {k: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=LR) for k, m in models.items()}
-    logits_err: dict[str, float] = {k: 0.0 for k in ("ours", *refs)}
+    opts = {k: torch.optim.Adam(h.parameters(), lr=LR) for k, h in handles.items()}
+    logits_err: dict[str, float] = {k: 0.0 for k in ("subject", *refs)}
     state_worst: dict[str, tuple[float, float, str]] = {}
     for _ in range(STEPS):
         y = {}
-        for k, m in models.items():  # step, then the loss (and logits) at the new state
+        for k, h in handles.items():  # step, then the loss (and logits) at the new state
             opts[k].step()
             opts[k].zero_grad(set_to_none=True)
-            loss, y[k] = _loss(cell, m)
+            loss, y[k] = _loss(cell, h)
             loss.backward()
         for k in logits_err:
             logits_err[k] = max(logits_err[k], rel_err(y[k], y["truth"]))
-        states = {k: bridge.peft_state(m, card.name, names) for k, m in twins.items()}
-        for k, cur in _worst(snapshot(model), states["truth"], [states[r] for r in refs], cell.dtype).items():
+        states = {k: h.state() for k, h in tw.items()}
+        trainable = {n: {k: v for k, v in st.items() if adapted.slots[n][k].trainable} for n, st in adapted.state().items()}
+        for k, cur in _worst(trainable, states["truth"], [states[r] for r in refs], cell.dtype).items():
             keep_worst(state_worst, k, cur)
     spreads = [logits_err[r] for r in refs]
-    cell.row("trajectory_logits_rel_err", logits_err["ours"], spread_tolerance(spreads, cell.dtype), reference="peft",
+    cell.row("trajectory_logits_rel_err", logits_err["subject"], spread_tolerance(spreads, cell.dtype), reference=other,
              message=f"max over {STEPS} Adam steps (lr {LR}) run side by side; {describe(spreads, cell.dtype)}")
     err, tol, how = max(state_worst.values(), key=lambda v: v[0] / v[1])
-    cell.row("trajectory_state_rel_err", err, tol, reference="peft",
+    cell.row("trajectory_state_rel_err", err, tol, reference=other,
              message=f"adapter tensors after each of {STEPS} Adam steps, worst tensor; {how}")
-    _peft_vs_paper(cell, twins["peft"], names, cfg)
+    if other == "peft":
+        _peft_vs_paper(cell, tw["ref"], cfg)
     if card.peft_extra is not None:
         card.peft_extra(cell)
 
 
-def _peft_vs_paper(cell: Cell, peft_model, names: list[str], cfg: dict) -> None:
-    """Audit peft itself: its layer outputs (and gradients) vs the paper formula on peft's own state,
-    judged like paper_parity (float64 truth, the formula's own spread in the run's precision)."""
+def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
+    """Audit peft itself (as a reference): its layer outputs (and gradients) vs the paper formula on
+    peft's own state, judged like paper_parity (float64 truth, the formula's spread in the run's precision)."""
     ref = paper.get(cell.card.name)
-    states = bridge.peft_state(peft_model, cell.card.name, names)
-    layers = {n: bridge.peft_layer(peft_model, n) for n in names}
+    states = peft.state()
     with torch.no_grad():
-        seen, _ = capture(peft_model, [f"base_model.model.{n}" for n in names], lambda: cell.logits(peft_model))
+        seen, _ = capture(peft.layers, lambda: cell.logits(peft))
     undetached = "detach_norm" in inspect.signature(ref.forward).parameters
     worst: dict[str, tuple[float, float, str]] = {}
 
@@ -220,12 +186,12 @@ def _peft_vs_paper(cell: Cell, peft_model, names: list[str], cfg: dict) -> None:
         keep_worst(worst, metric, (err, spread_tolerance(spreads, cell.dtype), describe(spreads, cell.dtype)))
 
     g = torch.Generator().manual_seed(cell.seed + 13)
-    for n in names:
-        x = seen[f"base_model.model.{n}"][0]
-        layer = layers[n]
-        base = layer.get_base_layer()
-        w, b = base.weight.detach(), None if base.bias is None else base.bias.detach()
-        state = {k: v.detach() for k, v in states[n].items() if k != "weight"}
+    for n in peft.names:
+        x = seen[n][0]
+        layer = peft.layers[n]
+        bias = peft.bias(n)
+        w, b = peft.weight(n).detach(), None if bias is None else bias.detach()
+        state = states[n]
         t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
         truth = formula_outputs(ref, x, w, b, state, cfg, [], t)
         with torch.no_grad():
@@ -233,9 +199,9 @@ def _peft_vs_paper(cell: Cell, peft_model, names: list[str], cfg: dict) -> None:
         spreads = formula_spreads(ref, x, w, b, state, cfg, [], t, truth, cell.dtype, cell.seed + 29)
         keep("peft_layer_vs_paper_rel_err", rel_err(y_peft, truth[0]), spreads["output_rel_err"])
         if undetached:
-            peft_model.zero_grad(set_to_none=True)
+            peft.model.zero_grad(set_to_none=True)
             (layer(x).double() * t).sum().backward()
-            pg = _peft_grads(peft_model, cell.card.name, [n])[n]
+            pg = peft.grads()[n]
             trainable = [k for k in state if k in pg]
             y_ref, gr = formula_outputs(_Undetached(ref), x, w, b, state, cfg, trainable, t)
             spread = formula_spreads(_Undetached(ref), x, w, b, state, cfg, trainable, t, (y_ref, gr), cell.dtype,

@@ -6,8 +6,6 @@ modules for this architecture are audited against the paper placement too.
 """
 from __future__ import annotations
 
-import variants
-
 from ..cell import Cell, NotApplicable
 
 # role -> module leaf names, as the audit (not variants/) reads an architecture
@@ -28,13 +26,12 @@ def run(cell: Cell) -> None:
     expected = expected_modules(base, card.placement_roles)
     if not expected:
         raise NotApplicable(f"this model has no {'/'.join(card.placement_roles)} projections to adapt")
-    model = cell.attach(base)
-    actual = set(variants.state_of(model).targets)
+    actual = set(cell.attach(base).names)
     missing, extra = sorted(expected - actual), sorted(actual - expected)
     src = card.placement_source
     cell.row("missing_targets", len(missing), 0.0, message=f"expected per {src}; missing: {missing[:4]}")
     cell.row("unexpected_targets", len(extra), 0.0, message=f"expected per {src}; unexpected: {extra[:4]}")
-    if "peft" in card.references and tuple(card.placement_roles) != ALL_ROLES:
+    if ("peft" in card.references or cell.subject.kind == "peft") and tuple(card.placement_roles) != ALL_ROLES:
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         if model_type is None:
             return
@@ -46,9 +43,9 @@ def run(cell: Cell) -> None:
             return
         ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
         wanted = {leaf for leaf in defaults if (leaf in ff) == (card.name == "ia3_ff")}
-        peft_set = {n for n, _ in base.named_modules() if n.rsplit(".", 1)[-1] in wanted}
+        peft_set = {n for n, _ in cell.fresh_model().named_modules() if n.rsplit(".", 1)[-1] in wanted}
         diff = sorted(peft_set ^ expected)
         kinds = sorted({n.rsplit(".", 1)[-1] for n in diff})  # q_proj for k_proj: 2 kinds, whatever the depth
-        cell.row("peft_default_targets_mismatch", len(kinds), 0.0, reference="peft", about="reference",
+        cell.row("peft_default_targets_mismatch", len(kinds), 0.0, reference="peft", about=cell.about("peft"),
                  message=f"peft's default targets for {model_type} vs the paper placement: "
                          f"{len(diff)} modules of kinds {kinds} differ, e.g. {diff[:4]}")

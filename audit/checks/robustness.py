@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import re
 
-import torch
-
-import variants
-
 from ..cards import BadInput
-from ..cell import Cell
+from ..cell import Cell, NotApplicable
 
 GENERIC = (
     BadInput({"r": 0}, ValueError),
@@ -47,12 +43,11 @@ def names_problem(message: str, fields: dict) -> bool:
 
 def _attempt(cell: Cell, bad: BadInput) -> tuple[float, str]:
     try:
-        fields = {**cell.cfg().to_dict(), **bad.fields}
+        fields = {**cell.config(), **bad.fields}
         if bad.fields.get("target_names"):
             fields.pop("target_roles", None)
-        cal = fields.pop("calibration_data", cell.calibration() if cell.variant.needs_calibration else None)
-        cfg = cell.variant.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-        variants.attach(cell.fresh_model(), cfg, calibration_data=cal, variant=cell.variant)
+        cal = fields.pop("calibration_data", cell.calibration() if cell.needs_calibration() else None)
+        cell.subject.attach(cell.fresh_model(), cell.card.name, fields, cal)
     except bad.error as e:
         if names_problem(str(e), bad.fields):
             return 1.0, f"{type(e).__name__}: {str(e)[:140]}"
@@ -63,13 +58,17 @@ def _attempt(cell: Cell, bad: BadInput) -> tuple[float, str]:
 
 
 def run(cell: Cell) -> None:
+    if not cell.subject.validates_config:
+        raise NotApplicable(f"{cell.subject.describe()} gets its configs through the audit's translation of the "
+                            "canonical fields into its own config classes, so a refusal (or its absence) would "
+                            "be the translation's, not the subject's")
     for bad in GENERIC + cell.card.bad_inputs:
         label = ",".join(f"{k}={v!r}" for k, v in bad.fields.items()).replace("|", "/")
         ok, msg = _attempt(cell, bad)
         cell.row(f"raises[{label}]", ok, 1.0, op="==", message=msg)
-    model = cell.adapted()
+    adapted = cell.adapted()
     try:
-        variants.attach(model, cell.cfg(), calibration_data=cell.calibration(), variant=cell.variant)
+        cell.subject.attach(adapted.model, cell.card.name, adapted.cfg, cell.calibration())
         ok, msg = 0.0, "attaching twice was accepted"
     except (RuntimeError, ValueError) as e:  # either is a clear refusal; silently stacking is the bug
         ok, msg = 1.0, f"{type(e).__name__}: {str(e)[:140]}"

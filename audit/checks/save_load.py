@@ -1,9 +1,12 @@
-"""save_load: save a non-trivial adapter, load it into a fresh base model: identical outputs.
+"""save_load: the subject's own save, loaded by its own load into a fresh base model: identical outputs.
 
-Also: a checkpoint with a missing or an extra key must raise on load.
+Also, where the checkpoint is safetensors: a checkpoint with a missing or an extra tensor must be
+refused on load (a silently half-loaded adapter is the bug this catches). n/a for a subject
+without save/load.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,48 +14,89 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import variants
-
-from ..cell import Cell
+from ..cell import Cell, NotApplicable
 from ..state import perturb
+from ..subjects import Adapted
 
 
 def _raises(fn, tmpdir: str) -> tuple[float, str]:
     try:
         fn()
-    except (KeyError, ValueError) as e:  # the temp folder is masked so rows are reproducible
+    except Exception as e:  # noqa: BLE001 - any refusal counts; the temp folder is masked so rows are reproducible
         return 1.0, f"raised {type(e).__name__}: {str(e).replace(tmpdir, '<tmp>')[:120]}"
-    return 0.0, "did not raise"
+    return 0.0, "loaded without an error"
+
+
+def _tensor_file(path: Path) -> Path | None:
+    """The (largest) safetensors file of a saved checkpoint: the path itself or one inside it."""
+    if path.is_file():
+        return path if _is_safetensors(path) else None
+    files = sorted(path.rglob("*.safetensors"), key=lambda p: p.stat().st_size, reverse=True)
+    return files[0] if files else None
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt"):
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _variant_copy(saved: Path, tensor_file: Path, dest: Path, edit) -> Path:
+    """A copy of the checkpoint at ``dest`` whose tensor file is rewritten by ``edit(tensors)``."""
+    if saved.is_dir():
+        shutil.copytree(saved, dest)
+        target = dest / tensor_file.relative_to(saved)
+    else:
+        target = dest
+    with safe_open(str(tensor_file), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(edit(tensors), str(target), metadata=meta)
+    return dest
 
 
 def run(cell: Cell) -> None:
-    model = cell.adapted()
-    perturb(model, cell.seed, cell.card.perturb)
-    with torch.no_grad():
-        y1 = cell.logits(model)
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "adapter.safetensors"
-        variants.save(model, path)
-        fresh = cell.fresh_model()
-        variants.load(fresh, path, variant=cell.variant)
-        with torch.no_grad():
-            y2 = cell.logits(fresh)
-        cell.row("logits_max_abs_diff", float((y2.double() - y1.double()).abs().max()), 0.0, op="==",
-                 message="save -> fresh base model -> load: outputs must be identical")
-        ours = variants.adapter_parameters(model)
-        theirs = variants.adapter_parameters(fresh)
-        diff = max((float((ours[k].detach().double() - theirs[k].detach().double()).abs().max()) for k in ours if k in theirs), default=0.0)
-        cell.row("adapter_tensor_keys_mismatch", len(set(ours) ^ set(theirs)), 0.0, op="==")
-        cell.row("adapter_tensors_max_abs_diff", diff, 0.0, op="==")
+    subject = cell.subject
+    if not (subject.can("save") and subject.can("load")):
+        raise NotApplicable(f"{subject.describe()} has no save/load")
+    adapted = cell.adapted()
+    perturb(adapted, cell.seed, cell.card.perturb)
+    method, cfg = cell.card.name, adapted.cfg
 
-        with safe_open(str(path), framework="pt") as f:
-            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-        dropped = sorted(tensors)[0]
-        missing = Path(d) / "missing.safetensors"
-        save_file({k: v for k, v in tensors.items() if k != dropped}, str(missing), metadata=meta)
-        extra = Path(d) / "extra.safetensors"
-        save_file({**tensors, "unexpected.adapter_X": torch.zeros(1)}, str(extra), metadata=meta)
-        v, msg = _raises(lambda: variants.load(cell.fresh_model(), missing, variant=cell.variant), d)
+    def load(path: Path) -> Adapted:
+        return Adapted(subject, subject.load(cell.fresh_model(), str(path), method, cfg), method, cfg)
+
+    with torch.no_grad():
+        y1 = cell.logits(adapted)
+    with tempfile.TemporaryDirectory() as d:
+        saved = Path(d) / "adapter"
+        subject.save(adapted.model, str(saved))
+        loaded = load(saved)
+        with torch.no_grad():
+            y2 = cell.logits(loaded)
+        cell.row("logits_max_abs_diff", float((y2.double() - y1.double()).abs().max()), 0.0, op="==",
+                 message=f"{subject.describe()}: save -> fresh base model -> load: outputs must be identical")
+        ours, theirs = adapted.state(with_weight=True), loaded.state(with_weight=True)
+        keys = lambda st: {f"{n}.{k}" for n, ts in st.items() for k in ts}  # noqa: E731
+        cell.row("adapter_tensor_keys_mismatch", len(keys(ours) ^ keys(theirs)), 0.0, op="==",
+                 message="canonical tensors (and base weights) of the adapted layers, saved vs loaded")
+        diff = max((float((v.double() - theirs[n][k].double()).abs().max())
+                    for n, ts in ours.items() for k, v in ts.items() if k in theirs.get(n, {})), default=0.0)
+        cell.row("adapter_tensors_max_abs_diff", diff, 0.0, op="==",
+                 message="canonical tensors and live base weights (W_res where the method mutates it)")
+
+        tensor_file = _tensor_file(saved)
+        if tensor_file is None:
+            for metric in ("missing_key_raises", "extra_key_raises"):
+                cell.row(metric, None, None, status="n/a", message="the checkpoint has no safetensors file to edit")
+            return
+        with safe_open(str(tensor_file), framework="pt") as f:
+            dropped = sorted(f.keys())[0]
+        missing = _variant_copy(saved, tensor_file, Path(d) / "missing", lambda t: {k: v for k, v in t.items() if k != dropped})
+        extra = _variant_copy(saved, tensor_file, Path(d) / "extra",
+                              lambda t: {**t, f"unexpected_module.{dropped}": torch.zeros(1)})
+        v, msg = _raises(lambda: load(missing), d)
         cell.row("missing_key_raises", v, 1.0, op="==", message=f"dropped {dropped}: {msg}")
-        v, msg = _raises(lambda: variants.load(cell.fresh_model(), extra, variant=cell.variant), d)
-        cell.row("extra_key_raises", v, 1.0, op="==", message=msg)
+        v, msg = _raises(lambda: load(extra), d)
+        cell.row("extra_key_raises", v, 1.0, op="==", message=f"added unexpected_module.{dropped}: {msg}")

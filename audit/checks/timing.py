@@ -1,4 +1,5 @@
-"""timing: forward and forward+backward medians of base, ours and peft, side by side in one process.
+"""timing: forward and forward+backward medians of base, the subject and its reference implementation
+(peft for ours, ours for peft), side by side in one process.
 
 Measured on the cell's model with a larger batch (CPU time of this single-threaded process on CPU), interleaving the three models each round so
 machine noise hits them alike. Reported, and gated only loosely (ours/peft fwd+bwd ≤ the card's
@@ -20,7 +21,7 @@ from .. import models
 from ..cell import Cell, NotApplicable
 from ..measure import peak_memory_bytes, sync
 from ..state import perturb
-from .peft_parity import has_peft, peft_twin
+from ..twins import reference_name, twin
 
 ROUNDS, BATCH, SEQ = 4, 4, 32
 
@@ -42,12 +43,14 @@ def run(cell: Cell) -> None:
                             "claim (BENCH_DEVICE=cuda BENCH_DTYPE=bfloat16 nox -s bench times bf16)")
     base = cell.fresh_model()
     ids = models.example_inputs(base, batch=BATCH, seq=SEQ, seed=cell.seed + 5).to(cell.device)
-    over = cell.card.peft_config or {}
-    ours = cell.adapted(**over)
-    perturb(ours, cell.seed, cell.card.perturb)
-    contenders = {"base": base, "ours": ours}
-    if has_peft(cell.card):
-        contenders["peft"] = peft_twin(cell, ours, cell.cfg(**over).to_dict())
+    other = reference_name(cell)
+    over = (cell.card.peft_config or {}) if other == "peft" else {}
+    adapted = cell.adapted(**over)
+    perturb(adapted, cell.seed, cell.card.perturb)
+    me = cell.subject.kind if cell.subject.kind != other else "subject"
+    contenders = {"base": base, me: adapted.model}
+    if other is not None:
+        contenders[other] = twin(cell, adapted).model
     base.requires_grad_(False)  # frozen as under an adapter
     for m in contenders.values():  # one backward for all three: down to the input embedding
         m.get_input_embeddings().weight.requires_grad_(True)
@@ -72,11 +75,11 @@ def run(cell: Cell) -> None:
                      message=f"median of {ROUNDS - 1} rounds (first dropped), batch {BATCH}×{SEQ}")
     bound = cell.tol("timing", {"*": 10.0})
     for kind in ("fwd", "fwd_bwd"):
-        cell.row(f"{kind}_ratio_vs_base", med["ours"][kind] / med["base"][kind], None, status="pass",
-                 message="ours / base model (reported, not gated)")
-        if "peft" in contenders:
-            cell.row(f"{kind}_ratio_vs_peft", med["ours"][kind] / med["peft"][kind], bound, reference="peft",
-                     message=f"ours / peft; gated loosely at {bound}× (a gross regression)")
+        cell.row(f"{kind}_ratio_vs_base", med[me][kind] / med["base"][kind], None, status="pass",
+                 message=f"{me} ({cell.subject.describe()}) / base model (reported, not gated)")
+        if other is not None:
+            cell.row(f"{kind}_ratio_vs_{other}", med[me][kind] / med[other][kind], bound, reference=other,
+                     message=f"{me} / {other}; gated loosely at {bound}× (a gross regression)")
     for name, m in contenders.items():
         cell.row(f"fwd_bwd_peak_mem_mb[{name}]", peak_memory_bytes(lambda: fwd_bwd(m), cell.device) / 2**20, None,
                  status="pass", message="tensor memory above the start, one forward+backward (reported, not gated)")

@@ -17,28 +17,31 @@ import math
 
 import torch
 
-import variants
 from references import paper
 
 from ..cell import Cell, NotApplicable
 from ..numerics import SPREAD_FACTOR
+from ..state import modules_named
 
 STEPS, LR = 6, 1e-2
 REL_DROP_TOL = 0.5  # of the reference's drop, plus the loss-value rounding noise; see the module docstring
 
 
-def reference_model(cell: Cell, model):
-    """Float64 base model whose adapted layers compute the paper formula on copies of ``model``'s state."""
-    ref, cfg = paper.get(cell.card.name), cell.cfg().to_dict()
+def reference_model(cell: Cell, adapted):
+    """Float64 base model whose adapted layers compute the paper formula on copies of ``adapted``'s state."""
+    ref, cfg = paper.get(cell.card.name), adapted.cfg
     clone = cell.fresh_model().double()
-    mods = dict(clone.named_modules())
+    mods = modules_named(clone, adapted.names)
     params = []
-    for name, mod in variants.state_of(model).targets.items():
-        state = {k: torch.nn.Parameter(v.detach().double().clone(), requires_grad=v.requires_grad)
-                 for k, v in variants.adapter_tensors(mod).items()}
+    states = adapted.state(with_weight=True)
+    for name in adapted.names:
+        slots = adapted.slots[name]
+        state = {k: torch.nn.Parameter(v.double(), requires_grad=slots[k].trainable)
+                 for k, v in states[name].items() if k != "weight"}
         params += [p for p in state.values() if p.requires_grad]
-        w = mod.weight.detach().double()
-        b = None if mod.bias is None else mod.bias.detach().double()
+        w = states[name]["weight"].double()
+        bias = adapted.bias(name)
+        b = None if bias is None else bias.detach().double()
         mods[name].register_forward_hook(
             lambda m, args, out, w=w, b=b, st=state: ref.forward(args[0], w, b, st, cfg))
     return clone, params
@@ -69,9 +72,10 @@ def _train(cell: Cell, model, params, labels) -> tuple[list[float], float, int]:
 
 
 def run(cell: Cell) -> None:
-    model = cell.adapted()
-    reference, ref_params = reference_model(cell, model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    adapted = cell.adapted()
+    model = adapted.model
+    reference, ref_params = reference_model(cell, adapted)
+    params = adapted.parameters()
     g = torch.Generator().manual_seed(cell.seed + 3)
     with torch.no_grad():
         vocab = cell.logits(model).shape[-1]

@@ -1,6 +1,7 @@
 """Paper formulas in float64, one module per variant.
 
 Every module exposes ``merged(W, b, state, cfg) -> (W_eff, b_eff)``, ``forward(x, W, b, state, cfg)``,
+``layout(d_in, d_out, cfg) -> {name: shape}`` (the state it reads; None in a shape: any size),
 ``EQUATION`` and ``CITATION``; state keys and shapes follow ``references/STATE_LAYOUT.md``.
 """
 

@@ -96,3 +96,9 @@ def max_rotation_angle(T: torch.Tensor, cfg: dict) -> float:
     """
     lam = torch.linalg.eigvals(rotation_blocks(T, cfg).detach())
     return float(torch.atan2(lam.imag, lam.real).abs().max())
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: U (d_out, r), S (r), Vh (r, d_in), delta (r), T (r/bs, bs(bs-1)/2)."""
+    r, bs = int(cfg["r"]), int(cfg["block_size"])
+    return {"U": (d_out, r), "S": (r,), "Vh": (r, d_in), "delta": (r,), "T": (r // bs, bs * (bs - 1) // 2)}

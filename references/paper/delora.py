@@ -58,3 +58,10 @@ def norm_bound_excess(state: dict, cfg: dict) -> float:
     lam = f64(state["lam"]).reshape(())
     term = (lam / int(cfg["r"])) * normalized_term(state["B"], state["A"])
     return float(torch.linalg.matrix_norm(term) - lam.abs())
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r, d_in), B (d_out, r), lam (1), w_norm (d_in); init_style "paper" adds C (r, d_in), D (d_out, r)."""
+    r = int(cfg["r"])
+    return {"A": (r, d_in), "B": (d_out, r), "lam": (1,), "w_norm": (d_in,),
+            **({"C": (r, d_in), "D": (d_out, r)} if cfg.get("init_style") == "paper" else {})}

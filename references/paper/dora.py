@@ -43,3 +43,9 @@ def magnitude_error(W: torch.Tensor, state: dict, cfg: dict) -> float:
     """max |‖W_eff‖_row − m| (DoRA's magnitude/direction split, arXiv:2402.09353 §4.1)."""
     W_eff, _ = merged(W, None, state, cfg)
     return float((row_norm(W_eff) - f64(state["m"]).reshape(-1)).abs().max())
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r, d_in), B (d_out, r), m (d_out)."""
+    r = int(cfg["r"])
+    return {"A": (r, d_in), "B": (d_out, r), "m": (d_out,)}

@@ -36,3 +36,8 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
 def forward(x, W, b, state, cfg):
     """y = x W_effᵀ + b_eff in float64."""
     return linear(x, *merged(W, b, state, cfg))
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r_l, d_in), B (d_out, r_l); r_l is per layer (None: any)."""
+    return {"A": (None, d_in), "B": (d_out, None)}

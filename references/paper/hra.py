@@ -49,3 +49,9 @@ def orthogonality_error(u: torch.Tensor) -> float:
     """max |HᵀH − I| of H = H₀⋯H_{r−1} (a product of reflections is orthogonal; arXiv:2405.17484 §3)."""
     H = householder_product(u)
     return float((H.T @ H - torch.eye(H.shape[0], dtype=H.dtype)).abs().max())
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: u (r, d_in), row i the Householder vector u_i."""
+    r = int(cfg["r"])
+    return {"u": (r, d_in)}

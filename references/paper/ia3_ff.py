@@ -22,3 +22,8 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
 def forward(x, W, b, state, cfg):
     """y = x W_effᵀ + b_eff in float64."""
     return linear(x, *merged(W, b, state, cfg))
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: l (d_in)."""
+    return {"l": (d_in,)}

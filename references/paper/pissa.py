@@ -37,3 +37,9 @@ def reconstruction_error(W_orig: torch.Tensor, W_res: torch.Tensor, state: dict,
     W_eff, _ = merged(W_res, None, state, cfg)
     W0 = f64(W_orig)
     return float((W_eff - W0).abs().max() / W0.abs().max())
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r, d_in), B (d_out, r); the layer weight is W_res."""
+    r = int(cfg["r"])
+    return {"A": (r, d_in), "B": (d_out, r)}

@@ -76,3 +76,9 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
 def forward(x, W, b, state, cfg):
     """y = x W_effᵀ + b_eff in float64."""
     return linear(x, *merged(W, b, state, cfg))
+
+
+def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
+    """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: theta, alpha of d_out/2 (road_1), d_out (road_2) or 2·d_out (road_4) entries."""
+    n = {"road_1": d_out // 2, "road_2": d_out, "road_4": 2 * d_out}[cfg["road_variant"]]
+    return {"theta": (n,), "alpha": (n,)}

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from . import _core
+from . import _core  # noqa: F401 - audit.subjects.peft reads tuner_root from it
 from ._core import (ADAPTER, TRANSFORMS, BridgeUnsupported, ConfigField, TensorMap, VariantMapping,
                     adapter_dtype_plan, adapted_module_names, peft_layer)
 from .delora import DELORA

@@ -1,0 +1,171 @@
+"""Adapted: one attached subject, seen through the canonical layout (references/STATE_LAYOUT.md).
+
+Built from a subject's answers (its adapted layers and its tensor-name map), it gives the checks
+everything in canonical form: the state per layer (read and set), gradients, the trainable tensors,
+each layer's live base weight and bias. The map is validated against the paper formula's own
+``layout`` when the handle is built, so a layout that does not fit is one LayoutError naming the
+tensor, before any check runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from references import paper
+
+from .base import LayoutError, Subject
+
+
+def linear_dims(mod: nn.Module) -> tuple[int, int, bool]:
+    """(d_in, d_out, weight stored transposed) of a dense layer: nn.Linear or transformers' Conv1D."""
+    w = getattr(mod, "weight", None)
+    if w is None or w.dim() != 2:
+        raise LayoutError(f"{type(mod).__name__} is not a dense layer with a 2-D weight")
+    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):  # transformers.pytorch_utils.Conv1D: W is (d_in, d_out)
+        return w.shape[0], w.shape[1], True
+    return w.shape[1], w.shape[0], False
+
+
+@dataclass
+class Slot:
+    """One canonical tensor of one layer: the subject's live tensor and how to map it."""
+
+    tensor: torch.Tensor
+    transform: str  # "identity", "transpose", "reshape"
+    where: str      # the subject's path, for messages
+    shape: tuple | None = None  # canonical shape (None entries: any size)
+
+    def canonical(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """``t`` (default: the live tensor) in canonical layout (a view where possible)."""
+        t = self.tensor if t is None else t
+        if self.transform == "transpose":
+            return t.t()
+        if self.transform == "reshape":
+            known = self.shape is not None and None not in self.shape
+            return t.reshape(self.shape if known else (-1,))
+        return t
+
+    def write(self, value: torch.Tensor) -> None:
+        v = value.t() if self.transform == "transpose" else value
+        with torch.no_grad():
+            self.tensor.copy_(v.reshape(self.tensor.shape).to(self.tensor.device, self.tensor.dtype))
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.tensor.requires_grad)
+
+
+class Adapted:
+    """A subject attached to a model: ``model`` is what the checks call; everything else is canonical."""
+
+    def __init__(self, subject: Subject, model: nn.Module, method: str, cfg: dict):
+        self.subject, self.model, self.method, self.cfg = subject, model, method, cfg
+        self.layers: dict[str, nn.Module] = dict(subject.adapted_layers(model))
+        if not self.layers:
+            raise LayoutError(f"{subject.describe()} adapted no layer of the model")
+        self.slots = {n: self._slots(n, m) for n, m in self.layers.items()}
+
+    # -- layout -------------------------------------------------------------------------------------
+    def _slots(self, name: str, layer: nn.Module) -> dict[str, Slot]:
+        d_in, d_out, _ = linear_dims(self.base_layer(name))
+        raw = self.subject.layer_tensors(layer, self.method)
+        want = paper.get(self.method).layout(d_in, d_out, self.cfg) if self.method in paper.VARIANTS else None
+        who = f"{self.subject.describe()}, layer {name}"
+        if want is None:
+            return {k: Slot(t, tr, w) for k, (t, tr, w) in raw.items()}
+        missing = [k for k in want if k not in raw]
+        if missing:
+            k = missing[0]
+            raise LayoutError(f"{who}: the {self.method} formula needs tensor {k!r} {_shape(want[k])}, and the "
+                              f"subject's tensor map has none (it maps {sorted(raw)}; STATE_LAYOUT.md)")
+        extra = [k for k in raw if k not in want]
+        if extra:
+            raise LayoutError(f"{who}: tensor {extra[0]!r} ({raw[extra[0]][2]}) is not part of the {self.method} "
+                              f"layout {sorted(want)} under this config: the paper formula cannot account for it")
+        out = {}
+        for k, (t, tr, where) in raw.items():
+            slot = Slot(t, tr, where, want[k])
+            try:
+                got = tuple(slot.canonical().shape)
+            except RuntimeError as e:
+                raise LayoutError(f"{who}: tensor {k!r} at {where} {tuple(t.shape)} cannot be mapped with "
+                                  f"{tr!r} to {_shape(want[k])}: {e}") from None
+            if len(got) != len(want[k]) or any(w is not None and g != w for g, w in zip(got, want[k])):
+                hint = " (transpose?)" if tuple(reversed(got)) == tuple(want[k]) else ""
+                raise LayoutError(f"{who}: tensor {k!r} at {where} maps ({tr}) to shape {got}, but the {self.method} "
+                                  f"layout wants {_shape(want[k])}{hint}")
+            out[k] = slot
+        return out
+
+    # -- what the checks read -----------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    def base_layer(self, name: str) -> nn.Module:
+        return self.subject.base_layer(self.layers[name])
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The layer's live frozen weight in canonical (d_out, d_in) layout (W_res where mutated)."""
+        base = self.base_layer(name)
+        return base.weight.t() if linear_dims(base)[2] else base.weight
+
+    def bias(self, name: str) -> torch.Tensor | None:
+        return getattr(self.base_layer(name), "bias", None)
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """{canonical: live tensor in canonical layout} of one layer (views: gradients flow)."""
+        return {k: s.canonical() for k, s in self.slots[name].items()}
+
+    def state(self, with_weight: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """Detached canonical copies {layer: {tensor: value}}; ``with_weight`` adds the live base
+        weight as "weight" (W_res of the methods that mutate it)."""
+        out = {}
+        for n, slots in self.slots.items():
+            out[n] = {k: _copy(s.canonical(s.tensor.detach())) for k, s in slots.items()}
+            if with_weight:
+                out[n]["weight"] = _copy(self.weight(n).detach())
+        return out
+
+    def set_state(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Write canonical values in (a "weight" entry overwrites the layer's base weight)."""
+        for n, values in states.items():
+            for k, v in values.items():
+                if k == "weight":
+                    with torch.no_grad():
+                        self.weight(n).copy_(v.to(self.weight(n).dtype))
+                else:
+                    self.slots[n][k].write(v)
+
+    def grads(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{layer: {trainable tensor: its .grad in canonical layout, zeros where None}}."""
+        return {n: {k: _copy(s.canonical(s.tensor.grad) if s.tensor.grad is not None
+                             else torch.zeros_like(s.canonical()).detach())
+                    for k, s in slots.items() if s.trainable}
+                for n, slots in self.slots.items()}
+
+    def adapter_tensor_ids(self) -> set[int]:
+        return {id(s.tensor) for slots in self.slots.values() for s in slots.values()}
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Every trainable tensor of the model (what an optimiser gets), mapped or not."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def rank(self, name: str) -> int:
+        """The layer's rank: rows of A (or u), else the config's r."""
+        st = self.slots[name]
+        for k in ("A", "u"):
+            if k in st:
+                return int(st[k].canonical().shape[0])
+        return int(self.cfg.get("r", 0) or 0)
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy (a transposed view's clone would keep its strides, and its matmuls round differently)."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"

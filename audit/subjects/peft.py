@@ -1,0 +1,150 @@
+"""The ``peft`` subject: the installed peft, audited through its own code paths.
+
+Its own config classes, ``get_peft_model`` targeting from ``target_modules`` (leaf names, matched by
+peft), its own init (PiSSA's SVD, EVA's ``initialize_lora_eva_weights``, DoRA's magnitude, DeLoRA's
+w_norm, ...), its own adapter-dtype handling, and ``save_pretrained`` / ``PeftModel.from_pretrained``.
+Where each canonical tensor lives is read from the peft bridge's mapping data
+(references/peft_bridge), with the older releases' paths as alternatives; a method the installed
+release lacks is not supported (its rows are n/a with the reason).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from references import peft_bridge as bridge
+
+from .base import LayoutError, NotSupported, Subject, resolve
+
+# method -> (peft config class, the first release that has it, or the init it needs)
+NEEDS = {"lora": ("LoraConfig", "0.3.0"), "pissa": ("LoraConfig", "0.11.0"), "dora": ("LoraConfig", "0.9.0"),
+         "eva": ("LoraConfig", "0.14.0"), "ia3": ("IA3Config", "0.4.0"), "ia3_ff": ("IA3Config", "0.4.0"),
+         "hra": ("HRAConfig", "0.12.0"), "delora": ("DeloraConfig", "0.18.0"), "road": ("RoadConfig", "0.17.0")}
+# canonical tensor -> paths older releases used, tried after the bridge's (current) path
+OLDER_PATHS = {("dora", "m"): ("lora_magnitude_vector.default",)}  # a ParameterDict entry before DoraLinearLayer
+
+
+def _version() -> str:
+    import peft
+    return peft.__version__
+
+
+def _at_least(have: str, need: str) -> bool:
+    from packaging.version import Version
+    return Version(have) >= Version(need)
+
+
+class Peft(Subject):
+    kind = "peft"
+    validates_config = False  # configs reach peft through this translation; its refusals would be ours
+
+    def __init__(self):
+        self.version = _version()
+        self.label = f"peft {self.version}"
+        self.tensor_names = {m: self._names(m) for m in bridge.PEFT_VARIANTS}
+
+    @staticmethod
+    def _names(method: str) -> dict[str, tuple]:
+        out = {}
+        for t in bridge.MAPPINGS[method].tensors:
+            if t.kind == "base weight":
+                continue  # W_res: the layer's own weight, read through base_layer
+            transform = "reshape" if t.transform.startswith("reshape") else t.transform
+            out[t.canonical] = ((t.peft, *OLDER_PATHS.get((method, t.canonical), ())), transform)
+        return out
+
+    def supports(self, method: str) -> str | None:
+        if method not in NEEDS:
+            return f"peft has no {method!r} method"
+        import peft
+        cls, since = NEEDS[method]
+        if not hasattr(peft, cls) or not _at_least(self.version, since):
+            return f"peft {self.version} has no {method} ({cls}, peft >= {since})"
+        return None
+
+    def layer_tensors(self, layer: nn.Module, method: str):
+        out = {}
+        for canonical, (paths, transform) in self.tensor_names[method].items():
+            for i, path in enumerate(paths):
+                try:
+                    out[canonical] = (resolve(layer, path, canonical), transform, path)
+                    break
+                except LayoutError:
+                    if i == len(paths) - 1:
+                        raise
+        return out
+
+    # -- attach -------------------------------------------------------------------------------------
+    def targets(self, model: nn.Module, method: str, cfg: dict) -> dict[str, Any]:
+        """target_modules (and friends) as a user following the paper would pass them to peft."""
+        from ..cards import get
+        from ..checks.placement import LEAVES
+        kw: dict[str, Any] = {}
+        if cfg.get("target_names"):
+            # our target_names are re.search patterns; peft fullmatches a string target_modules
+            kw["target_modules"] = "|".join(f".*(?:{p}).*" for p in cfg["target_names"])
+        else:
+            roles = cfg.get("target_roles") or get(method).placement_roles
+            present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+            kw["target_modules"] = sorted({leaf for r in roles for leaf in LEAVES[r] if leaf in present})
+        if cfg.get("layers") is not None:
+            kw["layers_to_transform"] = list(cfg["layers"])
+        if cfg.get("exclude_names"):
+            raise NotSupported("exclude_names has no peft translation here")
+        return kw
+
+    def peft_config(self, model: nn.Module, method: str, cfg: dict):
+        import peft
+        kw = self.targets(model, method, cfg)
+        r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
+        if method in ("lora", "pissa", "dora", "eva"):
+            init = {"pissa": "pissa", "eva": "eva"}.get(method, True)
+            extra = {"use_dora": True} if method == "dora" else {}
+            if method == "eva":
+                extra["eva_config"] = peft.EvaConfig(rho=float(cfg.get("rho", 1.0)))
+            return peft.LoraConfig(r=r, lora_alpha=alpha, use_rslora=bool(cfg.get("use_rslora", False)),
+                                   lora_dropout=0.0, init_lora_weights=init, **extra, **kw)
+        if method in ("ia3", "ia3_ff"):
+            ff = kw["target_modules"] if method == "ia3_ff" else []
+            return peft.IA3Config(feedforward_modules=ff, init_ia3_weights=True, **kw)
+        if method == "hra":
+            return peft.HRAConfig(r=r, apply_GS=False, init_weights=True, **kw)
+        if method == "delora":
+            if cfg.get("init_style", "peft") != "peft":
+                raise NotSupported("peft's DeLoRA has no frozen-copy (init_style 'paper') init")
+            return peft.DeloraConfig(r=r, delora_lambda=float(cfg.get("lambda0", 15.0)), init_weights=True, **kw)
+        if method == "road":
+            return peft.RoadConfig(variant=str(cfg.get("road_variant", "road_1")),
+                                   group_size=int(cfg.get("group_size", 64)), init_weights=True, **kw)
+        raise NotSupported(f"peft has no {method!r} method")
+
+    def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
+        from peft import get_peft_model
+        config = self.peft_config(model, method, cfg)
+        torch.manual_seed(int(cfg.get("seed", 0)))  # peft's inits draw from the global generator
+        pm = get_peft_model(model, config, autocast_adapter_dtype=cfg.get("dtype", "float32") == "float32")
+        if method == "eva":
+            from peft import initialize_lora_eva_weights
+            if calibration is None:
+                raise ValueError("EVA needs calibration data")
+            batches = [{"input_ids": x} for x in calibration]
+            initialize_lora_eva_weights(pm, batches, forward_fn=lambda m, b: m(b["input_ids"]),
+                                        show_progress_bar=False)
+        return pm.eval()
+
+    def adapted_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        adapted = bridge.adapted_module_names(model)  # a set: keep the model's module order
+        return {n: m for n, m in bridge._core.tuner_root(model).named_modules() if n in adapted}
+
+    # -- optional parts -----------------------------------------------------------------------------
+    def save(self, model: nn.Module, path: str) -> None:
+        model.save_pretrained(path)
+
+    def load(self, base: nn.Module, path: str, method: str, cfg: dict) -> nn.Module:
+        from peft import PeftModel
+        return PeftModel.from_pretrained(base, path).eval()
+
+    def detach(self, model: nn.Module) -> nn.Module:
+        return model.unload()

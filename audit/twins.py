@@ -1,0 +1,80 @@
+"""Twins: another implementation holding the subject's exact adapter state, for side-by-side parity.
+
+The references of a subject are the paper formula and the *other* implementations: peft (through
+the bridge in references/peft_bridge, which copies a canonical state into peft layers) for ours or
+a third-party library, and ours (variants/) when peft itself is the subject. A twin is an
+``Adapted`` handle on a fresh copy of the base model, so the checks read both sides alike.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import variants
+from references import peft_bridge as bridge
+
+from .numerics import jitter
+from .subjects import Adapted
+from .subjects.ours import Ours
+
+
+def other_implementation(card, subject) -> str | None:
+    """The implementation ``subject`` is compared with side by side on ``card``, or None."""
+    if subject.kind == "peft":
+        return "ours" if card.name in variants.REGISTRY else None
+    if "peft" in card.references and card.name in bridge.PEFT_VARIANTS:
+        return "peft"
+    return None
+
+
+def reference_name(cell) -> str | None:
+    return other_implementation(cell.card, cell.subject)
+
+
+def reference_names(card, subject) -> list[str]:
+    """Every reference the subject is judged against on ``card``: the paper formula, then the other
+    implementation (or the independent port)."""
+    other = other_implementation(card, subject)
+    ports = [r for r in card.references if r not in ("paper", "peft")] if subject.kind != "peft" else []
+    return ["paper", *([other] if other else []), *ports]
+
+
+def twin(cell, adapted: Adapted) -> Adapted:
+    """The reference implementation (``reference_name``) holding ``adapted``'s state, on a fresh base."""
+    name, cfg = cell.card.name, adapted.cfg
+    if reference_name(cell) == "peft":
+        from .subjects.peft import Peft
+        needs_weight = any(t.canonical == "weight" for t in bridge.MAPPINGS[name].tensors)
+        model = bridge.build_peft_model(cell.base(), name, cfg, adapted.names,  # build() deep-copies the base
+                                        adapted.state(with_weight=needs_weight))
+        return Adapted(Peft(), model, name, cfg)
+    ours = Ours()
+    cal = cell.calibration() if cell.needs_calibration() else None
+    handle = Adapted(ours, ours.attach(cell.fresh_model(), name, cfg, cal), name, cfg)
+    if set(handle.names) != set(adapted.names):
+        raise RuntimeError(f"ours adapted {sorted(set(handle.names) ^ set(adapted.names))} differently from the "
+                           "subject: no side-by-side twin")
+    handle.set_state(adapted.state(with_weight=variants.REGISTRY[name].mutates_base_weight))
+    return handle
+
+
+def copy_of(handle: Adapted, dtype: torch.dtype | None = None) -> Adapted:
+    """A deep copy of a twin (optionally cast to ``dtype``: float64 for the truth)."""
+    model = copy.deepcopy(handle.model)
+    if dtype is not None:
+        model = model.to(dtype)
+    return Adapted(handle.subject, model, handle.method, handle.cfg)
+
+
+def twins(cell, adapted: Adapted) -> dict[str, Adapted]:
+    """The reference in the run's precision ("ref"), from a start jittered by one unit round-off
+    ("ref_jittered"), and in float64 on the same (exactly representable) weights ("truth")."""
+    ref = twin(cell, adapted)
+    jittered, truth = copy_of(ref), copy_of(ref, torch.float64)
+    gen = torch.Generator().manual_seed(cell.seed + 23)
+    with torch.no_grad():
+        for p in jittered.model.parameters():
+            if p.requires_grad:
+                p.copy_(jitter(p, cell.dtype, gen))
+    return {"ref": ref, "ref_jittered": jittered, "truth": truth}
