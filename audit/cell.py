@@ -74,7 +74,9 @@ class Cell:
 
     def calibration(self) -> list[torch.Tensor]:
         base = self._base()
-        return [models.example_inputs(base, batch=4, seed=self.seed + 100 + i).to(self.device) for i in range(2)]
+        # 8 batches: peft's EVA cycles the data until its incremental PCA converges (tau 0.99), which
+        # two batches reach only after ~60 passes; eight distinct ones after ~2
+        return [models.example_inputs(base, batch=4, seed=self.seed + 100 + i).to(self.device) for i in range(8)]
 
     def config(self, **overrides: Any) -> dict:
         """The canonical config (a plain dict, references/STATE_LAYOUT.md) of this cell: the card's

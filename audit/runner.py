@@ -143,10 +143,10 @@ def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], 
                 r.message = (f"declared deviation {dev.id!r} is no longer observed: update the card. "
                              + r.message)
             break
-    for dev in devs:
-        relevant = (dev.check in ran_checks
-                    and (dev.models is None or set(dev.models) & set(ran_models))
-                    and (dev.dtypes is None or set(dev.dtypes) & set(ran_dtypes)))
+    judged = {(r.check, r.model, r.dtype) for r in rows if r.status not in ("n/a", "error")}
+    for dev in devs:  # required only where its check was judged on one of its models and dtypes
+        relevant = any(c == dev.check and (dev.models is None or m in dev.models)
+                       and (dev.dtypes is None or d in dev.dtypes) for c, m, d in judged)
         if relevant and dev.id not in used:
             rows.append(Row(card.name, dev.check, "-", "-", f"deviation[{dev.id}]", None, None, "error",
                             deviation=dev.id, message="declared deviation matches no measurement row"))

@@ -55,6 +55,13 @@ CARD = VariantCard(
                   "their frozen copy, so A and B both learn from step 0 (peft: A and λ get zero gradient)",
                   "arXiv 2503.18225 §3.3; peft/tuners/delora/layer.py reset_delora_parameters; peft PR #2780",
                   magnitude=0.0),
+        *(Deviation(f"peft-delora-dead-A-at-init{suffix}", "grad_flow", metric, "peft", "xfail",
+                    "with peft's init (B = 0, no frozen copy) ΔW's gradient w.r.t. A is B-weighted, so A gets "
+                    "exactly zero gradient at step 0; the paper's init gives A and B live gradients from the start",
+                    "arXiv 2503.18225 §3.3; peft/tuners/delora/layer.py reset_delora_parameters",
+                    magnitude=magnitude, subjects=("peft",))
+          # the worst values covered: a zero gradient norm, every entry of A dead
+          for suffix, metric, magnitude in (("", "grad_norm_min[A]", 0.0), ("-share", "dead_fraction[A]", 1.0))),
     ),
     notes="Norms are clamped at 1e-4 as in peft (the paper divides by the raw norms).",
 )

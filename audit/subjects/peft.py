@@ -31,6 +31,12 @@ def _version() -> str:
     return peft.__version__
 
 
+def _fingerprint(tensors) -> tuple:
+    """A cheap content key for a few small tensors (shapes, dtypes and float64 sums)."""
+    return tuple((tuple(t.shape), str(t.dtype), float(t.detach().double().sum()), float(t.detach().double().abs().sum()))
+                 for t in tensors)
+
+
 def _at_least(have: str, need: str) -> bool:
     from packaging.version import Version
     return Version(have) >= Version(need)
@@ -41,6 +47,7 @@ class Peft(Subject):
     validates_config = False  # configs reach peft through this translation; its refusals would be ours
 
     def __init__(self):
+        self._eva_cache: dict = {}
         self.version = _version()
         self.label = f"peft {self.version}"
         self.tensor_names = {m: self._names(m) for m in bridge.PEFT_VARIANTS}
@@ -126,13 +133,24 @@ class Peft(Subject):
         torch.manual_seed(int(cfg.get("seed", 0)))  # peft's inits draw from the global generator
         pm = get_peft_model(model, config, autocast_adapter_dtype=cfg.get("dtype", "float32") == "float32")
         if method == "eva":
-            from peft import initialize_lora_eva_weights
-            if calibration is None:
-                raise ValueError("EVA needs calibration data")
-            batches = [{"input_ids": x} for x in calibration]
-            initialize_lora_eva_weights(pm, batches, forward_fn=lambda m, b: m(b["input_ids"]),
-                                        show_progress_bar=False)
+            self._eva_init(pm, cfg, calibration)
         return pm.eval()
+
+    def _eva_init(self, pm: nn.Module, cfg: dict, calibration) -> None:
+        """peft's own EVA init: get_eva_state_dict (incremental PCA of the layer inputs) loaded by
+        initialize_lora_eva_weights. The state dict is computed once per base weights, config and
+        data in this process (a pure function of them) and reused by the next attach."""
+        from peft import get_eva_state_dict, initialize_lora_eva_weights
+        if calibration is None:
+            raise ValueError("EVA needs calibration data")
+        batches = [{"input_ids": x} for x in calibration]
+        key = (_fingerprint(pm.parameters()), _fingerprint(calibration), repr(sorted(cfg.items())))
+        if key not in self._eva_cache:
+            self._eva_cache[key] = get_eva_state_dict(pm, batches, forward_fn=lambda m, b: m(b["input_ids"]),
+                                                      show_progress_bar=False)
+        # a fresh copy each time: peft may adopt the given tensors as the layers' weights
+        fresh = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._eva_cache[key].items()}
+        initialize_lora_eva_weights(pm, eva_state_dict=fresh, show_progress_bar=False)
 
     def adapted_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         adapted = bridge.adapted_module_names(model)  # a set: keep the model's module order
