@@ -1,4 +1,4 @@
-"""Entry points: nox -s tests | audit | gate | baseline | seeds | bench. Options after `--` pass through.
+"""Entry points: nox -s tests | audit | audit-peft | gate | baseline | seeds | bench. Options after `--` pass through.
 
 `python -m audit run` exits 1 when a verdict is non-conformant or a row errors; the sessions that go
 on to compare or render (audit, gate, baseline, seeds) accept that and let the next step decide."""
@@ -28,6 +28,20 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *session.posargs)
 
 
+def _audit_and_judge(session: nox.Session, args: list[str], mutants: bool) -> None:
+    """Run the audit into --out (reports either way), optionally the mutant table, then let the run's
+    own verdicts decide the session's exit code."""
+    session.run("python", "-m", "audit", "run", *args, success_codes=[0, 1])  # reports either way
+    out = args[args.index("--out") + 1]
+    if mutants:
+        session.run("python", "-m", "audit", "mutants", "--out", out)
+    session.run("python", "-c", "import json, sys; from audit.cli import run_exit_code; "
+                f"d = json.load(open({os.path.join(out, 'results.json')!r})); "
+                "code = run_exit_code(d['rows'], d['verdicts']); "
+                "print('audit: a verdict is non-conformant or a row errored; see SUMMARY.md') if code else None; "
+                "sys.exit(code)")
+
+
 @nox.session(python=PYTHON)
 def audit(session: nox.Session) -> None:
     """Run the default audit on the embedded tiny models and write reports/ (options pass through)."""
@@ -35,15 +49,18 @@ def audit(session: nox.Session) -> None:
     args = session.posargs or []
     if "--out" not in args:
         args = ["--out", "reports", *args]
-    session.run("python", "-m", "audit", "run", *args, success_codes=[0, 1])  # reports either way
-    out = args[args.index("--out") + 1]
-    session.run("python", "-m", "audit", "mutants", "--out", out)
-    # then the run's own verdict decides the session's exit code (the mutant table is written first)
-    session.run("python", "-c", "import json, sys; from audit.cli import run_exit_code; "
-                f"d = json.load(open({os.path.join(out, 'results.json')!r})); "
-                "code = run_exit_code(d['rows'], d['verdicts']); "
-                "print('audit: a verdict is non-conformant or a row errored; see SUMMARY.md') if code else None; "
-                "sys.exit(code)")
+    _audit_and_judge(session, args, mutants=True)
+
+
+@nox.session(name="audit-peft", python=PYTHON)
+def audit_peft(session: nox.Session) -> None:
+    """Audit the installed peft's own implementation (its init, targeting, save/load) against the papers,
+    with ours as the second reference; writes reports/peft/ (options pass through)."""
+    _install(session)
+    args = session.posargs or []
+    if "--out" not in args:
+        args = ["--out", "reports/peft", *args]
+    _audit_and_judge(session, ["--subject", "peft", *args], mutants=False)
 
 
 @nox.session(python=PYTHON)
@@ -55,6 +72,12 @@ def gate(session: nox.Session) -> None:
     session.run("python", "-m", "audit", "run", "--out", out, "--quiet", *session.posargs, success_codes=[0, 1])
     session.run("python", "-m", "audit", "gate", "--baseline", "reports/baseline.json",
                 "--results", f"{out}/results.json")
+    if not session.posargs:  # the installed peft, audited as the subject, against its own baseline
+        peft_out = os.path.join(out, "peft")
+        session.run("python", "-m", "audit", "run", "--subject", "peft", "--out", peft_out, "--quiet",
+                    success_codes=[0, 1])
+        session.run("python", "-m", "audit", "gate", "--baseline", "reports/peft/baseline.json",
+                    "--results", f"{peft_out}/results.json")
 
 
 @nox.session(python=PYTHON)
@@ -64,6 +87,10 @@ def baseline(session: nox.Session) -> None:
     session.run("python", "-m", "audit", "run", "--out", "reports", "--quiet", success_codes=[0, 1])
     session.run("python", "-m", "audit", "baseline", "--results", "reports/results.json",
                 "--out", "reports/baseline.json")
+    session.run("python", "-m", "audit", "run", "--subject", "peft", "--out", "reports/peft", "--quiet",
+                success_codes=[0, 1])
+    session.run("python", "-m", "audit", "baseline", "--results", "reports/peft/results.json",
+                "--out", "reports/peft/baseline.json")
 
 
 def _seeds(spec: str) -> list[int]:
