@@ -15,7 +15,7 @@ from . import checks as checks_pkg
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge, within
-from .subjects import LayoutError, Subject, as_subject, from_spec
+from .subjects import LayoutError, NotSupported, Subject, as_subject, from_spec
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
             del cell.rows[before:]
             layout_error = str(e)
             cell.row("layout", None, None, status="error", message=f"LayoutError: {e}")
-        except NotApplicable as e:
+        except (NotApplicable, NotSupported) as e:  # NotSupported: the subject lacks what the check needs
             del cell.rows[before:]
             cell.row("-", None, None, status="n/a", message=str(e))
         except Exception as e:  # noqa: BLE001 - one crashing check must not stop the audit

@@ -3,8 +3,8 @@
 Judged: the exception type (or a subclass) and that the message names the offending field or value;
 the wording is the implementation's own.
 
-Generic cases for every variant (r = 0, an unknown field, a wrong type, no target matched,
-attaching twice) plus the card's own ``bad_inputs``.
+Generic cases for every variant (an unknown field, no target matched, attaching twice; r = 0 and a
+wrong type for r where the method has a rank) plus the card's own ``bad_inputs``.
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from ..cards import BadInput
 from ..cell import Cell, NotApplicable
 
 GENERIC = (
-    BadInput({"r": 0}, ValueError),
     BadInput({"bogus_field": 1}, TypeError),
-    BadInput({"r": "4"}, TypeError),
     BadInput({"target_names": (r"^no_such_module$",)}, ValueError),
+)
+RANKED = (  # for methods with a rank (the card's config sets r); IA3 or RoAd have none to refuse
+    BadInput({"r": 0}, ValueError),
+    BadInput({"r": "4"}, TypeError),
 )
 
 
@@ -62,7 +64,8 @@ def run(cell: Cell) -> None:
         raise NotApplicable(f"{cell.subject.describe()} gets its configs through the audit's translation of the "
                             "canonical fields into its own config classes, so a refusal (or its absence) would "
                             "be the translation's, not the subject's")
-    for bad in GENERIC + cell.card.bad_inputs:
+    ranked = RANKED if "r" in cell.card.config else ()
+    for bad in ranked + GENERIC + cell.card.bad_inputs:
         label = ",".join(f"{k}={v!r}" for k, v in bad.fields.items()).replace("|", "/")
         ok, msg = _attempt(cell, bad)
         cell.row(f"raises[{label}]", ok, 1.0, op="==", message=msg)
