@@ -13,6 +13,12 @@ Numbers print with enough digits that a value never looks equal to a tolerance i
 Timing on the zoo's tiny models is overhead-bound: it is labelled so, and only the fwd+bwd ratios
 and peak memory are shown (fwd-only and millisecond medians stay in results.csv), so no column can
 contradict another.
+
+Every report names its subject (the implementation under audit, with its version) and the
+references it was judged against (``meta["subject"]``; inferred from the cards for older
+results.json), and says "ours"/"peft" only where it means them: timing compares the subject with the
+base model and with the other implementation, the source excerpt is the subject's own code, and a
+run whose subject is not ours lists the subject's departures from the papers in SUMMARY.md.
 """
 from __future__ import annotations
 
@@ -190,28 +196,91 @@ def write_csv(out: Path, rows: list[Row]) -> Path:
 
 
 # -- shared pieces -------------------------------------------------------------------------------
-def source_excerpts(variant_cls, max_lines: int = 14) -> list[dict]:
-    """file:line and a short excerpt of what the implementation does (its hook and init)."""
+def _display_path(path: str, module: str) -> str:
+    """``path`` relative to the working directory, or from its top-level package when outside it
+    (an installed library: ``peft/tuners/lora/layer.py``, not ``../venv/lib/...``)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        rel = path
+    if not rel.startswith(".."):
+        return rel
+    top = module.split(".")[0]
+    i = path.rfind(os.sep + top + os.sep)
+    return path[i + 1:] if i >= 0 else path
+
+
+def source_excerpts(variant_cls, max_lines: int = 14,
+                    methods: tuple[str, ...] = ("forward", "forward_input", "init", "group_init"),
+                    skip: tuple[str, ...] = ("variants._base",)) -> list[dict]:
+    """file:line and a short excerpt of what the implementation does (its hook and init; for another
+    class, ``methods``); methods only inherited from a module in ``skip`` (or torch) are left out."""
     out = []
-    for meth in ("forward", "forward_input", "init", "group_init"):
+    for meth in methods:
         fn = getattr(variant_cls, meth, None)
         if fn is None:
             continue
         owner = next((k for k in variant_cls.__mro__ if meth in vars(k)), None)
-        if owner is None or owner.__module__ == "variants._base":
+        if owner is None or owner.__module__ in skip or owner.__module__.split(".")[0] == "torch":
             continue
         try:
             lines, start = inspect.getsourcelines(fn)
             path = inspect.getsourcefile(fn)
         except (OSError, TypeError):
             continue
-        try:
-            path = os.path.relpath(path)
-        except ValueError:
-            pass
+        if path is None:
+            continue
+        path = _display_path(path, owner.__module__)
         body = "".join(lines[:max_lines]).rstrip() + ("\n    ..." if len(lines) > max_lines else "")
         out.append({"method": f"{owner.__name__}.{meth}", "where": f"{path}:{start}", "code": body})
     return out
+
+
+PEFT_METHODS = ("forward", "update_layer", "get_delta_weight")
+DRIVER_METHODS = ("attach", "adapted_layers", "base_layer", "layer_tensors", "save", "load", "detach")
+
+
+def subject_excerpts(tgt) -> tuple[list[dict], str]:
+    """The code of the subject: (excerpts, a line saying whose code it is; or, with no excerpt, why).
+
+    Ours: the variant's hook and init (its class from variants/). peft: the tuner layer class that
+    replaces each target (references/peft_bridge MAPPINGS[card].peft_layer_class). A driver: the
+    driver class's own methods and its declared tensor names for the card."""
+    if tgt.variant is not None:
+        return source_excerpts(tgt.variant), ""
+    subj, name = tgt.subject, tgt.card.name
+    if subj.kind == "peft":
+        try:
+            import importlib
+
+            from references import peft_bridge as bridge
+            dotted = bridge.MAPPINGS[name].peft_layer_class
+            module, _, attr = dotted.rpartition(".")
+            cls = getattr(importlib.import_module(module), attr)
+        except Exception as e:  # noqa: BLE001 - no mapping, or the installed peft lacks the class
+            return [], (f"No source excerpt is available for {subj.describe()} on {name}: its layer class could "
+                        f"not be found ({type(e).__name__}: {str(e)[:200]}).")
+        ex = (source_excerpts(cls, max_lines=45, methods=PEFT_METHODS[:1], skip=())  # its dispatch, then the sum
+              + source_excerpts(cls, methods=PEFT_METHODS[1:], skip=()))
+        note = (f"{subj.describe()}'s layer class `{dotted}` (`MAPPINGS[\"{name}\"].peft_layer_class` in "
+                "references/peft_bridge), which replaces each target; targeting, init and save/load are "
+                "peft's own too.")
+        return ex, (note if ex else f"No source excerpt is available: `{dotted}` has no readable "
+                                    f"{', '.join(PEFT_METHODS)} source.")
+    cls = type(subj)
+    spec = tgt.spec or tgt.label or f"{cls.__module__}:{cls.__name__}"
+    ex = source_excerpts(cls, methods=DRIVER_METHODS, skip=("audit.subjects.base",))
+    names = getattr(subj, "tensor_names", {}).get(name)
+    if names:
+        try:
+            at = f"{_display_path(inspect.getsourcefile(cls), cls.__module__)}:{inspect.getsourcelines(cls)[1]}"
+        except (OSError, TypeError):
+            at = spec
+        ex.append({"method": f"{cls.__name__}.tensor_names[{name!r}]", "where": at,
+                   "code": "\n".join(f"{k!r}: {v!r}," for k, v in names.items())})
+    if not ex:
+        return [], f"No source excerpt is available for {subj.describe()}: its driver class has no readable source."
+    return ex, f"The driver `{spec}` ({subj.describe()}): its own methods and the tensor names it declares."
 
 
 def _env() -> jinja2.Environment:
@@ -232,7 +301,93 @@ def _meta(meta: dict) -> dict:
              wall_seconds=m.get("wall_seconds", "?"), models=list(m.get("models") or []),
              dtypes=list(m.get("dtypes") or []), checks=list(m.get("checks") or []),
              implementations=dict(m.get("implementations") or {}))
+    m["subject"] = subject_info(m)
     return m
+
+
+# -- who was audited, against what ---------------------------------------------------------------
+SUBJECT_GLOSS = {"ours": "this repo's hook runtime and variants",
+                 "peft": "the installed peft through its own code paths (its config classes, targeting, init "
+                         "and save/load)",
+                 "third-party": "a driver (an `audit.subjects.Subject`) running its library's own code"}
+OTHER = {"ours": "peft", "peft": "ours"}  # the implementation a subject is compared with side by side
+
+
+def _with_version(label: str, version: str) -> str:
+    return f"{label} {version}" if version and version not in label else label
+
+
+def subject_info(meta: dict) -> dict:
+    """The run's subject (kind, label with version, what it is) and the references of each card,
+    from ``meta["subject"]``; a results.json without it (older runs) audited ours."""
+    rec = meta.get("subject") if isinstance(meta.get("subject"), dict) else {}
+    impls = meta.get("implementations") or {}
+    kind = rec.get("kind") or "ours"
+    label = rec.get("label") or ""
+    if not label:
+        others = _uniq(v for v in impls.values() if not str(v).startswith("variants."))
+        label = "ours (variants/)" if kind == "ours" and not others else ", ".join(others) or kind
+    other = OTHER.get(kind, "peft")
+    full = _with_version(label, rec.get("version") or "")
+    specs = [v for v in _uniq(map(str, impls.values())) if not v.startswith("variants.") and v not in full]
+    return {"kind": kind, "label": full, "recorded": bool(rec), "specs": specs,
+            "gloss": SUBJECT_GLOSS.get(kind, "the implementation under audit"), "other": other,
+            "who": kind if kind != other else "subject", "short": {"third-party": "subject"}.get(kind, kind),
+            "references": dict(rec.get("references") or {})}
+
+
+def reference_label(name: str, meta: dict) -> str:
+    """A reference as the reports name it: the paper formula, peft with its version, ours, or a port."""
+    if name == "paper":
+        return "the paper's formula"
+    if name == "peft":
+        v = (meta.get("versions") or {}).get("peft")
+        return f"peft {v}" if v and v != "?" else "peft"
+    if name == "ours":
+        return "ours (variants/)"
+    return f"{name} (independent port)"
+
+
+def references_of(card_name: str, meta: dict, card=None, subject=None) -> tuple[list[str], str]:
+    """The references the subject was judged against on ``card_name``, and where that comes from:
+    "" (recorded in results.json), "inferred" (from the card; an older results.json) or "unknown"."""
+    recorded = meta["subject"]["references"].get(card_name)
+    if recorded is not None:
+        return list(recorded), ""
+    from types import SimpleNamespace
+
+    from .cards import CARDS
+    from .twins import reference_names
+    card = card or CARDS.get(card_name)
+    if card is None:
+        return [], "unknown"
+    return reference_names(card, subject or SimpleNamespace(kind=meta["subject"]["kind"])), "inferred"
+
+
+def references_text(refs: list[str], meta: dict) -> str:
+    names = [reference_label(r, meta) for r in refs]
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def references_overview(names: list[str], meta: dict) -> str:
+    """One sentence: what each variant was judged against, grouped by identical reference lists."""
+    groups: dict = defaultdict(list)
+    sources = set()
+    for n in names:
+        refs, src = references_of(n, meta)
+        sources.add(src)
+        groups[tuple(refs)].append(n)
+    if not groups:
+        return "no variant in this run."
+    parts = []
+    for refs, ns in groups.items():
+        what = references_text(list(refs), meta) if refs else "not recorded"
+        parts.append(f"{what} on {'every variant' if len(groups) == 1 and len(ns) > 1 else ', '.join(ns)}"
+                     + (f" ({', '.join(ns)})" if len(groups) == 1 and len(ns) > 1 else ""))
+    text = "; ".join(parts) + "."
+    if sources - {""}:
+        text += " (Not recorded in this results.json, which predates the subject record: inferred from the cards.)"
+    return text
 
 
 def _verdict(v: dict | None) -> dict:
@@ -279,7 +434,10 @@ def deciding_text(v: dict, rows: list[Row]) -> str:
 
 def aggregate_findings(rows: list[Row]) -> list[dict]:
     """Reference findings, one per (check, reference, metric, status, deviation) over models × dtypes."""
-    found = [r for r in reference_rows(rows) if r.status in FINDING]
+    return _aggregate([r for r in reference_rows(rows) if r.status in FINDING])
+
+
+def _aggregate(found: list[Row]) -> list[dict]:
     out = []
     for (check, ref, metric, status, dev), rs in _by(found, lambda r: (r.check, r.reference, r.metric, r.status,
                                                                         r.deviation)).items():
@@ -294,11 +452,52 @@ def aggregate_findings(rows: list[Row]) -> list[dict]:
     return sorted(out, key=lambda f: order.get(f["check"], 99))
 
 
-def finding_line(variant: str, f: dict) -> str:
+def _card_deviation(variant: str, dev_id: str):
+    from .cards import CARDS
+    card = CARDS.get(variant)
+    return next((d for d in (card.deviations if card else ()) if d.id == dev_id), None)
+
+
+def departures(rows: list[Row]) -> dict:
+    """The subject's departures from the papers over the whole run (for a subject other than ours,
+    e.g. peft): each declared deviation observed on the subject's rows (xfail, or re-judged under a
+    declared tolerance), grouped by deviation id over the cards, with its reason and source from the
+    card; and every undeclared failure (fail, error) or stale declaration (xpass) of the subject."""
+    subj = subject(rows)
+    declared = []
+    for dev_id, rs in _by([r for r in subj if r.deviation], lambda r: r.deviation).items():
+        cards = _uniq(r.variant for r in rs)
+        dev = next((d for d in (_card_deviation(c, dev_id) for c in cards) if d is not None), None)
+        kind = dev.kind if dev is not None else ""
+        seen = [r for r in rs if r.status == "xfail" or (kind == "tolerance" and r.status == "pass")]
+        if not seen:
+            continue
+        counts = _by(seen, lambda r: r.status)
+        where_ = "; ".join(
+            f"{c} `{m}` on {', '.join(_uniq(r.model for r in g))} × "
+            f"{', '.join(DTYPE_SHORT.get(d, d) for d in _uniq(r.dtype for r in g))}"
+            for (c, m), g in _by(seen, lambda r: (r.check, r.metric)).items())
+        declared.append({"id": dev_id, "cards": cards,
+                         "by": ("peft" if dev.reference == "peft" else "the card (the method itself)")
+                         if dev is not None else "-",
+                         "observed": ", ".join(f"{len(v)} {k}" for k, v in counts.items()) + f": {where_}",
+                         "reason": dev.reason if dev is not None else "-",
+                         "source": dev.source if dev is not None else "-"})
+    bad = [r for r in subj if r.status in BAD]
+    undeclared = [f"{v}: {finding_line_text(f)}" for v, vrs in _by(bad, lambda r: r.variant).items()
+                  for f in _aggregate(vrs)]
+    return {"declared": declared, "undeclared": undeclared}
+
+
+def finding_line_text(f: dict) -> str:
     declared = f"declared `{f['deviation']}`" if f["deviation"] else "undeclared"
     dtypes = ", ".join(DTYPE_SHORT.get(d, d) for d in f["dtypes"])
-    return (f"{variant}: {f['reference']} {f['check']} `{f['metric']}` {f['status']} ({declared}) on "
+    return (f"{f['check']} `{f['metric']}` {f['status']} ({declared}) on "
             f"{', '.join(f['models'])} × {dtypes}; worst {f['worst']}")
+
+
+def finding_line(variant: str, f: dict) -> str:
+    return f"{variant}: {f['reference']} {finding_line_text(f)}"
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -322,23 +521,27 @@ def _ratio_text(stats, vs_base: bool = False) -> str:
     return text
 
 
-def timing_summary(rows: list[Row]) -> dict[str, str]:
-    """fwd+bwd ratios (median over the cells [min–max]) and peak memory medians of one variant."""
+def timing_summary(rows: list[Row], who: str = "ours", other: str = "peft") -> dict:
+    """fwd+bwd ratios (median over the cells [min–max]) and peak memory medians of one variant: the
+    subject (rows named ``who``: "ours", "peft", "third-party") against the base model and against
+    ``other`` (the implementation it is compared with side by side)."""
     def vals(metric):
         return [r.value for r in rows if r.check == "timing" and r.metric == metric
                 and isinstance(r.value, (int, float)) and math.isfinite(r.value)]
-    out = {"vs_peft": _ratio_text(_median_range(vals("fwd_bwd_ratio_vs_peft"))),
+    out = {"vs_other": _ratio_text(_median_range(vals(f"fwd_bwd_ratio_vs_{other}"))),
            "vs_base": _ratio_text(_median_range(vals("fwd_bwd_ratio_vs_base")), vs_base=True),
            "cells": str(len(vals("fwd_bwd_ratio_vs_base")))}
-    for who in ("base", "ours", "peft"):
-        v = vals(f"fwd_bwd_peak_mem_mb[{who}]")
-        out[f"mem_{who}"] = fmt_ratio(statistics.median(v)) if v else "-"
+    mem = []
+    for w in ("base", who, other):
+        v = vals(f"fwd_bwd_peak_mem_mb[{w}]")
+        mem.append(fmt_ratio(statistics.median(v)) if v else "-")
+    out["mem"] = " / ".join(mem)
     return out
 
 
 def timing_shown(r: Row) -> bool:
-    """Timing rows a report shows: the judged ones (ours/peft, gated loosely), fwd+bwd ours/base and
-    peak memory; the unjudged fwd-only ratio and millisecond medians stay in results.csv."""
+    """Timing rows a report shows: the judged ones (subject/other, gated loosely), fwd+bwd subject/base
+    and peak memory; the unjudged fwd-only ratio and millisecond medians stay in results.csv."""
     return (r.check != "timing" or r.metric == "-" or r.tolerance is not None or r.status != "pass"
             or any(r.metric.startswith(m) for m in TIMING_SHOWN))
 
@@ -346,6 +549,7 @@ def timing_shown(r: Row) -> bool:
 # -- SUMMARY.md ----------------------------------------------------------------------------------
 def _summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:
     by_variant = _by(rows, lambda r: r.variant)
+    subj_info = meta["subject"]
     summary = []
     for name, v in verdicts.items():
         v = _verdict(v)
@@ -358,8 +562,16 @@ def _summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:
                         "deciding": deciding_text(v, rs),
                         "checks": {c: check_cell(by_check.get(c, [])) for c in SUMMARY_CHECKS},
                         "findings": [finding_line(name, f) for f in findings],
-                        "timing": timing_summary(rs), "has_timing": any(r.check == "timing" for r in rs)})
+                        "timing": timing_summary(rs, subj_info["who"], subj_info["other"]),
+                        "has_timing": any(r.check == "timing" for r in rs)})
     return summary
+
+
+def check_labels(subj: dict) -> dict[str, str]:
+    """SUMMARY column labels; the side-by-side parity check is named after whom it compares with."""
+    labels = {c: CHECK_LABELS.get(c, c) for c in SUMMARY_CHECKS}
+    labels["peft_parity"] = f"{subj['other']} parity"
+    return labels
 
 
 def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict) -> None:
@@ -368,10 +580,12 @@ def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict) -> No
     mutants_path = out / "mutants.json"
     mutants = json.loads(mutants_path.read_text()) if mutants_path.exists() else None
     meta = _meta(meta)
+    subj = meta["subject"]
     atomic_write(out / "SUMMARY.md", _env().get_template("summary.md.j2").render(
-        meta=meta, summary=_summary_rows(meta, rows, verdicts), checks=SUMMARY_CHECKS,
-        labels={c: CHECK_LABELS.get(c, c) for c in SUMMARY_CHECKS}, mutants=mutants,
-        overhead_note=OVERHEAD_NOTE))
+        meta=meta, subj=subj, summary=_summary_rows(meta, rows, verdicts), checks=SUMMARY_CHECKS,
+        labels=check_labels(subj), mutants=mutants, overhead_note=OVERHEAD_NOTE,
+        references=references_overview(list(verdicts), meta),
+        departures=departures(rows) if subj["kind"] != "ours" else None))
 
 
 # -- <variant>.md --------------------------------------------------------------------------------
@@ -388,6 +602,8 @@ def config_audited(tgt, meta: dict) -> dict:
     base = {**card.config, "dtype": "float32", "seed": meta["seed"] if isinstance(meta["seed"], int) else 0}
 
     def effective(fields):
+        if tgt.variant is None:  # not our runtime: the canonical fields the subject was given
+            return dict(fields)
         try:
             cfg = tgt.variant.Config(**fields)
             return cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
@@ -573,16 +789,34 @@ def verdict_reasons(v: dict, rows: list[Row]) -> list[str]:
     return out
 
 
+def variant_subject(tgt, meta: dict) -> dict:
+    """Who was audited on this card (the target's own subject) and against which references."""
+    subj = tgt.subject
+    kind = getattr(subj, "kind", "ours")
+    label = _with_version(subj.describe(), getattr(subj, "version", "") or "")
+    refs, src = references_of(tgt.card.name, meta, tgt.card, subj)
+    try:
+        from .twins import other_implementation
+        other = other_implementation(tgt.card, subj) or OTHER.get(kind, "peft")
+    except Exception:  # noqa: BLE001 - a card the twins cannot place: the run-wide other
+        other = OTHER.get(kind, "peft")
+    return {"kind": kind, "label": label, "gloss": SUBJECT_GLOSS.get(kind, "the implementation under audit"),
+            "impl": tgt.label if tgt.label not in (label, subj.describe()) else "",
+            "references": refs, "references_text": references_text(refs, meta) if refs else "not recorded",
+            "references_source": src, "other": other, "short": {"third-party": "subject"}.get(kind, kind)}
+
+
 def render_variant(env: jinja2.Environment, tgt, meta: dict, rows: list[Row], verdict: dict | None) -> str:
     card = tgt.card
     rs = [r for r in rows if r.variant == card.name]
     v = _verdict(verdict)
+    excerpts, excerpt_note = subject_excerpts(tgt)
     return env.get_template("variant.md.j2").render(
-        card=card, impl=tgt.label, meta=meta, verdict=v, deciding=deciding_text(v, rs),
-        reasons=verdict_reasons(v, rs),
+        card=card, impl=tgt.label, meta=meta, subj=variant_subject(tgt, meta), verdict=v,
+        deciding=deciding_text(v, rs), reasons=verdict_reasons(v, rs),
         config=config_audited(tgt, meta), overview=check_overview(rs), failures=failures(rs),
         deviations=deviations_observed(card, rs), findings=aggregate_findings(rs),
-        excerpts=source_excerpts(tgt.variant), tables=measurement_tables(rs),
+        excerpts=excerpts, excerpt_note=excerpt_note, tables=measurement_tables(rs),
         dtypes_supported=list(card.dtypes), overhead_note=OVERHEAD_NOTE)
 
 

@@ -240,3 +240,163 @@ def test_progress_on_a_terminal_is_a_tqdm_bar():
     assert "\r" in text and "3/3" in text and "3 failing" in text and "100%" in text
     assert bar.bar is None  # closed once done; close() again is harmless
     bar.close()
+
+
+TIMING = "Timing (tiny models, per-call overhead dominates; not a speed claim; see `nox -s bench`)"
+
+
+# -- the subject and its references --------------------------------------------------------------
+PEFT_META = {**META, "versions": {**META["versions"], "peft": "0.21.2"},
+             "implementations": {"lora": "peft 0.21.2", "delora": "peft 0.21.2"},
+             "subject": {"kind": "peft", "label": "peft 0.21.2", "version": "0.21.2",
+                         "references": {"lora": ["paper", "ours"], "delora": ["paper", "ours"]}}}
+OURS_META = {**META, "implementations": {"lora": "variants.lora", "antipasto": "variants.antipasto"},
+             "subject": {"kind": "ours", "label": "ours (variants/)", "version": "",
+                         "references": {"lora": ["paper", "peft"], "antipasto": ["paper", "antipasto3"]}}}
+
+
+def peft_rows() -> list[Row]:
+    """peft as the subject: its declared load-path departure on both cards, DeLoRA's dead A, one
+    undeclared failure, and timing against base and ours."""
+    out = []
+    for v in ("lora", "delora"):
+        for m, d in CELLS:
+            out += [row(v, "paper_parity", "output_rel_err", 5e-7, 1e-6, model=m, dtype=d),
+                    row(v, "save_load", "missing_key_raises", 0.0, 1.0, op="==", status="xfail", model=m, dtype=d,
+                        deviation="peft-load-missing-keys", message="loaded without an error")]
+        out += [row(v, "timing", "fwd_bwd_ratio_vs_base", 2.0, None),
+                row(v, "timing", "fwd_bwd_ratio_vs_ours", 1.25, 10.0, reference="ours"),
+                row(v, "timing", "fwd_bwd_peak_mem_mb[base]", 0.5, None),
+                row(v, "timing", "fwd_bwd_peak_mem_mb[peft]", 3.0, None),
+                row(v, "timing", "fwd_bwd_peak_mem_mb[ours]", 2.0, None)]
+    out += [row("delora", "grad_flow", "grad_norm_min[A]", 0.0, 0.0, op=">", status="xfail", model=m, dtype=d,
+                deviation="peft-delora-dead-A-at-init") for m, d in CELLS[:2]]
+    out.append(row("delora", "properties", "norm_bound_excess", 0.5, 1e-6, model="mlp", message="‖ΔW‖ > λ"))
+    return out
+
+
+@pytest.fixture()
+def peft_rendered(tmp_path):
+    from audit.subjects.peft import Peft
+    peft = Peft()
+    rows = peft_rows()
+    targets = [runner.Target(get(n), peft, "peft 0.21.2", "peft") for n in ("lora", "delora")]
+    report.render(tmp_path, PEFT_META, rows, verdict.verdicts(rows), targets)
+    return tmp_path
+
+
+def test_a_peft_subject_is_named_with_its_version_and_its_references(peft_rendered):
+    summary = (peft_rendered / "SUMMARY.md").read_text()
+    head = summary.split("| variant |")[0]
+    assert "**Subject audited: peft 0.21.2**, the installed peft through its own code paths" in head
+    assert "**Judged against:** the paper's formula and ours (variants/) on every variant (lora, delora)." in head
+    assert "predates" not in head
+    header = next(ln for ln in summary.splitlines() if ln.startswith("| variant | verdict |"))
+    assert "| ours parity |" in header and "peft parity" not in header
+    lora = (peft_rendered / "lora.md").read_text()
+    top = lora.split("## Config audited")[0]
+    assert "Subject audited: **peft 0.21.2**" in top
+    assert "Judged against: the paper's formula and ours (variants/)." in top
+    assert "Implementation audited" not in lora
+
+
+def test_a_peft_subject_lists_its_departures_from_the_papers(peft_rendered):
+    summary = (peft_rendered / "SUMMARY.md").read_text()
+    deps = section(summary, "peft 0.21.2: departures from the papers")
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")]
+             for ln in deps.splitlines() if ln.startswith("| peft-")}
+    assert set(lines) == {"peft-load-missing-keys", "peft-delora-dead-A-at-init"}
+    load = lines["peft-load-missing-keys"]
+    assert load[1] == "lora, delora" and load[2] == "peft"
+    assert load[3] == "8 xfail: save_load `missing_key_raises` on qwen2, mlp × fp32, bf16"
+    assert "only warns" in load[4] and load[5].startswith("peft/peft_model.py")  # reason and source from the card
+    assert lines["peft-delora-dead-A-at-init"][3] == "2 xfail: grad_flow `grad_norm_min[A]` on qwen2 × fp32, bf16"
+    undeclared = deps.split("Undeclared failures:")[1]
+    assert re.search(r"- delora: properties `norm_bound_excess` fail \(undeclared\) on mlp × fp32; worst 0\.5",
+                     undeclared)
+    assert "- lora:" not in undeclared
+    # the reference findings section speaks of the reference (ours), not of peft as a reference
+    refs = section(summary, "Reference findings")
+    assert "(ours, not the subject peft 0.21.2)" in refs and "peft's layers" not in refs
+
+
+def test_a_peft_subjects_timing_is_peft_against_base_and_ours(peft_rendered):
+    summary = (peft_rendered / "SUMMARY.md").read_text()
+    timing = section(summary, TIMING)
+    assert "| variant | fwd+bwd peft/ours | fwd+bwd peft/base | peak MB base / peft / ours |" in timing
+    assert "| lora | 1.25 | 2 | 0.5 / 3 / 2 |" in timing  # peft's 3 MB before ours' 2 MB
+    assert "ours/peft" not in timing and "ours/base" not in timing
+    table = re.search(r"<details><summary>timing:.*?</details>", (peft_rendered / "lora.md").read_text(), re.S).group(0)
+    assert "the gated peft/ours ratios, fwd+bwd peft/base" in table
+
+
+def test_a_peft_subjects_code_is_peft_own_layer_class(peft_rendered):
+    code = section((peft_rendered / "lora.md").read_text(), "What the code does")
+    assert "`peft.tuners.lora.layer.Linear`" in code
+    assert re.search(r"`Linear\.forward` at `peft/tuners/lora/layer\.py:\d+`", code)
+    assert "lora_B(lora_A(dropout(x))) * scaling" in code  # the excerpt reaches the adapter's sum
+    assert "variants/" not in code
+
+
+def test_an_ours_subject_names_itself_and_each_cards_references(tmp_path):
+    import audit.subjects as subjects
+    ours = subjects.from_spec("ours")
+    rows = passing("lora") + passing("antipasto")
+    targets = [runner.Target(get(n), ours, f"variants.{n}", "ours") for n in ("lora", "antipasto")]
+    report.render(tmp_path, OURS_META, rows, verdict.verdicts(rows), targets)
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "**Subject audited: ours (variants/)**, this repo's hook runtime and variants." in summary
+    assert ("**Judged against:** the paper's formula and peft p on lora; the paper's formula and antipasto3 "
+            "(independent port) on antipasto.") in summary
+    assert "departures from the papers" not in summary  # ours keeps its reference findings section only
+    assert "peft's layers" in section(summary, "Reference findings")
+    timing = section(summary, TIMING)
+    assert "| variant | fwd+bwd ours/peft | fwd+bwd ours/base | peak MB base / ours / peft |" in timing
+    assert "| lora | 0.9 |" in timing and "/ 1.2 / -" in timing
+    anti = (tmp_path / "antipasto.md").read_text()
+    assert "Subject audited: **ours (variants/)**" in anti and "implementation `variants.antipasto`" in anti
+    assert "Judged against: the paper's formula and antipasto3 (independent port)." in anti
+    code = section(anti, "What the code does")
+    assert re.search(r"at `variants/antipasto\.py:\d+`", code)
+
+
+def test_an_older_results_json_names_ours_and_infers_references(tmp_path):
+    report.render_summary(tmp_path, {"seed": 0}, passing("lora"), verdict.verdicts(passing("lora")))
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "**Subject audited: ours (variants/)**" in text and "predates the subject record" in text
+    assert "**Judged against:** the paper's formula and peft on lora. (Not recorded in this results.json" in text
+
+
+class _Driver(__import__("audit.subjects", fromlist=["Subject"]).Subject):
+    label = "toylib 1.0"
+    tensor_names = {"lora": {"A": "down", "B": ("up", "transpose")}}
+
+    def attach(self, model, method, cfg, calibration):
+        return model  # toylib's attach
+
+    def adapted_layers(self, model):
+        return {}
+
+
+class _Bare(__import__("audit.subjects", fromlist=["Subject"]).Subject):
+    label = "bare"
+
+
+def test_a_drivers_code_is_the_driver_or_says_there_is_none(tmp_path):
+    drv = runner.Target(get("lora"), _Driver, "tests/test_report.py:_Driver", "tests/test_report.py:_Driver")
+    ex, note = report.subject_excerpts(drv)
+    assert [e["method"] for e in ex] == ["_Driver.attach", "_Driver.adapted_layers", "_Driver.tensor_names['lora']"]
+    assert "toylib's attach" in ex[0]["code"] and ex[0]["where"].startswith("tests/test_report.py:")
+    assert "'B': ('up', 'transpose')" in ex[2]["code"]
+    assert note.startswith("The driver `tests/test_report.py:_Driver` (toylib 1.0)")
+    ex, note = report.subject_excerpts(runner.Target(get("lora"), _Bare, "tests:_Bare"))
+    assert ex == [] and note.startswith("No source excerpt is available for bare")
+    from audit.subjects.peft import Peft
+    ex, note = report.subject_excerpts(runner.Target(get("antipasto"), Peft(), "peft"))
+    assert ex == [] and note.startswith("No source excerpt is available for peft")
+    rows = [r for r in passing("lora") if r.check != "timing"]
+    text = report.render_variant(report._env(), drv, report._meta({**META, "subject": {
+        "kind": "third-party", "label": "toylib 1.0", "references": {"lora": ["paper", "peft"]}}}),
+        rows, verdict.verdicts(rows)["lora"])
+    assert "Subject audited: **toylib 1.0**" in text and "implementation `tests/test_report.py:_Driver`" in text
+    assert "Judged against: the paper's formula and peft p." in text
