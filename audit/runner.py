@@ -97,10 +97,13 @@ def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
             checks_pkg.load(name).run(cell)
             if len(cell.rows) == before:
                 cell.row("-", None, None, status="error", message="check produced no measurement")
-        except LayoutError as e:
+        except LayoutError as e:  # reported once, under the pseudo-check "layout", before the checks it stops
             del cell.rows[before:]
             layout_error = str(e)
-            cell.row("layout", None, None, status="error", message=f"LayoutError: {e}")
+            cell.check = "layout"
+            cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
+            cell.check = name
+            cell.row("-", None, None, status="n/a", message=f"the subject's layout cannot be mapped: {layout_error}")
         except (NotApplicable, NotSupported) as e:  # NotSupported: the subject lacks what the check needs
             del cell.rows[before:]
             cell.row("-", None, None, status="n/a", message=str(e))

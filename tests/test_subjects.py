@@ -106,7 +106,7 @@ class DropsMagnitude(Ours):
 def test_an_unmappable_layout_is_one_error_row_naming_the_tensor():
     rows = audit(DropsMagnitude(label="drops m"), "dora", ["identity_at_init", "grad_flow", "paper_parity"])
     errors = [r for r in rows if r.status == "error"]
-    assert len(errors) == 1 and errors[0].metric == "layout"
+    assert len(errors) == 1 and errors[0].check == "layout"
     assert "'m'" in errors[0].message and "KeyError" not in errors[0].message
     assert all(r.status == "n/a" for r in rows if r is not errors[0])
 

@@ -18,5 +18,8 @@ class HraZeroGate(Hra):
         return x + (layer.adapter_gate * (h - x)).to(x.dtype)
 
 
+# The gate is a tensor the paper's HRA does not have: the audit's layout pre-check names it before any
+# check runs (a subject whose state the paper formula cannot account for is not measured as if it were).
 MUTANT = Mutant("hra_zero_gate", "hra", "no gradient at init (gate starts at zero)",
-                "x + g·(H x − x) with g = 0: the u vectors get exactly zero gradient", ("grad_flow",), HraZeroGate)
+                "x + g·(H x − x) with g = 0: the u vectors get exactly zero gradient; the extra tensor 'gate' "
+                "is refused by the layout pre-check", ("layout",), HraZeroGate)
