@@ -4,8 +4,10 @@ Its own config classes, ``get_peft_model`` targeting from ``target_modules`` (le
 peft), its own init (PiSSA's SVD, EVA's ``initialize_lora_eva_weights``, DoRA's magnitude, DeLoRA's
 w_norm, ...), its own adapter-dtype handling, and ``save_pretrained`` / ``PeftModel.from_pretrained``.
 Where each canonical tensor lives is read from the peft bridge's mapping data
-(references/peft_bridge), with the older releases' paths as alternatives; a method the installed
-release lacks is not supported (its rows are n/a with the reason).
+(references/peft_bridge), with the older releases' paths as alternatives (OLDER_PATHS); a method the
+installed release lacks is not supported (its rows are n/a with the reason), nor is a release older
+than OLDEST; arguments a release lacks are found by asking it (its config fields, get_peft_model's
+signature). ``nox -s peft-release`` audits older releases installed into throwaway folders.
 """
 from __future__ import annotations
 
@@ -18,17 +20,49 @@ from references import peft_bridge as bridge
 
 from .base import LayoutError, NotSupported, Subject, resolve
 
-# method -> (peft config class, the first release that has it, or the init it needs)
-NEEDS = {"lora": ("LoraConfig", "0.3.0"), "pissa": ("LoraConfig", "0.11.0"), "dora": ("LoraConfig", "0.9.0"),
-         "eva": ("LoraConfig", "0.14.0"), "ia3": ("IA3Config", "0.4.0"), "ia3_ff": ("IA3Config", "0.4.0"),
-         "hra": ("HRAConfig", "0.12.0"), "delora": ("DeloraConfig", "0.18.0"), "road": ("RoadConfig", "0.17.0")}
-# canonical tensor -> paths older releases used, tried after the bridge's (current) path
-OLDER_PATHS = {("dora", "m"): ("lora_magnitude_vector.default",)}  # a ParameterDict entry before DoraLinearLayer
+# The releases this subject audits, and what each method needs from the installed one. Checked against
+# each release's wheel: LoraConfig since 0.1.0, IA3Config 0.4.0, use_dora 0.9.0, init_lora_weights="pissa"
+# 0.11.0, HRAConfig 0.12.0, EvaConfig / get_eva_state_dict / initialize_lora_eva_weights 0.14.0,
+# DeloraConfig and RoadConfig 0.18.0 (both absent from 0.17.1's peft/tuners).
+OLDEST = "0.10.0"
+# method -> (names the peft package must export, the first release that has the method)
+NEEDS = {"lora": (("LoraConfig",), "0.1.0"), "pissa": (("LoraConfig",), "0.11.0"),
+         "dora": (("LoraConfig",), "0.9.0"), "ia3": (("IA3Config",), "0.4.0"), "ia3_ff": (("IA3Config",), "0.4.0"),
+         "eva": (("LoraConfig", "EvaConfig", "get_eva_state_dict", "initialize_lora_eva_weights"), "0.14.0"),
+         "hra": (("HRAConfig",), "0.12.0"), "delora": (("DeloraConfig",), "0.18.0"),
+         "road": (("RoadConfig",), "0.18.0")}
+# (method, canonical tensor) -> paths older releases used, tried after the bridge's (current) path
+# DoRA's magnitude: a ParameterDict entry until DoraLinearLayer (0.12.0) took its .weight
+OLDER_PATHS = {("dora", "m"): ("lora_magnitude_vector.default",)}
+# Arguments that came later are found by asking the installed release (config dataclass fields, call
+# signatures), not by version: get_peft_model's autocast_adapter_dtype (0.12.0; before it adapters always
+# took the base layer's dtype, i.e. autocast off); layers_to_transform (LoraConfig and HRAConfig have it,
+# IA3Config and RoadConfig never did). A config argument the release lacks is NotSupported, naming it.
 
 
 def _version() -> str:
     import peft
     return peft.__version__
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _make_config(cls_name: str, **kw):
+    """peft's ``cls_name`` config from ``kw``; an argument this release's class lacks is NotSupported."""
+    import dataclasses
+
+    import peft
+    cls = getattr(peft, cls_name)
+    lacks = sorted(set(kw) - {f.name for f in dataclasses.fields(cls)})
+    if lacks:
+        raise NotSupported(f"peft {_version()} {cls_name} has no {', '.join(lacks)}")
+    return cls(**kw)
 
 
 def _fingerprint(tensors) -> tuple:
@@ -66,9 +100,13 @@ class Peft(Subject):
         if method not in NEEDS:
             return f"peft has no {method!r} method"
         import peft
-        cls, since = NEEDS[method]
-        if not hasattr(peft, cls) or not _at_least(self.version, since):
-            return f"peft {self.version} has no {method} ({cls}, peft >= {since})"
+        names, since = NEEDS[method]
+        if not _at_least(self.version, OLDEST):
+            return f"peft {self.version} is older than {OLDEST}, the oldest release this subject audits"
+        lacks = [n for n in names if not hasattr(peft, n)]
+        if lacks or not _at_least(self.version, since):
+            why = f"; lacks {', '.join(lacks)}" if lacks else ""
+            return f"peft {self.version} has no {method} (peft >= {since}{why})"
         return None
 
     def layer_tensors(self, layer: nn.Module, method: str):
@@ -79,8 +117,11 @@ class Peft(Subject):
                     out[canonical] = (resolve(layer, path, canonical), transform, path)
                     break
                 except LayoutError:
-                    if i == len(paths) - 1:
+                    if i == len(paths) - 1 == 0:
                         raise
+                    if i == len(paths) - 1:
+                        raise LayoutError(f"peft {self.version}: canonical tensor {canonical!r} is at none of "
+                                          f"{', '.join(map(repr, paths))} under {type(layer).__name__}") from None
         return out
 
     # -- attach -------------------------------------------------------------------------------------
@@ -103,35 +144,39 @@ class Peft(Subject):
         return kw
 
     def peft_config(self, model: nn.Module, method: str, cfg: dict):
-        import peft
         kw = self.targets(model, method, cfg)
         r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
         if method in ("lora", "pissa", "dora", "eva"):
             init = {"pissa": "pissa", "eva": "eva"}.get(method, True)
             extra = {"use_dora": True} if method == "dora" else {}
             if method == "eva":
-                extra["eva_config"] = peft.EvaConfig(rho=float(cfg.get("rho", 1.0)))
-            return peft.LoraConfig(r=r, lora_alpha=alpha, use_rslora=bool(cfg.get("use_rslora", False)),
-                                   lora_dropout=0.0, init_lora_weights=init, **extra, **kw)
+                extra["eva_config"] = _make_config("EvaConfig", rho=float(cfg.get("rho", 1.0)))
+            return _make_config("LoraConfig", r=r, lora_alpha=alpha, use_rslora=bool(cfg.get("use_rslora", False)),
+                                lora_dropout=0.0, init_lora_weights=init, **extra, **kw)
         if method in ("ia3", "ia3_ff"):
             ff = kw["target_modules"] if method == "ia3_ff" else []
-            return peft.IA3Config(feedforward_modules=ff, init_ia3_weights=True, **kw)
+            return _make_config("IA3Config", feedforward_modules=ff, init_ia3_weights=True, **kw)
         if method == "hra":
-            return peft.HRAConfig(r=r, apply_GS=False, init_weights=True, **kw)
+            return _make_config("HRAConfig", r=r, apply_GS=False, init_weights=True, **kw)
         if method == "delora":
             if cfg.get("init_style", "peft") != "peft":
                 raise NotSupported("peft's DeLoRA has no frozen-copy (init_style 'paper') init")
-            return peft.DeloraConfig(r=r, delora_lambda=float(cfg.get("lambda0", 15.0)), init_weights=True, **kw)
+            return _make_config("DeloraConfig", r=r, delora_lambda=float(cfg.get("lambda0", 15.0)),
+                                init_weights=True, **kw)
         if method == "road":
-            return peft.RoadConfig(variant=str(cfg.get("road_variant", "road_1")),
-                                   group_size=int(cfg.get("group_size", 64)), init_weights=True, **kw)
+            return _make_config("RoadConfig", variant=str(cfg.get("road_variant", "road_1")),
+                                group_size=int(cfg.get("group_size", 64)), init_weights=True, **kw)
         raise NotSupported(f"peft has no {method!r} method")
 
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
         from peft import get_peft_model
         config = self.peft_config(model, method, cfg)
         torch.manual_seed(int(cfg.get("seed", 0)))  # peft's inits draw from the global generator
-        pm = get_peft_model(model, config, autocast_adapter_dtype=cfg.get("dtype", "float32") == "float32")
+        autocast = cfg.get("dtype", "float32") == "float32"
+        if _accepts(get_peft_model, "autocast_adapter_dtype"):
+            pm = get_peft_model(model, config, autocast_adapter_dtype=autocast)
+        else:  # peft < 0.12: adapters take the base layer's dtype, as with autocast off
+            pm = get_peft_model(model, config)
         if method == "eva":
             self._eva_init(pm, cfg, calibration)
         return pm.eval()
