@@ -1,15 +1,16 @@
-"""peft_parity: the same adapter state in the external reference (peft, or the antipasto3 port).
+"""peft_parity: the same adapter state in the other implementation, side by side (audit/twins.py).
 
-peft-backed variants: the state is copied into peft models built on the same base weights: one in
-the run's precision, one from a start jittered by one unit round-off, and one in float64 (the
-truth). Logits, every trainable tensor's model-level gradient, and a few Adam steps side by side
-(logits and states along the trajectory) of the subject are judged against the float64 truth,
-with the tolerance set by how far peft itself lands from it in the run's precision
-(audit/numerics.py): agreeing with peft's rounding is not the claim, being as close to the truth
-as peft is. The peft layers are also audited against the paper formula (outputs, and gradients vs
-the fully differentiated formula where the reference distinguishes them): rows about the
-reference, reported as reference findings. AntiPaSTO (no peft method): every layer's output and
-gradients vs the independent antipasto3 port.
+The other implementation is peft (through the bridge) when ours or a third-party library is the
+subject, and ours when peft is. The subject's perturbed state is copied into it three times on the
+same base weights: in the run's precision, from a start jittered by one unit round-off, and in
+float64 (the truth). Logits, every trainable tensor's model-level gradient, and a few Adam steps side
+by side (logits and states along the trajectory) of the subject are judged against the float64
+truth, with the tolerance set by how far the other implementation itself lands from it in the run's
+precision (audit/numerics.py): agreeing with its rounding is not the claim, being as close to the
+truth as it is. When peft is the reference, its layers are also audited against the paper formula
+(outputs, and gradients vs the fully differentiated formula where the reference distinguishes
+them): rows about the reference, reported as reference findings. AntiPaSTO (no peft method): every
+layer's output and gradients vs the independent antipasto3 port.
 """
 from __future__ import annotations
 
