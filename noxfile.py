@@ -153,7 +153,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/table.py", out)
 
 
-
 # peft releases `nox -s peft-release` audits by default (validated: 0.10.0 predates autocast_adapter_dtype,
 # PiSSA, HRA and EVA and keeps DoRA's magnitude in a ParameterDict; 0.15.2 has all but RoAd/DeLoRA), and
 # the extra pins a release needs in its throwaway folder: 0.16.x/0.17.x import transformers' HybridCache,
