@@ -147,9 +147,12 @@ def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], 
                              + r.message)
             break
     judged = {(r.check, r.model, r.dtype) for r in rows if r.status not in ("n/a", "error")}
-    for dev in devs:  # required only where its check was judged on one of its models and dtypes
-        relevant = any(c == dev.check and (dev.models is None or m in dev.models)
-                       and (dev.dtypes is None or d in dev.dtypes) for c, m, d in judged)
+    for dev in devs:  # required only where its check was judged on one of its models and dtypes, and its
+        # own rows (if any were written) were not all n/a (e.g. peft has no default targets to audit)
+        own = [r for r in rows if dev.matches(r.check, r.metric, r.model, r.dtype)]
+        relevant = (any(c == dev.check and (dev.models is None or m in dev.models)
+                        and (dev.dtypes is None or d in dev.dtypes) for c, m, d in judged)
+                    and not (own and all(r.status == "n/a" for r in own)))
         if relevant and dev.id not in used:
             rows.append(Row(card.name, dev.check, "-", "-", f"deviation[{dev.id}]", None, None, "error",
                             deviation=dev.id, message="declared deviation matches no measurement row"))

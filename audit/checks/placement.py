@@ -40,6 +40,10 @@ def run(cell: Cell) -> None:
         from peft.utils import constants
         defaults = constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
         if defaults is None:
+            import peft
+            cell.row("peft_default_targets_mismatch", None, None, status="n/a", reference="peft",
+                     about=cell.about("peft"),
+                     message=f"peft {peft.__version__} has no default IA3 targets for model type {model_type!r}")
             return
         ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
         wanted = {leaf for leaf in defaults if (leaf in ff) == (card.name == "ia3_ff")}

@@ -285,7 +285,13 @@ def build(base_model: nn.Module, mapping: VariantMapping, cfg: Mapping[str, Any]
 
     peft_config, wrapped = mapping.make_config(cfg, names, states, infos)
     model = copy.deepcopy(base_model)
-    peft_model = get_peft_model(model, peft_config, autocast_adapter_dtype=autocast)
+    # autocast_adapter_dtype exists from peft 0.12.0; before it adapters always took the base dtype (autocast off)
+    import inspect
+    kw = {"autocast_adapter_dtype": autocast} if "autocast_adapter_dtype" in inspect.signature(
+        get_peft_model).parameters else {}
+    if not kw:
+        adapter_dtype = base_dtype
+    peft_model = get_peft_model(model, peft_config, **kw)
 
     got = adapted_module_names(peft_model)
     if got != set(wrapped):
