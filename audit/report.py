@@ -197,13 +197,14 @@ def write_csv(out: Path, rows: list[Row]) -> Path:
 
 # -- shared pieces -------------------------------------------------------------------------------
 def _display_path(path: str, module: str) -> str:
-    """``path`` relative to the working directory, or from its top-level package when outside it
-    (an installed library: ``peft/tuners/lora/layer.py``, not ``../venv/lib/...``)."""
+    """``path`` relative to the working directory, or from its top-level package when outside it or
+    installed (``peft/tuners/lora/layer.py``, not ``../venv/lib/...`` nor ``.nox/tests/lib/...``)."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
         rel = path
-    if not rel.startswith(".."):
+    installed = {"site-packages", "dist-packages"} & set(Path(path).parts)  # e.g. a venv inside the checkout
+    if not rel.startswith("..") and not installed:
         return rel
     top = module.split(".")[0]
     i = path.rfind(os.sep + top + os.sep)

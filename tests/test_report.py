@@ -400,3 +400,12 @@ def test_a_drivers_code_is_the_driver_or_says_there_is_none(tmp_path):
         rows, verdict.verdicts(rows)["lora"])
     assert "Subject audited: **toylib 1.0**" in text and "implementation `tests/test_report.py:_Driver`" in text
     assert "Judged against: the paper's formula and peft p." in text
+
+
+def test_an_installed_library_is_shown_from_its_package_even_inside_the_checkout(tmp_path, monkeypatch):
+    """A nox venv lives inside the checkout: peft's file must still read peft/..., not .nox/tests/lib/..."""
+    from audit.report import _display_path
+    monkeypatch.chdir(tmp_path)
+    inside = tmp_path / ".nox" / "tests" / "lib" / "python3.11" / "site-packages" / "peft" / "tuners" / "x.py"
+    assert _display_path(str(inside), "peft.tuners.x") == "peft/tuners/x.py"
+    assert _display_path(str(tmp_path / "audit" / "report.py"), "audit.report") == "audit/report.py"
