@@ -115,8 +115,7 @@ def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
     return cell.rows
 
 
-def apply_deviations(card: VariantCard, rows: list[Row], ran_checks: list[str], ran_models: list[str],
-                     ran_dtypes: list[str], subject_kind: str = "ours") -> list[Row]:
+def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ours") -> list[Row]:
     """Turn declared deviations into xfail/xpass/re-judged rows; unmatched deviations are errors.
 
     A deviation names who departs (``reference``): "peft" deviations apply to the rows about peft
@@ -183,8 +182,7 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
 
 def _run_target(tgt: Target, plan: Plan, bases: dict, bar: Progress | None) -> list[Row]:
     """Every model × dtype × check of one audited implementation, deviations applied."""
-    return apply_deviations(tgt.card, _cells(tgt, plan, plan.models, bases, bar), plan.checks, plan.models,
-                            plan.dtypes, tgt.subject.kind)
+    return apply_deviations(tgt.card, _cells(tgt, plan, plan.models, bases, bar), tgt.subject.kind)
 
 
 def single_threaded() -> None:
@@ -299,7 +297,7 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     pool.shutdown(wait=True)
     return [r for t in plan.targets
             for r in apply_deviations(t.card, [x for m in plan.models for x in results[(t.card.name, m)]],
-                                      plan.checks, plan.models, plan.dtypes, t.subject.kind)]
+                                      t.subject.kind)]
 
 
 def default_targets(names: list[str] | None = None, spec: str = "ours") -> list[Target]:

@@ -134,6 +134,6 @@ def _rows():
 
 @pytest.mark.parametrize("kind,expected", [("peft", "xfail"), ("ours", "fail"), ("third-party", "fail")])
 def test_a_peft_deviation_applies_only_when_peft_is_the_subject(kind, expected):
-    rows = apply_deviations(get("delora"), _rows(), ["grad_flow"], ["mlp"], ["float32"], kind)
+    rows = apply_deviations(get("delora"), _rows(), kind)
     assert [r.status for r in rows[:2]] == [expected, expected]
     assert not [r for r in rows if r.status == "error"]  # a peft-only deviation is not required of others

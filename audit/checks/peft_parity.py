@@ -36,11 +36,6 @@ def _loss(cell: Cell, adapted) -> tuple[torch.Tensor, torch.Tensor]:
     return ((y64 - cell.target(y64)) ** 2).mean(), y.detach()
 
 
-def has_peft(card) -> bool:
-    from references.peft_bridge import PEFT_VARIANTS
-    return "peft" in card.references and card.name in PEFT_VARIANTS
-
-
 class _Antipasto3Port:
     """The antipasto3 port behind the paper-reference interface that layer_parity calls."""
 

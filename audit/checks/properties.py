@@ -88,8 +88,8 @@ def run(cell: Cell) -> None:
         raise NotApplicable("the paper states no invariant beyond the merged formula (covered by paper_parity)")
     base = cell.fresh_model()
     adapted = cell.adapted()
-    originals = {n: m.weight.detach().to(torch.float64).clone() for n, m in modules_named(base, adapted.names).items()}
-    originals = {n: adapted_weight_layout(adapted, n, w) for n, w in originals.items()}
+    originals = {n: adapted_weight_layout(adapted, n, m.weight.detach().to(torch.float64).clone())
+                 for n, m in modules_named(base, adapted.names).items()}
 
     def measure(inv) -> tuple[float, str]:
         probes = [Probe(n, adapted, adapted.cfg, originals[n]) for n in adapted.names]

@@ -9,8 +9,10 @@ optional calibration batches, and then answers a few questions about what it did
                                                            base model; calling the module is the adapted layer
     tensor_names[method] = {canonical: "path" | (path, transform)}
                                                            required (data): where each canonical tensor
-                                                           lives, relative to the adapted layer module;
-                                                           transform "identity", "transpose" or "reshape"
+                                                           lives, relative to the adapted layer module
+                                                           (path: a dotted path, or a tuple of them tried
+                                                           in order); transform "identity", "transpose"
+                                                           or "reshape"
     base_layer(layer) -> module                            default: get_base_layer() / .base_layer / itself;
                                                            its .weight (W_res where the method mutates it)
                                                            and .bias are the layer's frozen base
@@ -70,14 +72,28 @@ class Subject:
         return getattr(layer, "base_layer", layer)
 
     def layer_tensors(self, layer: nn.Module, method: str) -> dict[str, tuple[torch.Tensor, str, str]]:
-        """{canonical: (live tensor, transform, where)} of one adapted layer, from ``tensor_names``."""
+        """{canonical: (live tensor, transform, where)} of one adapted layer, from ``tensor_names``.
+
+        A path may be a tuple of alternatives (e.g. where older releases kept the tensor), tried in order."""
         out = {}
         for canonical, spec in self.tensor_names[method].items():
-            path, transform = (spec, "identity") if isinstance(spec, str) else spec
+            paths, transform = (spec, "identity") if isinstance(spec, str) else spec
             if transform not in TRANSFORMS:
                 raise LayoutError(f"{self.describe()}: tensor {canonical!r} has transform {transform!r}; "
                                   f"allowed: {', '.join(TRANSFORMS)}")
-            out[canonical] = (resolve(layer, path, canonical), transform, path)
+            paths = (paths,) if isinstance(paths, str) else tuple(paths)
+            if len(paths) == 1:
+                out[canonical] = (resolve(layer, paths[0], canonical), transform, paths[0])
+                continue
+            for path in paths:
+                try:
+                    out[canonical] = (resolve(layer, path, canonical), transform, path)
+                    break
+                except LayoutError:
+                    continue
+            else:
+                raise LayoutError(f"{self.describe()}: canonical tensor {canonical!r} is at none of "
+                                  f"{', '.join(map(repr, paths))} under {type(layer).__name__}")
         return out
 
     # -- optional -----------------------------------------------------------------------------------

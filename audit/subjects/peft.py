@@ -18,7 +18,7 @@ from torch import nn
 
 from references import peft_bridge as bridge
 
-from .base import LayoutError, NotSupported, Subject, resolve
+from .base import NotSupported, Subject
 
 # The releases this subject audits, and what each method needs from the installed one. Checked against
 # each release's wheel: LoraConfig since 0.1.0, IA3Config 0.4.0, use_dora 0.9.0, init_lora_weights="pissa"
@@ -109,21 +109,6 @@ class Peft(Subject):
             return f"peft {self.version} has no {method} (peft >= {since}{why})"
         return None
 
-    def layer_tensors(self, layer: nn.Module, method: str):
-        out = {}
-        for canonical, (paths, transform) in self.tensor_names[method].items():
-            for i, path in enumerate(paths):
-                try:
-                    out[canonical] = (resolve(layer, path, canonical), transform, path)
-                    break
-                except LayoutError:
-                    if i == len(paths) - 1 == 0:
-                        raise
-                    if i == len(paths) - 1:
-                        raise LayoutError(f"peft {self.version}: canonical tensor {canonical!r} is at none of "
-                                          f"{', '.join(map(repr, paths))} under {type(layer).__name__}") from None
-        return out
-
     # -- attach -------------------------------------------------------------------------------------
     def targets(self, model: nn.Module, method: str, cfg: dict) -> dict[str, Any]:
         """target_modules (and friends) as a user following the paper would pass them to peft."""
@@ -199,7 +184,7 @@ class Peft(Subject):
 
     def adapted_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         adapted = bridge.adapted_module_names(model)  # a set: keep the model's module order
-        return {n: m for n, m in bridge._core.tuner_root(model).named_modules() if n in adapted}
+        return {n: m for n, m in bridge.tuner_root(model).named_modules() if n in adapted}
 
     # -- optional parts -----------------------------------------------------------------------------
     def save(self, model: nn.Module, path: str) -> None:

@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from . import _core  # noqa: F401 - audit.subjects.peft reads tuner_root from it
+from . import _core
 from ._core import (ADAPTER, TRANSFORMS, BridgeUnsupported, ConfigField, TensorMap, VariantMapping,
-                    adapter_dtype_plan, adapted_module_names, peft_layer)
+                    adapter_dtype_plan, adapted_module_names, peft_layer, tuner_root)
 from .delora import DELORA
 from .hra import HRA
 from .ia3 import IA3, IA3_FF
@@ -92,5 +92,5 @@ def describe_mapping(variant: str) -> str:
 __all__ = [
     "ADAPTER", "BridgeUnsupported", "ConfigField", "MAPPINGS", "PEFT_VARIANTS", "TRANSFORMS", "TensorMap",
     "VariantMapping", "adapted_module_names", "adapter_dtype_plan", "build_peft_model", "describe_mapping",
-    "peft_layer", "peft_state", "peft_trainable_names",
+    "peft_layer", "peft_state", "peft_trainable_names", "tuner_root",
 ]
