@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._common import f64, linear, lowrank_scaling
+from . import lora
+from ._common import InitClaim, f64, linear, lowrank_scaling, rel_max
 
 EQUATION = "W′ = m · (W₀ + s·BA) / ‖W₀ + s·BA‖_c   (‖·‖_c: one norm per output neuron)"
 CITATION = (
@@ -49,3 +52,22 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r, d_in), B (d_out, r), m (d_out)."""
     r = int(cfg["r"])
     return {"A": (r, d_in), "B": (d_out, r), "m": (d_out,)}
+
+
+# -- init statements (references/paper/_common.py "init statements") ----------------------------------
+
+def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
+    """DoRA init (arXiv:2402.09353 §4.1): m = ‖W₀‖_c (one norm per OUTPUT row of (d_out, d_in)), and
+    B = 0, A drawn as in LoRA (references/paper/lora.py A_INIT: peft's kaiming-uniform by default)."""
+    m = state["m"].detach().to(torch.float64).reshape(-1)
+    ref = row_norm(W.detach().to(torch.float64))
+    m_err = rel_max(m, ref) if m.shape == ref.shape else math.inf
+    return [lora.zero_claim("B", state["B"], "DoRA §4.1"),
+            lora.A_draw_claim(state["A"], cfg, "DoRA §4.1 (as LoRA)"),
+            InitClaim("m_row_norm", "deterministic", "§4.1: m = ‖W‖ of each output row (dim=1 of (d_out, d_in))",
+                      value=m_err)]
+
+
+def init_reference(W, b, cfg, inputs=None) -> dict[str, torch.Tensor]:
+    """m = ‖W‖_row in compute_dtype() (§4.1)."""
+    return {"m": row_norm(f64(W))}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import f64, linear
+from . import lora
+from ._common import InitClaim, compute_dtype, f64, linear
 
 EQUATION = "W′ = W + (α/r)·B_l A_l,  rows of A_l = top-r_l principal directions of the layer inputs"
 CITATION = (
@@ -41,3 +42,57 @@ def forward(x, W, b, state, cfg):
 def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r_l, d_in), B (d_out, r_l); r_l is per layer (None: any)."""
     return {"A": (None, d_in), "B": (d_out, None)}
+
+
+# -- init statements (references/paper/_common.py "init statements") ----------------------------------
+
+# Data choices of the statement: the paper's PCA (and peft's IncrementalPCA) centres the layer inputs;
+# the audit's calibration has no padding tokens, so no token is masked out.
+CENTRED = True
+MASK = "none"
+
+
+def _centred_tokens(inputs: torch.Tensor, d_in: int, dtype: torch.dtype) -> torch.Tensor:
+    """The layer inputs as (tokens, d_in) in ``dtype``, minus their mean when CENTRED."""
+    if inputs is None:
+        raise ValueError("EVA's init is data-driven: pass the layer's calibration inputs (tokens, d_in)")
+    X = inputs.detach().reshape(-1, d_in).to(dtype)
+    return X - X.mean(dim=0, keepdim=True) if CENTRED else X
+
+
+def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
+    """EVA init (arXiv:2410.07170 §3): B = 0, and the r_l rows of A (r_l = state["A"].shape[0]) are the
+    top-r_l principal directions of the layer's centred inputs (no whitening), stated up to signs and
+    rotations inside the subspace: AAᵀ = I; ‖AᵀA − VVᵀ‖₂ (V: top-r_l eigenvectors of the covariance C);
+    1 − tr(Qᵀ C Q)/Σ top-r_l eigenvalues of C (Q: orthonormal basis of A's row space; ≥ 0, 0 exactly on
+    the principal subspace, and first-order insensitive to near-ties in the spectrum).
+    """
+    A = state["A"].detach().to(torch.float64)
+    r_l, d_in = A.shape
+    X = _centred_tokens(inputs, d_in, torch.float64)
+    C = X.T @ X / max(X.shape[0] - 1, 1)
+    evals, evecs = torch.linalg.eigh(C)  # ascending
+    V, top = evecs[:, d_in - r_l:], evals[d_in - r_l:].sum()
+    _, sa, Vha = torch.linalg.svd(A, full_matrices=False)
+    Q = Vha[sa > 1e-6 * sa[0]].T if float(sa[0]) > 0 else A.new_zeros(d_in, 0)
+    shortfall = 1.0 - float(torch.trace(Q.T @ C @ Q) / top) if float(top) > 0 else 0.0
+    eye = torch.eye(r_l, dtype=A.dtype)
+    return [
+        lora.zero_claim("B", state["B"], "EVA §3"),
+        InitClaim("A_orthonormal_rows", "deterministic", "§3: rows of A orthonormal (AAᵀ = I)",
+                  value=float((A @ A.T - eye).abs().max())),
+        InitClaim("A_subspace_err", "deterministic", "§3: row space of A = top-r_l principal subspace of the "
+                  "centred inputs: ‖AᵀA − VVᵀ‖₂", value=float(torch.linalg.matrix_norm(A.T @ A - V @ V.T, ord=2))),
+        InitClaim("captured_variance_shortfall", "deterministic", "§3: A's row space captures the top-r_l "
+                  "explained variance: 1 − tr(QᵀCQ)/Σλ_top", value=max(shortfall, 0.0)),
+    ]
+
+
+def init_reference(W, b, cfg, inputs=None) -> dict[str, torch.Tensor]:
+    """A = top-r_l right singular vectors of the centred inputs, in compute_dtype() (§3).
+
+    The rank is cfg["r_layer"] when present (EVA redistributes ranks per layer), else cfg["r"].
+    """
+    r_l = int(cfg.get("r_layer", cfg["r"]))
+    X = _centred_tokens(inputs, W.shape[1], compute_dtype())
+    return {"A": torch.linalg.svd(X, full_matrices=False)[2][:r_l]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import f64, linear
+from ._common import InitClaim, f64, linear
 
 EQUATION = "W′ = W·H₀H₁⋯H_{r−1},  H_i = I − 2u_iu_iᵀ/‖u_i‖²"
 CITATION = (
@@ -55,3 +55,29 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: u (r, d_in), row i the Householder vector u_i."""
     r = int(cfg["r"])
     return {"u": (r, d_in)}
+
+
+# -- init statements (references/paper/_common.py "init statements") ----------------------------------
+
+MIN_SPREAD = 1e-3  # bound of the "lower" claim: σ_min/σ_max of the distinct vectors
+
+
+def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
+    """HRA symmetric init (arXiv:2405.17484 §3; peft hra/layer.py): u_{2k} = u_{2k+1}, so each pair of
+    reflections cancels (H H = I), with the r/2 distinct vectors linearly independent and non-zero.
+
+    HRA is scale invariant (H depends on u/‖u‖), so nothing is stated about the draws' scale (peft:
+    kaiming_uniform on (d_in, r/2), i.e. U(±1/√(r/2))). Odd r has no symmetric init (peft warns and
+    draws all r at random: not the identity); then only the non-degeneracy of all r vectors is stated.
+    """
+    u = state["u"].detach().to(torch.float64)
+    claims, distinct = [], u
+    if u.shape[0] % 2 == 0:
+        claims.append(InitClaim("u_pairs_equal_max_abs", "exact", "§3: u_{2k} = u_{2k+1} (paired reflections cancel)",
+                                value=float((u[0::2] - u[1::2]).abs().max())))
+        distinct = u[0::2]
+    sv = torch.linalg.svdvals(distinct)
+    spread = float(sv[-1] / sv[0]) if float(sv[0]) > 0 else 0.0
+    claims.append(InitClaim("u_distinct_sv_ratio", "lower", "the distinct vectors u_{2k} are non-zero and linearly "
+                            "independent: σ_min/σ_max of their stack", value=spread, bound=MIN_SPREAD))
+    return claims

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import f64, linear, lowrank_scaling
+from ._common import InitClaim, f64, linear, lowrank_scaling, rel_max
 
 EQUATION = "W = W^res + s·BA,  s·BA = U_r S_r V_rᵀ (principal part),  W^res = U_[r:] S_[r:] V_[r:]ᵀ"
 CITATION = (
@@ -43,3 +43,44 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r, d_in), B (d_out, r); the layer weight is W_res."""
     r = int(cfg["r"])
     return {"A": (r, d_in), "B": (d_out, r)}
+
+
+# -- init statements (references/paper/_common.py "init statements") ----------------------------------
+
+def _top_svd(W: torch.Tensor, r: int):
+    """U_r, S_r, V_rᵀ of W in the tensor's dtype (descending singular values)."""
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    return U[:, :r], S[:r], Vh[:r]
+
+
+def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
+    """PiSSA init (arXiv:2404.02948 §3, with peft's α: S_r divided by s = α/r before the square root).
+
+    A = diag(√(S_r/s)) V_rᵀ, B = U_r diag(√(S_r/s)) of the ORIGINAL W: stated up to the signs of the
+    singular pairs and rotations inside repeated singular values, i.e. as the Gram matrices
+    AAᵀ = BᵀB = diag(S_r/s) (balanced split, relative to max S_r/s) and the principal part
+    s·BA = U_r S_r V_rᵀ (relative to its max). use_rslora is refused (s = α/√r is never PiSSA).
+    """
+    s = scaling(cfg)
+    A, B = state["A"].detach().to(torch.float64), state["B"].detach().to(torch.float64)
+    U, S, Vh = _top_svd(W.detach().to(torch.float64), A.shape[0])
+    D = torch.diag(S / s)
+    return [
+        InitClaim("A_gram_balanced", "deterministic", "§3: AAᵀ = diag(S_r/s) (A = diag(√(S_r/s)) V_rᵀ)",
+                  value=rel_max(A @ A.T, D)),
+        InitClaim("B_gram_balanced", "deterministic", "§3: BᵀB = diag(S_r/s) (B = U_r diag(√(S_r/s)))",
+                  value=rel_max(B.T @ B, D)),
+        InitClaim("principal_part", "deterministic", "§3: s·BA = U_r S_r V_rᵀ, the top-r SVD part of W",
+                  value=rel_max(s * (B @ A), (U * S) @ Vh)),
+    ]
+
+
+def init_reference(W, b, cfg, inputs=None) -> dict[str, torch.Tensor]:
+    """A = diag(√(S_r/s)) V_rᵀ, B = U_r diag(√(S_r/s)) from the SVD of W in compute_dtype() (§3).
+
+    The rank is the layer's (cfg["r_layer"] when the audit gives it), s = alpha / cfg["r"].
+    """
+    r = int(cfg.get("r_layer", cfg["r"]))
+    U, S, Vh = _top_svd(f64(W), r)
+    sq = torch.sqrt(S / scaling(cfg))
+    return {"A": sq.unsqueeze(1) * Vh, "B": U * sq}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import compute_dtype, f64, linear
+from ._common import InitClaim, compute_dtype, f64, linear
 
 EQUATION = "y′ = R(Wx + b),  R = blocks α·[[cos θ, −sin θ], [sin θ, cos θ]] (road_1; road_2/road_4 free per entry)"
 CITATION = (
@@ -82,3 +82,12 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: theta, alpha of d_out/2 (road_1), d_out (road_2) or 2·d_out (road_4) entries."""
     n = {"road_1": d_out // 2, "road_2": d_out, "road_4": 2 * d_out}[cfg["road_variant"]]
     return {"theta": (n,), "alpha": (n,)}
+
+
+# -- init statements (references/paper/_common.py "init statements") ----------------------------------
+
+def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
+    """RoAd init (arXiv:2409.00119 §3): θ = 0 and α = 1 exactly for every road_variant, so R = I."""
+    theta, alpha = state["theta"].detach().to(torch.float64), state["alpha"].detach().to(torch.float64)
+    return [InitClaim("theta_max_abs", "exact", "§3: θ = 0 exactly", value=float(theta.abs().max())),
+            InitClaim("alpha_minus_one_max_abs", "exact", "§3: α = 1 exactly", value=float((alpha - 1).abs().max()))]
