@@ -1,4 +1,4 @@
-"""A Cell is one (card, model, dtype) a check runs on: models, inputs and helpers, all seeded."""
+"""A Cell is one (card at one of its configs, model, dtype) a check runs on: models, inputs and helpers, all seeded."""
 from __future__ import annotations
 
 import copy
@@ -80,11 +80,13 @@ class Cell:
 
     def config(self, **overrides: Any) -> dict:
         """The canonical config (a plain dict, references/STATE_LAYOUT.md) of this cell: the card's
-        config, its per-model overrides, then ``overrides``, with every field's default filled in from
-        the config schema (our config classes); the peft subject also takes the card's peft_config."""
-        subject_over = (self.card.peft_config or {}) if self.subject.kind == "peft" else {}
-        fields = {**self.card.config, **self.card.model_overrides.get(self.model_name, {}),
-                  "dtype": "float32", "seed": self.seed, **subject_over, **overrides}
+        config (or, for a subject-defaults case, the subject's own defaults), its per-model overrides,
+        then ``overrides``, with every field's default filled in from the config schema (our config
+        classes)."""
+        method = (self.subject.default_config(self.card.name) if self.card.config_subject_defaults
+                  else self.card.config)
+        fields = {**method, **self.card.model_overrides.get(self.model_name, {}),
+                  "dtype": "float32", "seed": self.seed, **overrides}
         schema = self.variant or variants.REGISTRY.get(self.card.name)
         return schema.Config(**fields).to_dict() if schema is not None else fields
 
@@ -125,6 +127,6 @@ class Cell:
         v = None if value is None else float(value)
         st = status or judge(v, op, tolerance)
         r = Row(self.card.name, self.check, self.model_name, self.dtype_name, metric, v, tolerance, st,
-                message=message, op=op, reference=reference, about=about)
+                message=message, op=op, reference=reference, about=about, config=self.card.config_id)
         self.rows.append(r)
         return r

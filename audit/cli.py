@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--card", default=None, help="the card a --impl / Variant subject is audited against")
     r.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes auditing variants in parallel (1 = serial; --model-path runs serially)")
+    r.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="audit one more config of each selected card, with these fields over the card's main "
+                        "config (repeatable: the fields of one extra config), e.g. --config alpha=16 --config "
+                        "use_rslora=true; it runs on every selected model, dtype and check. Values are JSON "
+                        "(numbers, true/false) or plain strings; each field is validated against every selected "
+                        "card's config before anything runs")
+    r.add_argument("--configs", type=_csv, default=None, metavar="IDS",
+                   help="audit only these config ids (the cards' reports list them; 'main' = each card's main "
+                        "config; 'cli' = the --config one); default: every config of each card")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
@@ -321,6 +330,54 @@ def _interrupted(what: str = "nothing written") -> int:
 
 # -- commands ----------------------------------------------------------------------------------------
 
+def _parse_field(item: str) -> tuple[str, object]:
+    import json
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--config {item!r}: expected KEY=VALUE, e.g. alpha=16")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # a plain string: rotate_basis=U, road_variant=road_2
+    return key.strip(), tuple(value) if isinstance(value, list) else value
+
+
+def extra_config(items: list[str], targets) -> tuple:
+    """The --config fields as one ConfigCase (id "cli"), validated against every selected card's config."""
+    from .cards import ConfigCase
+    if not items:
+        return ()
+    fields = dict(_parse_field(i) for i in items)
+    for t in targets:
+        import variants
+        schema = variants.REGISTRY.get(t.card.name) if t.variant is None else t.variant
+        if schema is None:
+            continue  # a card with no config schema: its subject gets the fields as given
+        unknown = sorted(set(fields) - set(schema.Config.__dataclass_fields__))
+        if unknown:
+            raise UsageError(f"--config: card {t.card.name!r} has no config field {', '.join(unknown)}; its fields: "
+                             f"{', '.join(f for f in schema.Config.__dataclass_fields__)}")
+        try:
+            schema.Config(**{**t.card.config, **fields})
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"--config on card {t.card.name!r}: {e}") from None
+    why = "given on the command line: " + ", ".join(f"{k}={v!r}" for k, v in fields.items())
+    return (ConfigCase("cli", fields, why, models=None, dtypes=None, checks=None),)
+
+
+def _configs_selected(ids: list[str] | None, targets, extra: tuple) -> tuple | None:
+    """--configs as config ids; "main" stands for each card's main config. Unknown ids are refused."""
+    if ids is None:
+        return None
+    known = {"main"} | {c.id for t in targets for c in t.card.cases()} | {c.id for c in extra}
+    bad = [i for i in ids if i not in known]
+    if bad:
+        raise UsageError(f"--configs: no selected card has config(s) {', '.join(bad)}; configs: {', '.join(sorted(known))}")
+    if not ids:
+        raise UsageError("--configs is empty")
+    return tuple(dict.fromkeys(ids))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import models, report, results, runner, verdict
     from .cards import CARDS, get
@@ -357,6 +414,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         per_card = "; ".join(f"{t.card.name}: {', '.join(t.card.dtypes)}" for t in targets)
         raise UsageError(f"dtype(s) {', '.join(unsupported)} not supported by any selected card ({per_card})")
 
+    extra = extra_config(args.config, targets)
+    only = _configs_selected(args.configs, targets, extra)
+
     factories = {}
     for path in _dedupe(args.model_path):
         try:
@@ -371,7 +431,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out)
 
     plan = runner.Plan(targets, model_names, dtypes, checks, seed=args.seed, device=args.device,
-                       model_factories=factories)
+                       model_factories=factories, extra_configs=extra, only_configs=only)
     t0 = time.perf_counter()
     runner.single_threaded()
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .results import atomic_write, read
 
 FACTOR = 4.0
-KEY = ("variant", "check", "model", "dtype", "metric")
+KEY = ("variant", "config", "check", "model", "dtype", "metric")
 RANK = {"pass": 0, "xfail": 1, "xpass": 3, "fail": 3, "error": 3}
 VERDICT_RANK = {"conformant": 0, "partial": 1, "not audited": 2, "non-conformant": 3}
 GOOD_VERDICTS = ("conformant", "partial")
@@ -22,7 +22,8 @@ KEPT = (*KEY, "value", "tolerance", "op", "status", "deviation")
 
 
 def key(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY)
+    """A row's identity across runs (rows written before configs existed are the card's main config)."""
+    return tuple(row.get(k, "main") if k == "config" else row[k] for k in KEY)
 
 
 def make_baseline(results: dict) -> dict:

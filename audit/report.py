@@ -106,7 +106,7 @@ def bound(r: Row) -> str:
 
 
 def where(r: Row) -> str:
-    return f"{r.model}/{DTYPE_SHORT.get(r.dtype, r.dtype)}"
+    return f"{r.place}/{DTYPE_SHORT.get(r.dtype, r.dtype)}"
 
 
 def worst(rows: list[Row]) -> str:
@@ -446,7 +446,7 @@ def _aggregate(found: list[Row]) -> list[dict]:
         w = w or rs[0]
         val, tol = fmt_vs(w.value, w.tolerance)
         out.append({"check": check, "reference": ref or "reference", "metric": metric, "status": status,
-                    "deviation": dev, "models": _uniq(r.model for r in rs), "dtypes": _uniq(r.dtype for r in rs),
+                    "deviation": dev, "models": _uniq(r.place for r in rs), "dtypes": _uniq(r.dtype for r in rs),
                     "n": len(rs), "worst": val + (f" (needs {w.op} {tol})" if w.tolerance is not None else ""),
                     "where": where(w), "message": w.message})
     order = {c: i for i, c in enumerate(CHECK_ORDER)}
@@ -475,7 +475,7 @@ def departures(rows: list[Row]) -> dict:
             continue
         counts = _by(seen, lambda r: r.status)
         where_ = "; ".join(
-            f"{c} `{m}` on {', '.join(_uniq(r.model for r in g))} × "
+            f"{c} `{m}` on {', '.join(_uniq(r.place for r in g))} × "
             f"{', '.join(DTYPE_SHORT.get(d, d) for d in _uniq(r.dtype for r in g))}"
             for (c, m), g in _by(seen, lambda r: (r.check, r.metric)).items())
         declared.append({"id": dev_id, "cards": cards,
@@ -629,6 +629,62 @@ def config_audited(tgt, meta: dict) -> dict:
             "call": ", ".join(f"{k}={v!r}" for k, v in card.config.items())}
 
 
+def _case_fields(tgt, case) -> dict:
+    """The fields a config case audits: the card's config with the case's overrides, or the
+    subject's own defaults (when it declares them) for a subject-defaults case."""
+    if case.subject_defaults:
+        try:
+            return dict(tgt.subject.default_config(tgt.card.name))
+        except Exception:  # noqa: BLE001 - a subject that declares none: its rows say n/a
+            return {}
+    return {**tgt.card.config, **case.fields}
+
+
+def configs_audited(tgt, meta: dict, rows: list[Row]) -> list[dict]:
+    """One line per config of the card (the main one first, then its corners and any --config ones):
+    its id, what it sets, why it matters, where it ran and its worst subject status."""
+    from .cards import ConfigCase
+    card = tgt.card
+    cases = {c.id: c for c in card.cases()}
+    for cid in _uniq(r.config for r in rows):
+        cases.setdefault(cid, ConfigCase(cid, {}, "given on the command line (--config)"))
+    out = []
+    for cid, case in cases.items():
+        rs = [r for r in rows if r.config == cid]
+        if case.subject_defaults:
+            got = _case_fields(tgt, case)
+            sets = ("the subject's defaults: " + ", ".join(f"{k}={_cfg_value(v)}" for k, v in got.items())
+                    if got else "the subject's defaults (it declares none)")
+        elif cid == card.config_id:
+            sets = ", ".join(f"{k}={_cfg_value(v)}" for k, v in card.config.items()) or "-"
+        else:
+            sets = ", ".join(f"{k}={_cfg_value(v)}" for k, v in case.fields.items()) or "-"
+        judged = [r for r in subject(rs) if r.status != "n/a"]
+        out.append({"id": cid, "main": cid == card.config_id, "sets": sets, "why": case.why,
+                    "models": ", ".join(_uniq(r.model for r in rs)) or "-",
+                    "dtypes": ", ".join(DTYPE_SHORT.get(d, d) for d in _uniq(r.dtype for r in rs)) or "-",
+                    "checks": "every selected check" if case.checks is None else ", ".join(
+                        c for c in CHECK_ORDER if c in case.checks),
+                    "status": worst(judged) if judged else ("n/a" if rs else "not run")})
+    return out
+
+
+def zero_grad_claims(tgt) -> list[dict]:
+    """The zero-gradient claims of every config: each claim once, with the configs it holds under."""
+    card = tgt.card
+    seen: dict[tuple, list[str]] = {}
+    claims = {}
+    for case in card.cases():
+        at = card.at(case)
+        for t, z in at.zero_grads_at(_case_fields(tgt, case)).items():
+            k = (t, z.reason, z.fraction, z.stays_zero)
+            seen.setdefault(k, []).append(case.id)
+            claims[k] = (t, z)
+    n = len(card.cases())
+    return [{"tensor": t, "z": z, "configs": "" if len(ids) == n else ", ".join(ids)}
+            for k, ids in seen.items() for t, z in [claims[k]]]
+
+
 def constant_factor(rs: list[Row]) -> str:
     """A relative error ‖a − b‖/‖b‖ that is the same on every failing cell (within 1%) is what a
     constant factor a = k·b gives: |k − 1|. Said only when at least two cells agree; it is a hint
@@ -647,17 +703,17 @@ def constant_factor(rs: list[Row]) -> str:
 def failures(rows: list[Row]) -> list[dict]:
     """Failing subject rows (fail, xpass, error) grouped by check, worst first, with a diagnosis."""
     bad = [r for r in subject(rows) if r.status in BAD]
-    cells = _by(rows, lambda r: (r.check, r.model, r.dtype))
+    cells = _by(rows, lambda r: (r.check, r.place, r.dtype))
     groups = []
     by_check = _by(bad, lambda r: r.check)
     for check in [c for c in CHECK_ORDER if c in by_check] + [c for c in by_check if c not in CHECK_ORDER]:
         rs = by_check[check]
         rs = sorted(rs, key=lambda r: (r.status != "error", -(r.margin if r.margin is not None
                                                                 and not math.isnan(r.margin) else math.inf)))
-        all_cells = _uniq((r.model, r.dtype) for r in subject(rows) if r.check == check)
+        all_cells = _uniq((r.place, r.dtype) for r in subject(rows) if r.check == check)
         patterns = []
         for metric, mrs in _by(rs, lambda r: r.metric).items():
-            cells_failing = _uniq((r.model, r.dtype) for r in mrs)
+            cells_failing = _uniq((r.place, r.dtype) for r in mrs)
             if metric == "-" or len(all_cells) < 2:
                 continue
             dts = _uniq(d for _, d in cells_failing)
@@ -669,10 +725,10 @@ def failures(rows: list[Row]) -> list[dict]:
         shown = []
         for r in rs[:MAX_FAILURES_PER_CHECK]:
             val, tol = fmt_vs(r.value, r.tolerance)
-            shown.append({"model": r.model, "dtype": r.dtype, "metric": r.metric, "value": val,
+            shown.append({"model": r.place, "dtype": r.dtype, "metric": r.metric, "value": val,
                           "bound": "-" if r.tolerance is None else f"{r.op} {tol}", "status": r.status,
                           "margin": fmt_margin(r.margin), "message": r.message, "deviation": r.deviation,
-                          "diagnosis": diagnosis(r, cells.get((r.check, r.model, r.dtype), []))})
+                          "diagnosis": diagnosis(r, cells.get((r.check, r.place, r.dtype), []))})
         groups.append({"check": check, "n": len(rs), "rows": shown, "more": len(rs) - len(shown),
                        "patterns": patterns})
     return groups
@@ -732,11 +788,11 @@ def measurement_tables(rows: list[Row]) -> list[dict]:
     for check in [c for c in CHECK_ORDER if c in by_check] + [c for c in by_check if c not in CHECK_ORDER]:
         crs = by_check[check]
         shown = [r for r in crs if timing_shown(r)]
-        cells = _uniq((r.model, r.dtype) for r in shown)
+        cells = _uniq((r.place, r.dtype) for r in shown)
         lines = []
         key = lambda r: (r.about == "reference", r.reference if r.about == "reference" else "", r.metric)
         for (is_ref, ref, metric), rs in sorted(_by(shown, key).items(), key=lambda kv: kv[0][0]):
-            at = _by(rs, lambda r: (r.model, r.dtype))
+            at = _by(rs, lambda r: (r.place, r.dtype))
             m, w = max_margin(rs)
             note = (w or rs[0]).message
             common = _bound_text(rs)
@@ -780,7 +836,7 @@ def verdict_reasons(v: dict, rows: list[Row]) -> list[str]:
     """The verdict's reasons without the failing rows it lists (the Failures section has them all),
     replaced by one line that counts them."""
     bad = [r for r in subject(rows) if r.status in BAD]
-    prefixes = tuple(f"{r.check} [{r.model}/{r.dtype}] {r.metric} " for r in bad)
+    prefixes = tuple(f"{r.check} [{r.place}/{r.dtype}] {r.metric} " for r in bad)
     out = [x for x in v["reasons"] if not (prefixes and x.startswith(prefixes))
            and not re.match(r"^\.\.\. and \d+ more failing rows", x)]
     if bad:
@@ -815,7 +871,8 @@ def render_variant(env: jinja2.Environment, tgt, meta: dict, rows: list[Row], ve
     return env.get_template("variant.md.j2").render(
         card=card, impl=tgt.label, meta=meta, subj=variant_subject(tgt, meta), verdict=v,
         deciding=deciding_text(v, rs), reasons=verdict_reasons(v, rs),
-        config=config_audited(tgt, meta), overview=check_overview(rs), failures=failures(rs),
+        config=config_audited(tgt, meta), configs=configs_audited(tgt, meta, rs), zero_claims=zero_grad_claims(tgt),
+        overview=check_overview(rs), failures=failures(rs),
         deviations=deviations_observed(card, rs), findings=aggregate_findings(rs),
         excerpts=excerpts, excerpt_note=excerpt_note, tables=measurement_tables(rs),
         dtypes_supported=list(card.dtypes), overhead_note=OVERHEAD_NOTE)

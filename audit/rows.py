@@ -1,4 +1,4 @@
-"""Measurement rows: one per (variant, check, model, dtype, metric), judged against a tolerance."""
+"""Measurement rows: one per (variant, config, check, model, dtype, metric), judged against a tolerance."""
 from __future__ import annotations
 
 import math
@@ -47,6 +47,12 @@ class Row:
     op: str = "<="
     reference: str = ""
     about: str = "subject"  # "reference": the row audits the external reference itself, not the subject
+    config: str = "main"  # the id of the card's config the row was measured under
+
+    @property
+    def place(self) -> str:
+        """The model, tagged ``@config`` when the row is not under its card's main config."""
+        return self.model if self.config == main_config(self.variant) else f"{self.model}@{self.config}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,6 +76,13 @@ class Row:
                 return 0.0 if judge(v, self.op, t) == "pass" else math.inf
             return t / v if v > 0 and t > 0 else math.inf
         return 0.0 if v == t else math.inf
+
+
+def main_config(variant: str) -> str:
+    """The id of a card's main config ("main" for a name with no card)."""
+    from .cards import CARDS
+    card = CARDS.get(variant)
+    return card.config_id if card is not None else "main"
 
 
 def from_dict(d: dict) -> Row:

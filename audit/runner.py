@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -45,6 +45,8 @@ class Plan:
     seed: int = 0
     device: str = "cpu"
     model_factories: dict[str, Callable] = field(default_factory=dict)  # --model-path entries
+    extra_configs: tuple = ()  # ConfigCases audited on every target besides its card's (--config)
+    only_configs: tuple[str, ...] | None = None  # audit only these config ids ("main": each card's main one)
 
 
 class Progress:
@@ -118,9 +120,26 @@ def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
 def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ours") -> list[Row]:
     """Turn declared deviations into xfail/xpass/re-judged rows; unmatched deviations are errors.
 
-    A deviation names who departs (``reference``): "peft" deviations apply to the rows about peft
-    (reference rows when peft is a reference, the subject's rows when peft is the subject); the
-    card's own ("paper") deviations describe the method and apply to the subject's rows."""
+    Each config's rows are judged with the deviations of the card at that config (a deviation may
+    be declared for some configs only). A deviation names who departs (``reference``): "peft"
+    deviations apply to the rows about peft (reference rows when peft is a reference, the subject's
+    rows when peft is the subject); the card's own ("paper") deviations describe the method and apply
+    to the subject's rows."""
+    by_config: dict[str, list[Row]] = {}
+    for r in rows:
+        by_config.setdefault(r.config, []).append(r)
+    known = {c.id for c in card.cases()}
+    out: list[Row] = []
+    for config_id, rs in by_config.items():
+        # a --config case is not among the card's own: it takes the deviations that name no config
+        at = card.at(config_id) if config_id in known else replace(
+            card, config_id=config_id, deviations=tuple(d for d in card.deviations if d.configs is None))
+        out += _apply(at, rs, subject_kind)
+    return out
+
+
+def _apply(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
+    """apply_deviations for the rows of one config (``card`` is the card at that config)."""
     used: set[str] = set()
     devs = [d for d in card.deviations if d.subjects is None or subject_kind in d.subjects]
     for r in rows:
@@ -154,29 +173,47 @@ def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ou
                     and not (own and all(r.status == "n/a" for r in own)))
         if relevant and dev.id not in used:
             rows.append(Row(card.name, dev.check, "-", "-", f"deviation[{dev.id}]", None, None, "error",
-                            deviation=dev.id, message="declared deviation matches no measurement row"))
+                            deviation=dev.id, message="declared deviation matches no measurement row",
+                            config=card.config_id))
     return rows
 
 
+def cases(card: VariantCard, plan: Plan) -> list:
+    """The config cases of ``card`` this plan audits: its own, then the plan's extra ones."""
+    for case in plan.extra_configs:
+        card = card.with_case(case)
+    only = plan.only_configs
+    return [c for c in card.cases() if only is None or c.id in only or ("main" in only and c.id == card.config_id)]
+
+
 def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progress | None) -> list[Row]:
-    """Every model (of ``models``) × dtype × check of one audited implementation, deviations not applied."""
+    """Every config × model (of ``models``) × dtype × check of one audited implementation, deviations
+    not applied. A corner config runs only on the models, dtypes and checks its case names."""
     card_rows: list[Row] = []
+    unsupported = tgt.subject.supports(tgt.card.name)
+    todo = cases(tgt.card, plan)
     for model_name in models:
         for dtype in plan.dtypes:
-            cell = Cell(tgt.card, tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
-                        model_factory=plan.model_factories.get(model_name),
-                        _base_cache=bases.setdefault((model_name, dtype), {}))
-            unsupported = tgt.subject.supports(tgt.card.name)
-            if dtype not in tgt.card.dtypes or unsupported:
-                for name in plan.checks:
-                    cell.check = name
-                    cell.row("-", None, None, status="n/a",
-                             message=unsupported or f"{dtype} is not supported by the card")
-            else:
-                run_cell(cell, plan.checks)
-            card_rows += cell.rows
+            unit: list[Row] = []
+            for case in todo:
+                if (case.models is not None and model_name not in case.models) or (
+                        case.dtypes is not None and dtype not in case.dtypes):
+                    continue
+                checks = [c for c in plan.checks if case.checks is None or c in case.checks]
+                cell = Cell(tgt.card.at(case), tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
+                            model_factory=plan.model_factories.get(model_name),
+                            _base_cache=bases.setdefault((model_name, dtype), {}))
+                if dtype not in tgt.card.dtypes or unsupported:
+                    for name in checks:
+                        cell.check = name
+                        cell.row("-", None, None, status="n/a",
+                                 message=unsupported or f"{dtype} is not supported by the card")
+                else:
+                    run_cell(cell, checks)
+                unit += cell.rows
+            card_rows += unit
             if bar:
-                bar.step(f"{tgt.card.name} / {model_name} / {dtype}", cell.rows)
+                bar.step(f"{tgt.card.name} / {model_name} / {dtype}", unit)
     return card_rows
 
 

@@ -41,7 +41,7 @@ def describe(r: Row) -> str:
     tol = "" if r.tolerance is None else f" (needs {r.op} {fmt_number(r.tolerance)})"
     if r.tolerance is not None and r.value is not None and fmt_number(r.value) == fmt_number(r.tolerance):
         val, tol = repr(float(r.value)), f" (needs {r.op} {float(r.tolerance)!r})"
-    return (f"{r.check} [{r.model}/{r.dtype}] {r.metric} = {val}{tol}: {r.status}"
+    return (f"{r.check} [{r.place}/{r.dtype}] {r.metric} = {val}{tol}: {r.status}"
             + (f" ({r.message})" if r.message else ""))
 
 

@@ -45,6 +45,7 @@ class Deviation:
     models: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
     subjects: tuple[str, ...] | None = None
+    configs: tuple[str, ...] | None = None  # config ids it applies to (None: every config of the card)
 
     def __post_init__(self):
         if self.kind == "xfail" and self.magnitude is None:
@@ -103,6 +104,36 @@ class BadInput:
     error: type[Exception]
 
 
+# checks that depend on the adapter's config; placement, robustness and timing measure the same thing
+# under any config, and training's loss curve adds nothing a config bug would not show in the parity
+# checks first, so a further config runs only these (its ConfigCase may widen or narrow them)
+CONFIG_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
+                 "save_load")
+
+
+@dataclass(frozen=True)
+class ConfigCase:
+    """One more config a card audits besides its main one: each is its own cell with its own rows.
+
+    ``fields`` override the card's config; ``why`` says which setting it is (the paper's, a subject's
+    defaults, a corner that matters). ``subject_defaults``: the config is the subject's own defaults
+    for the method's fields (``Subject.default_config``), not the card's. ``zero_grads`` replaces the
+    card's claims where the config changes them (None: the card's). ``models``, ``dtypes`` and
+    ``checks`` narrow where the corner runs (cost): the plan's selection is intersected with them.
+    """
+
+    id: str
+    fields: dict[str, Any]
+    why: str
+    subject_defaults: bool = False
+    zero_grads: dict[str, "ZeroGrad"] | None = None
+    # one model (biased q/k/v, non-square k/v: most layout bugs show) in float32 keeps the default
+    # audit within its time budget; the main config covers every model and dtype
+    models: tuple[str, ...] | None = ("qwen2",)
+    dtypes: tuple[str, ...] | None = ("float32",)
+    checks: tuple[str, ...] | None = CONFIG_CHECKS
+
+
 @dataclass(frozen=True)
 class VariantCard:
     name: str
@@ -114,7 +145,9 @@ class VariantCard:
     identity: Literal["exact", "numeric", "offset"]
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per zoo model
     offset_tensors: tuple[str, ...] = ()          # "offset" identity: zero these to get identity
-    zero_grads: dict[str, ZeroGrad] = field(default_factory=dict)
+    # tensors with a zero gradient at step 0 by design; a function of the canonical config where
+    # the claim depends on it (DeLoRA's init_style)
+    zero_grads: dict[str, ZeroGrad] | Callable[[dict], dict[str, ZeroGrad]] = field(default_factory=dict)
     trainable_per_layer: Callable[[int, int, dict], int] | None = None  # (d_in, d_out, cfg) -> count
     invariants: tuple[Invariant, ...] = ()
     placement_roles: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
@@ -122,14 +155,50 @@ class VariantCard:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     peft_config: dict[str, Any] | None = None    # overrides for the peft comparison, with reason
     peft_config_reason: str = ""
-    peft_extra: Callable[[Any], None] | None = None  # extra rows auditing peft itself (gets the cell)
     needs_calibration: bool = False
     bad_inputs: tuple[BadInput, ...] = ()
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # check -> dtype -> tol
     deviations: tuple[Deviation, ...] = ()
     perturb: dict[str, float] = field(default_factory=dict)  # tensor -> noise std for parity states
     notes: str = ""
+    config_id: str = "main"                      # the id of ``config`` in rows, reports and the gate
+    config_why: str = "the card's main config"
+    configs: tuple[ConfigCase, ...] = ()          # further configs audited (the axes of the method)
+    config_subject_defaults: bool = False         # set by at(): the config is the subject's own defaults
 
+    def zero_grads_at(self, cfg: dict) -> dict[str, ZeroGrad]:
+        """The zero-gradient claims under the canonical config ``cfg``."""
+        return self.zero_grads(cfg) if callable(self.zero_grads) else self.zero_grads
+
+    def cases(self) -> list[ConfigCase]:
+        """Every config this card audits, the main one first (it runs everywhere the plan says)."""
+        main = ConfigCase(self.config_id, {}, self.config_why, models=None, dtypes=None, checks=None)
+        return [main, *self.configs]
+
+    def case(self, config_id: str) -> ConfigCase:
+        for c in self.cases():
+            if c.id == config_id:
+                return c
+        raise ValueError(f"card {self.name!r} has no config {config_id!r}; configs: {[c.id for c in self.cases()]}")
+
+    def at(self, case: "ConfigCase | str") -> "VariantCard":
+        """This card as audited under ``case``: its config, zero-gradient claims and deviations."""
+        case = self.case(case) if isinstance(case, str) else case
+        if case.id == self.config_id and not case.fields and not case.subject_defaults:
+            return replace(self, deviations=tuple(d for d in self.deviations if d.configs is None or case.id in d.configs))
+        return replace(self, config={**self.config, **case.fields}, config_id=case.id, config_why=case.why,
+                       config_subject_defaults=case.subject_defaults,
+                       zero_grads=self.zero_grads if case.zero_grads is None else case.zero_grads,
+                       deviations=tuple(d for d in self.deviations if d.configs is None or case.id in d.configs))
+
+    def with_case(self, case: ConfigCase) -> "VariantCard":
+        """The card with one more config (``--config``), replacing one of the same id."""
+        return replace(self, configs=tuple(c for c in self.configs if c.id != case.id) + (case,))
+
+
+SUBJECT_DEFAULTS = ConfigCase(
+    "defaults", {}, "the subject's own defaults for every method field (what a user who sets none gets)",
+    subject_defaults=True)
 
 # peft's own load path, whatever the method: declared once, for every card with a peft counterpart
 PEFT_LOAD_DEVIATIONS = (

@@ -5,7 +5,7 @@ import torch
 
 from references.paper import antipasto as ref
 
-from ..cards import BadInput, Deviation, Invariant, VariantCard
+from ..cards import BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 
 def _rotation(p) -> torch.Tensor:
@@ -48,6 +48,13 @@ CARD = VariantCard(
                   _angle, {"*": 1e-6}),
     ),
     perturb={"T": 1.5},
+    config_id="rotate-V",
+    config_why="rotation on the input side (rotate_basis V), block size 4",
+    configs=(ConfigCase("rotate-U", {"rotate_basis": "U"}, "rotation on the output side (rotate_basis U)"),
+             ConfigCase("no-rotation", {"rotate_basis": "none"}, "no rotation: only S + δ is learned",
+                        zero_grads={"T": ZeroGrad("rotate_basis none: T does not enter the forward", stays_zero=True)}),
+             ConfigCase("block2", {"block_size": 2}, "2×2 blocks: the tanh bound on the skew entry bounds the "
+                        "rotation angle exactly")),
     bad_inputs=(BadInput({"r": 6}, ValueError),
                 BadInput({"r": 68}, ValueError),
                 BadInput({"rotate_basis": "W"}, ValueError)),
@@ -62,6 +69,6 @@ CARD = VariantCard(
                   "VARIANTS.md §9 pitfalls (measured 1.1 rad at bs=4, θ_max=0.5)",
                   # Gershgorin: the skew generator's entries are ≤ a = 2·tan(θ_max/2), so its eigenvalues
                   # are ≤ (bs−1)·a and the Cayley angle ≤ 2·atan((bs−1)·tan(θ_max/2)) = 1.308 at bs 4, θ_max 0.5
-                  magnitude=2 * math.atan(3 * math.tan(0.25)) - 0.5),
+                  magnitude=2 * math.atan(3 * math.tan(0.25)) - 0.5, configs=("rotate-V", "rotate-U")),
     ),
 )

@@ -1,7 +1,7 @@
 """Card: DoRA (Liu et al., arXiv 2402.09353)."""
 import torch
 
-from ..cards import BadInput, Deviation, Invariant, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 
 def _magnitude(p) -> float:
@@ -23,6 +23,11 @@ CARD = VariantCard(
     trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out) + d_out,
     invariants=(Invariant("row_norm_vs_magnitude_rel_err", "each output row of W_eff has norm m",
                           _magnitude, {"float32": 1e-6, "bfloat16": 2 * 2.0 ** -8}),),
+    config_id="alpha8-r4",
+    config_why="alpha ≠ r: s = alpha/r = 2 inside the normalised direction",
+    configs=(ConfigCase("alpha-eq-r", {"alpha": 4.0}, "alpha = r: s = 1"),
+             ConfigCase("rslora", {"use_rslora": True}, "rsLoRA on: s = alpha/√r (peft's DoRA accepts use_rslora)"),
+             SUBJECT_DEFAULTS),
     deviations=(
         Deviation("dora-detached-norm", "peft_parity", "peft_grad_vs_undetached_paper[A]|peft_grad_vs_undetached_paper[B]", "peft", "xfail",
                   "peft (and ours) treat ‖W + sBA‖_row as a constant in backprop, as the paper's §4.3 recommends "

@@ -1,7 +1,7 @@
 """Card: EVA (Paischer et al., arXiv 2410.07170)."""
 import torch
 
-from ..cards import BadInput, Invariant, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard, ZeroGrad
 
 
 def _orthonormal(p) -> float:
@@ -23,6 +23,12 @@ CARD = VariantCard(
     trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
     invariants=(Invariant("A_orthonormality_err", "rows of A are orthonormal principal directions",
                           _orthonormal, {"*": 4 * 2.0 ** -24 * 8}, at="init"),),
+    config_id="alpha8-r4",
+    config_why="rank r everywhere (rho = 1), alpha ≠ r",
+    configs=(ConfigCase("rho2", {"rho": 2.0}, "rank redistribution (rho = 2, peft's default): each layer offers 2r "
+                        "components and the globally top r × layers are kept"),
+             ConfigCase("alpha-eq-r", {"alpha": 4.0}, "alpha = r: s = 1"),
+             SUBJECT_DEFAULTS),
     bad_inputs=(BadInput({"calibration_data": None}, ValueError),
                 BadInput({"calibration_data": []}, ValueError),
                 BadInput({"rho": 0.5}, ValueError)),

@@ -1,7 +1,7 @@
 """Card: HRA (Yuan, Liu, Xu, arXiv 2405.17484)."""
 import torch
 
-from ..cards import BadInput, Invariant, VariantCard
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard
 
 
 def _orthogonality(p) -> float:
@@ -23,4 +23,8 @@ CARD = VariantCard(
                           _orthogonality, {"float32": 8 * 2.0 ** -24 * 64, "bfloat16": 2 * 2.0 ** -8}),),
     bad_inputs=(BadInput({"r": 3}, ValueError), BadInput({"r": 98}, ValueError)),
     perturb={"u": 0.3},
+    config_id="r4",
+    config_why="two reflection pairs",
+    configs=(ConfigCase("r2", {"r": 2}, "one pair of reflections: the smallest rank the symmetric init allows"),
+             SUBJECT_DEFAULTS),
 )

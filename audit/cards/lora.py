@@ -1,5 +1,5 @@
 """Card: LoRA (Hu et al., arXiv 2106.09685), scale s = alpha / r."""
-from ..cards import VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, ConfigCase, VariantCard, ZeroGrad
 
 CARD = VariantCard(
     name="lora",
@@ -11,4 +11,9 @@ CARD = VariantCard(
     identity="exact",
     zero_grads={"A": ZeroGrad("B = 0 at init, so ∂L/∂A = s·Bᵀ(∂L/∂h)xᵀ = 0; B receives the signal first")},
     trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
+    config_id="alpha8-r4",
+    config_why="alpha ≠ r: s = alpha/r = 2, so a missing or wrong division shows",
+    configs=(ConfigCase("alpha-eq-r", {"alpha": 4.0}, "alpha = r: s = 1, the paper's setting (§4.1: α is set to the first r tried)"),
+             ConfigCase("rslora", {"use_rslora": True}, "rsLoRA on: s = alpha/√r (Kalajdzievski, arXiv 2312.03732)"),
+             SUBJECT_DEFAULTS),
 )

@@ -1,7 +1,7 @@
 """Card: PiSSA (Meng, Wang, Zhang, arXiv 2404.02948)."""
 import torch
 
-from ..cards import BadInput, Invariant, VariantCard
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard
 
 
 def _reconstruction(p) -> float:
@@ -26,5 +26,10 @@ CARD = VariantCard(
                           _reconstruction, {"float32": 4 * 2.0 ** -24, "bfloat16": 2 * 2.0 ** -8}, at="init"),),
     bad_inputs=(BadInput({"r": 65}, ValueError),
                 BadInput({"use_rslora": True}, ValueError)),
+    config_id="paper",
+    config_why="alpha = r: s = 1, the paper's form (no scale)",
+    configs=(ConfigCase("alpha-ne-r", {"alpha": 8.0}, "alpha ≠ r: S_r must be divided by s = alpha/r so that "
+                        "s·BA = U_r S_r V_rᵀ (peft's form); forgetting it keeps the forward exact"),
+             SUBJECT_DEFAULTS),
     notes="alpha = r makes s = 1, the paper's form; peft divides S_r by s so any alpha keeps s·BA = U_r S_r V_rᵀ.",
 )

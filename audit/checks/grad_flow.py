@@ -39,8 +39,9 @@ def run(cell: Cell) -> None:
     adapted = cell.adapted()
     model = adapted.model
     grads = _grads(cell, adapted)
+    zero_grads = card.zero_grads_at(adapted.cfg)
     for tname, gs in sorted(grads.items()):
-        claim = card.zero_grads.get(tname)
+        claim = zero_grads.get(tname)
         gmin = min(float(g.norm()) for g in gs)
         dead = _dead(gs)
         if claim is None:
@@ -51,7 +52,7 @@ def run(cell: Cell) -> None:
         else:
             cell.row(f"dead_fraction[{tname}]", dead, claim.fraction, op="==",
                      message=f"claimed zero at step 0: {claim.reason}")
-    unknown = sorted(set(card.zero_grads) - set(grads))
+    unknown = sorted(set(zero_grads) - set(grads))
     for tname in unknown:
         cell.row(f"claimed_tensor_exists[{tname}]", 0.0, 1.0, op="==",
                  message="the card claims a zero gradient for a tensor the implementation does not have")
@@ -69,11 +70,11 @@ def run(cell: Cell) -> None:
         have = sum(p.numel() for p in adapted.parameters())
         cell.row("trainable_params", have, float(expect), op="==", message="card formula summed over adapted layers")
 
-    if card.zero_grads:
+    if zero_grads:
         opt = torch.optim.Adam(adapted.parameters(), lr=LR)
         opt.step()
         after = _grads(cell, adapted)
-        for tname, claim in sorted(card.zero_grads.items()):
+        for tname, claim in sorted(zero_grads.items()):
             if tname not in after:
                 continue
             dead = _dead(after[tname])

@@ -164,8 +164,6 @@ def run(cell: Cell) -> None:
              message=f"adapter tensors after each of {STEPS} Adam steps, worst tensor; {how}")
     if other == "peft":
         _peft_vs_paper(cell, tw["ref"], cfg)
-    if card.peft_extra is not None:
-        card.peft_extra(cell)
 
 
 def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:

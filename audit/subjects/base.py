@@ -106,6 +106,11 @@ class Subject:
     def detach(self, model: nn.Module) -> nn.Module:
         raise NotSupported(f"{self.describe()} has no detach")
 
+    def default_config(self, method: str) -> dict:
+        """The method's fields (canonical names: r, alpha, ...) as this subject sets them when a user
+        gives none: the "subject defaults" config a card may audit. Optional."""
+        raise NotSupported(f"{self.describe()} declares no default config")
+
     def can(self, part: str) -> bool:
         """Does this subject implement the optional ``part`` ("save", "load" or "detach")?"""
         return getattr(type(self), part) is not getattr(Subject, part)

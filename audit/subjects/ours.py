@@ -31,6 +31,11 @@ class Ours(Subject):
     def config(self, method: str, cfg: dict):
         return self.variant_for(method).Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
+    def default_config(self, method: str) -> dict:
+        """The Config class's own defaults for the method's fields (targeting, dtype and seed left out)."""
+        common = ("dtype", "target_names", "target_roles", "exclude_names", "layers", "seed")
+        return {k: v for k, v in self.variant_for(method).Config().to_dict().items() if k not in common}
+
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
         return variants.attach(model, self.config(method, cfg), calibration_data=calibration,
                                variant=self.variant_for(method))

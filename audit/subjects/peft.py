@@ -153,6 +153,29 @@ class Peft(Subject):
                                 group_size=int(cfg.get("group_size", 64)), init_weights=True, **kw)
         raise NotSupported(f"peft has no {method!r} method")
 
+    def default_config(self, method: str) -> dict:
+        """peft's own defaults for the method, read off its config classes, in canonical names."""
+        import dataclasses
+
+        import peft
+
+        def defaults(cls_name: str) -> dict:
+            return {f.name: f.default for f in dataclasses.fields(getattr(peft, cls_name))
+                    if f.default is not dataclasses.MISSING}
+        if method in ("lora", "pissa", "dora", "eva"):
+            d = defaults("LoraConfig")
+            out = {"r": d["r"], "alpha": float(d["lora_alpha"]), "use_rslora": d["use_rslora"]}
+            return {**out, "rho": float(defaults("EvaConfig")["rho"])} if method == "eva" else out
+        if method == "hra":
+            return {"r": defaults("HRAConfig")["r"]}
+        if method == "delora":
+            d = defaults("DeloraConfig")
+            return {"r": d["r"], "lambda0": float(d["delora_lambda"]), "init_style": "peft"}
+        if method == "road":
+            d = defaults("RoadConfig")
+            return {"road_variant": d["variant"], "group_size": d["group_size"]}
+        return {}
+
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
         from peft import get_peft_model
         config = self.peft_config(model, method, cfg)

@@ -50,3 +50,61 @@ def lowrank_scaling(cfg: dict, *, allow_rslora: bool) -> float:
             raise ValueError("use_rslora is not part of this variant's reference formula (STATE_LAYOUT.md)")
         return alpha / r**0.5
     return alpha / r
+
+
+# -- init statements -------------------------------------------------------------------------------
+# Every paper module also states how the adapter state is born, independently of any implementation:
+#   init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]   (one layer; W, b: the ORIGINAL base
+#       weight (d_out, d_in) and bias before any adapter touched them; state: that layer's canonical
+#       state as the subject initialised it; inputs: the layer's calibration inputs (tokens, d_in),
+#       only for data-driven inits such as EVA, else None)
+#   init_reference(W, b, cfg, inputs=None) -> dict   (optional: the deterministic tensors of the
+#       initial state, computed in compute_dtype(); the audit evaluates it inside evaluated_in(float32)
+#       and substitutes it into the subject's state to measure how far a correct low-precision
+#       computation sits from the float64 statement, i.e. the tolerance of "deterministic" claims)
+# Claims are stated up to the method's true ambiguities (signs of singular vectors, rotations within
+# repeated singular values, which random draw): they measure invariant quantities only.
+
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+
+@_dataclass(frozen=True)
+class InitClaim:
+    """One statement about a layer's initial adapter state, measured on a given state.
+
+    kind
+      "exact":         ``value`` is a discrepancy that must be exactly 0 (B = 0, l = 1, C = A₀);
+      "deterministic": ``value`` is a relative discrepancy from the float64 statement (≥ 0), judged
+                       against the same claim evaluated on ``init_reference`` computed in float32;
+      "distribution":  ``pit`` holds the draws mapped through the stated distribution's CDF (the
+                       probability integral transform): uniform on [0, 1] when the draw follows the
+                       statement; the audit pools them over layers and applies a KS test;
+      "lower":         ``value`` must be ≥ ``bound`` (a structural fact, e.g. distinct paired vectors).
+    ``statement`` says in words what is claimed (shown in the report).
+    """
+
+    metric: str
+    kind: str
+    statement: str
+    value: float = 0.0
+    pit: torch.Tensor | None = None
+    bound: float = 0.0
+
+
+def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a − b| / max|b| in float64 (0 when both are 0)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    den = float(b.abs().max()) if b.numel() else 0.0
+    num = float((a - b).abs().max()) if a.numel() else 0.0
+    return num / den if den > 0 else num
+
+
+def uniform_pit(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """PIT of draws stated to be U(−bound, bound): (x/bound + 1)/2, flattened, float64."""
+    return ((x.detach().to(torch.float64).flatten() / bound) + 1) / 2
+
+
+def normal_pit(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """PIT of draws stated to be N(mean, std²), flattened, float64."""
+    z = (x.detach().to(torch.float64).flatten() - mean) / std
+    return 0.5 * (1 + torch.erf(z / 2 ** 0.5))

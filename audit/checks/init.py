@@ -1,0 +1,170 @@
+"""init: the subject's *own* initial state against the paper's statement of it.
+
+Every other check takes the state as given (paper_parity builds its reference from the subject's
+tensors), so a wrong init that keeps the forward consistent passes them: an EVA whose A is
+orthonormal but not the principal input directions, a PiSSA with all of S on one factor. Here each
+layer's initial state is measured by ``init_claims`` of references/paper/<variant>.py, an
+independent float64 statement up to the method's true ambiguities (signs, rotations within repeated
+singular values, which random draw). Where peft has the method and the config, peft's own init is
+judged by the same statement as a second reference (rows ``peft_<metric>``, reference findings).
+
+How each kind of claim is judged (over all adapted layers of the cell):
+- exact (B = 0, l = 1, C = A₀): the worst value must be 0; these hold bit-exactly in any precision.
+- deterministic (PiSSA's split, DoRA's m, EVA's subspace): a relative discrepancy from the float64
+  statement, ≤ SPREAD_FACTOR × max(spread, u). spread: the same claim on the statement's own tensors
+  computed in float32 and stored in the subject's dtype (``init_reference`` under
+  ``evaluated_in(float32)``), which carries the conditioning (a small singular gap amplifies a float32
+  SVD's error); u: the unit round-off of the subject's tensors (an init computes in float32 at least).
+  The worst layer is the one using most of its tolerance.
+- distribution (LoRA's A, AntiPaSTO's δ): the draws of every layer mapped through the stated CDF
+  and pooled; the KS statistic against U(0, 1) must be ≤ √(ln(2/α)/(2n)) at a false-alarm rate
+  α = 1e-6 (so a seed sweep of correct code stays quiet), plus u for rounding the draws to the
+  subject's dtype (which moves each PIT value by at most u·|x|·density ≤ u).
+- lower (distinct HRA vectors): the smallest value must be ≥ the stated bound.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from references import paper
+from references.paper import evaluated_in
+
+from ..cell import Cell, NotApplicable
+from ..numerics import SPREAD_FACTOR, keep_worst, unit_roundoff
+from ..state import modules_named
+from ..subjects import Adapted, NotSupported, linear_dims
+
+KS_ALPHA = 1e-6  # false-alarm rate of one distribution row
+
+
+def ks_uniform(pit: torch.Tensor) -> float:
+    """Kolmogorov–Smirnov statistic of ``pit`` against U(0, 1)."""
+    x, _ = torch.sort(pit.clamp(0, 1).to(torch.float64))
+    n = x.numel()
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return float(torch.maximum(i / n - x, x - (i - 1) / n).max())
+
+
+def ks_critical(n: int, alpha: float = KS_ALPHA) -> float:
+    """The KS statistic a correct draw of n exceeds with probability ≤ alpha (DKW bound)."""
+    return math.sqrt(math.log(2 / alpha) / (2 * n))
+
+
+def _original(cell: Cell, names) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """{layer: (W (d_out, d_in), b)} of the untouched base model."""
+    out = {}
+    for n, mod in modules_named(cell.base(), names).items():
+        w = mod.weight.detach()
+        out[n] = (w.t() if linear_dims(mod)[2] else w, getattr(mod, "bias", None))
+    return out
+
+
+def layer_inputs(cell: Cell, names) -> dict[str, torch.Tensor]:
+    """{layer: its calibration inputs (tokens, d_in)} on the base model, cached per cell base."""
+    cache = cell._base_cache.setdefault("layer_inputs", {})
+    todo = [n for n in names if n not in cache]
+    if todo:
+        seen: dict[str, list[torch.Tensor]] = {n: [] for n in todo}
+        mods = modules_named(cell.base(), todo)
+        hooks = [m.register_forward_pre_hook(lambda m, a, _n=n: seen[_n].append(a[0].detach().reshape(-1, a[0].shape[-1])))
+                 for n, m in mods.items()]
+        try:
+            with torch.no_grad():
+                for batch in cell.calibration():
+                    cell.logits(cell.base(), batch)
+        finally:
+            for h in hooks:
+                h.remove()
+        cache.update({n: torch.cat(v) for n, v in seen.items()})
+    return {n: cache[n] for n in names}
+
+
+def _claims(cell: Cell, handle: Adapted, ref, originals, inputs) -> dict[str, list]:
+    """{metric: [(claim, layer, tolerance or None)]} of one implementation's init."""
+    out: dict[str, list] = {}
+    state = handle.state()
+    for n in handle.names:
+        w, b = originals[n]
+        cfg = {**handle.cfg, "r_layer": handle.rank(n)}
+        x = inputs.get(n)
+        claims = ref.init_claims(w, b, state[n], cfg, x)
+        spread = {}
+        if hasattr(ref, "init_reference") and any(c.kind == "deterministic" for c in claims):
+            with evaluated_in(torch.float32):
+                low = ref.init_reference(w, b, cfg, x)
+            low = {k: v.detach().to(state[n][k].dtype if k in state[n] else torch.float32) for k, v in low.items()}
+            spread = {c.metric: c.value for c in ref.init_claims(w, b, {**state[n], **low}, cfg, x)}
+        u = max(unit_roundoff(torch.float32), *(unit_roundoff(t.dtype) for t in state[n].values()
+                                                 if t.dtype in (torch.float32, torch.bfloat16, torch.float16)))
+        for c in claims:
+            tol = SPREAD_FACTOR * max(spread.get(c.metric, 0.0), u) if c.kind == "deterministic" else None
+            out.setdefault(c.metric, []).append((c, n, tol, u))
+    return out
+
+
+def _rows(cell: Cell, found: dict[str, list], prefix: str = "", reference: str = "paper init",
+          about: str = "subject") -> None:
+    for metric, entries in found.items():
+        c0 = entries[0][0]
+        name = f"{prefix}{metric}"
+        if c0.kind == "exact":
+            c, n, _, _ = max(entries, key=lambda e: e[0].value)
+            cell.row(name, c.value, 0.0, message=f"claim: {c.statement} (exact); worst layer {n}",
+                     reference=reference, about=about)
+        elif c0.kind == "deterministic":
+            worst: dict = {}
+            for c, n, tol, _ in entries:
+                keep_worst(worst, 0, (c.value, tol, n, c))
+            value, tol, n, c = worst[0]
+            cell.row(name, value, tol, message=f"claim: {c.statement}; relative to the float64 statement; tolerance "
+                     f"{SPREAD_FACTOR:g} × max(float32 computation's spread, u); worst layer {n}",
+                     reference=reference, about=about)
+        elif c0.kind == "distribution":
+            pit = torch.cat([c.pit.flatten() for c, _, _, _ in entries])
+            u = max(e[3] for e in entries)
+            cell.row(name, ks_uniform(pit), ks_critical(pit.numel()) + u,
+                     message=f"claim: {c0.statement}; KS statistic of {pit.numel()} draws pooled over "
+                             f"{len(entries)} layers; tolerance: critical value at α = {KS_ALPHA:g} + u",
+                     reference=reference, about=about)
+        elif c0.kind == "lower":
+            c, n, _, _ = min(entries, key=lambda e: e[0].value)
+            cell.row(name, c.value, c.bound, op=">=", message=f"claim: {c.statement}; worst layer {n}",
+                     reference=reference, about=about)
+        else:
+            raise ValueError(f"{metric}: unknown claim kind {c0.kind!r}")
+
+
+def _peft_init(cell: Cell, names) -> Adapted | None:
+    """peft's own init of this cell's config on a fresh base, when peft is a second reference."""
+    from references.peft_bridge import PEFT_VARIANTS
+
+    from ..subjects.peft import Peft
+    if cell.subject.kind == "peft" or "peft" not in cell.card.references or cell.card.name not in PEFT_VARIANTS:
+        return None
+    peft = cell._base_cache.setdefault("peft_subject", Peft())  # keeps its EVA cache across configs
+    if peft.supports(cell.card.name):
+        return None
+    try:
+        cfg = cell.config()
+        cal = cell.calibration() if cell.needs_calibration() else None
+        handle = Adapted(peft, peft.attach(cell.fresh_model(), cell.card.name, cfg, cal), cell.card.name, cfg)
+    except NotSupported:
+        return None  # peft has no such config (DeLoRA's frozen-copy init): the paper statement alone
+    return handle if set(handle.names) == set(names) else None
+
+
+def run(cell: Cell) -> None:
+    ref = paper.get(cell.card.name)
+    if not hasattr(ref, "init_claims"):
+        raise NotApplicable(f"references/paper/{cell.card.name}.py states no init (init_claims)")
+    adapted = cell.adapted()
+    names = adapted.names
+    originals = _original(cell, names)
+    inputs = layer_inputs(cell, names) if cell.needs_calibration() else {}
+    _rows(cell, _claims(cell, adapted, ref, originals, inputs))
+    twin = _peft_init(cell, names)
+    if twin is not None:
+        _rows(cell, _claims(cell, twin, ref, originals, inputs), prefix="peft_", reference="peft",
+              about=cell.about("peft"))
