@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ._runtime import allocate, remove_tensors
-from .lora import Lora, LoraConfig
+from .lora import Lora, LoraConfig, lora_delta
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class Eva(Lora):
     name = "eva"
     Config = EvaConfig
     needs_calibration = True
+
+    def forward(self, layer, x, y):
+        # s = alpha / r with the config's r on every layer, also where rank redistribution gave the
+        # layer r_l ≠ r (peft's adjust_scaling_factors: alpha_l = alpha·r_l/r, so alpha_l/r_l = alpha/r)
+        return lora_delta(layer, x, y, self.scale(self.cfg, self.cfg.r))
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if cfg.r > d_in:

@@ -94,7 +94,10 @@ def _claims(cell: Cell, handle: Adapted, ref, originals, inputs) -> dict[str, li
         if hasattr(ref, "init_reference") and any(c.kind == "deterministic" for c in claims):
             with evaluated_in(torch.float32):
                 low = ref.init_reference(w, b, cfg, x)
-            low = {k: v.detach().to(state[n][k].dtype if k in state[n] else torch.float32) for k, v in low.items()}
+            # rounded to the run's precision (an init may compute from and store in the base dtype),
+            # then to the dtype the subject keeps the tensor in
+            low = {k: v.detach().to(cell.dtype).to(state[n][k].dtype if k in state[n] else cell.dtype)
+                   for k, v in low.items()}
             spread = {c.metric: c.value for c in ref.init_claims(w, b, {**state[n], **low}, cfg, x)}
         u = max(unit_roundoff(torch.float32), *(unit_roundoff(t.dtype) for t in state[n].values()
                                                  if t.dtype in (torch.float32, torch.bfloat16, torch.float16)))
