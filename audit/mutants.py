@@ -30,6 +30,7 @@ class Mutant:
     impl: type
     models: tuple[str, ...] = ("qwen2",)  # biased q/k/v, non-square k/v
     dtypes: tuple[str, ...] = ("float32",)
+    configs: tuple[str, ...] = ("main",)  # the card's config ids it is audited under ("main": the card's main one)
 
 
 def load_corpus(folder: Path = CORPUS) -> list[Mutant]:
@@ -53,12 +54,13 @@ def audit_mutant(m: Mutant, seed: int = 0) -> dict:
     """Run the audit on one mutant; return its outcome (checks that flagged it, killed or not)."""
     from . import runner, verdict
     plan = runner.Plan([runner.Target(get(m.card), m.impl, f"mutant:{m.name}")], list(m.models), list(m.dtypes),
-                       list(CHECKS), seed=seed)
+                       list(CHECKS), seed=seed, only_configs=m.configs)
     rows = runner.run(plan, progress=False)
     v = verdict.verdicts(rows)[m.card]
     flagged = sorted({r.check for r in rows if r.status in BAD})
     caught = [c for c in m.intended if c in flagged]
-    return {"name": m.name, "card": m.card, "bug_class": m.bug_class, "description": m.description,
+    return {"name": m.name, "card": m.card, "configs": list(m.configs), "bug_class": m.bug_class,
+            "description": m.description,
             "intended": list(m.intended), "flagged_by": flagged, "caught_by_intended": caught,
             "verdict": v["verdict"], "killed": bool(caught) and v["verdict"] == "non-conformant",
             "first_reason": v["reasons"][0] if v["reasons"] else ""}

@@ -237,10 +237,17 @@ def _init_worker() -> None:
     single_threaded()
 
 
+# A worker's base models and what is computed from them alone (base outputs, their rounding spread,
+# calibration inputs), kept across the units the worker audits: pure functions of (model, dtype,
+# seed, device), never modified (cells copy a base before adapting it), so rows are the same as serial
+_WORKER_BASES: dict[tuple, dict] = {}
+
+
 def _worker(card_name: str, spec: str, model_name: str, plan: Plan) -> list[Row]:
     """Audit one card with the subject ``spec`` on one model in a worker process (plan.targets is
     empty here); the parent applies the card's deviations once it has every model's rows."""
-    return _cells(default_targets([card_name], spec)[0], plan, [model_name], {}, None)
+    bases = _WORKER_BASES.setdefault((plan.seed, plan.device), {})
+    return _cells(default_targets([card_name], spec)[0], plan, [model_name], bases, None)
 
 
 def parallel_ok(plan: Plan) -> bool:

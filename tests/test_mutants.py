@@ -25,11 +25,17 @@ BUG_CLASSES = (
     "a term kept in the graph that the reference detaches",
     "a rotation of the wrong chirality",
     "ROAD's output pairing wrong",
+    "init in the wrong direction",
+    "init split unbalanced between the factors",
+    "config corner: alpha ≠ r",
+    "config corner: rsLoRA",
+    "config corner: road_2",
+    "config corner: road_4",
 )
 
 
 def test_corpus_covers_every_bug_class():
-    assert len(CORPUS) >= 14
+    assert len(CORPUS) >= 21
     assert sorted({m.bug_class for m in CORPUS}) == sorted(BUG_CLASSES)
     assert len({m.name for m in CORPUS}) == len(CORPUS)
 
@@ -41,6 +47,15 @@ def test_mutant_is_killed_by_its_intended_check(mutant):
     assert not missed, f"{mutant.name}: intended check(s) {missed} did not flag it; flagged by {res['flagged_by']}"
     assert res["verdict"] == "non-conformant", res
     assert res["killed"]
+
+
+@pytest.mark.parametrize("mutant", [m for m in CORPUS if m.configs != ("main",)], ids=lambda m: m.name)
+def test_a_config_corner_mutant_survives_the_main_config(mutant):
+    """A corner bug lives only in its config: audited under the card's main config alone it passes,
+    which is why the cards audit their corners."""
+    from dataclasses import replace
+    res = mutants.audit_mutant(replace(mutant, configs=("main",)))
+    assert res["verdict"] in ("conformant", "partial") and not res["killed"], res
 
 
 def test_a_correct_implementation_is_not_killed():

@@ -105,10 +105,10 @@ class BadInput:
 
 
 # checks that depend on the adapter's config; placement, robustness and timing measure the same thing
-# under any config, and training's loss curve adds nothing a config bug would not show in the parity
-# checks first, so a further config runs only these (its ConfigCase may widen or narrow them)
-CONFIG_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
-                 "save_load")
+# under any config, save_load round-trips whatever tensors exist (the main config exercises its path),
+# and training's loss curve adds nothing a config bug would not show in the parity checks first, so a
+# further config runs only these (its ConfigCase may widen or narrow them)
+CONFIG_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,18 @@ def _rounding_spread(cell: Cell, names, base_out) -> tuple[float, dict[str, floa
     return rel_err(y, base_out[1]), {n: rel_err(seen[n][1], base_out[0][n][1]) for n in names}
 
 
+def _base_reference(cell: Cell, names) -> tuple:
+    """(base outputs, their one-ulp rounding spread) for these adapted layers, computed once per base
+    model and layer set (every card adapting the same layers shares them)."""
+    cache = cell._base_cache.setdefault("identity", {})
+    key = tuple(names)
+    if key not in cache:
+        base = cell.base()
+        base_out = _outputs(cell, base, modules_named(base, names))
+        cache[key] = (base_out, _rounding_spread(cell, names, base_out))
+    return cache[key]
+
+
 def _judge(cell: Cell, adapted, names, base_out, spread, metric_suffix: str = "", claim: str = "",
            tolerance: float | None = None) -> None:
     """Rows: logits and worst layer (by error/tolerance) of the adapted model vs the base outputs."""
@@ -57,11 +69,9 @@ def _judge(cell: Cell, adapted, names, base_out, spread, metric_suffix: str = ""
 
 def run(cell: Cell) -> None:
     card = cell.card
-    base = cell.fresh_model()
     adapted = cell.adapted()
     names = adapted.names
-    base_out = _outputs(cell, base, modules_named(base, names))
-    spread = _rounding_spread(cell, names, base_out)
+    base_out, spread = _base_reference(cell, names)
     claim = f"claim: {card.identity}"
     # "offset" is judged strictly, unless the card declares the offset as a tolerance deviation
     _judge(cell, adapted, names, base_out, spread, claim=claim, tolerance=0.0 if card.identity == "offset" else None)

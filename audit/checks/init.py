@@ -146,6 +146,8 @@ def _peft_init(cell: Cell, names) -> Adapted | None:
     from ..subjects.peft import Peft
     if cell.subject.kind == "peft" or "peft" not in cell.card.references or cell.card.name not in PEFT_VARIANTS:
         return None
+    if cell.dtype_name != "float32":
+        return None  # peft's init in float32 is the second reference; in bf16 it only adds rounding
     peft = cell._base_cache.setdefault("peft_subject", Peft())  # keeps its EVA cache across configs
     if peft.supports(cell.card.name):
         return None

@@ -26,7 +26,7 @@ from ..state import capture, perturb
 from ..twins import reference_name, twins
 from .paper_parity import formula_outputs, formula_spreads, worst_layer_rows
 
-STEPS, LR = 3, 1e-3
+STEPS, LR = 2, 1e-3  # two Adam steps: the second sees the first's moments (a few-step trajectory)
 
 
 def _loss(cell: Cell, adapted) -> tuple[torch.Tensor, torch.Tensor]:
