@@ -8,6 +8,7 @@ before anything is built; 130 interrupted (Ctrl-C), with nothing written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import importlib
 import importlib.util
@@ -353,10 +354,11 @@ def extra_config(items: list[str], targets) -> tuple:
         schema = variants.REGISTRY.get(t.card.name) if t.variant is None else t.variant
         if schema is None:
             continue  # a card with no config schema: its subject gets the fields as given
-        unknown = sorted(set(fields) - set(schema.Config.__dataclass_fields__))
+        names = [f.name for f in dataclasses.fields(schema.Config)]
+        unknown = sorted(set(fields) - set(names))
         if unknown:
             raise UsageError(f"--config: card {t.card.name!r} has no config field {', '.join(unknown)}; its fields: "
-                             f"{', '.join(f for f in schema.Config.__dataclass_fields__)}")
+                             f"{', '.join(names)}")
         try:
             schema.Config(**{**t.card.config, **fields})
         except (TypeError, ValueError) as e:
@@ -416,6 +418,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     extra = extra_config(args.config, targets)
     only = _configs_selected(args.configs, targets, extra)
+    for t in targets:  # the cards carry the --config case too, so reports and deviations know it
+        for case in extra:
+            t.card = t.card.with_case(case)
 
     factories = {}
     for path in _dedupe(args.model_path):

@@ -52,7 +52,8 @@ class Row:
     @property
     def place(self) -> str:
         """The model, tagged ``@config`` when the row is not under its card's main config."""
-        return self.model if self.config == main_config(self.variant) else f"{self.model}@{self.config}"
+        main = self.config in ("main", main_config(self.variant))  # "main": a row written before configs existed
+        return self.model if main else f"{self.model}@{self.config}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -132,6 +132,8 @@ def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ou
     out: list[Row] = []
     for config_id, rs in by_config.items():
         # a --config case is not among the card's own: it takes the deviations that name no config
+        if config_id == "main":  # rows written before configs existed: the card's main config
+            config_id = card.config_id
         at = card.at(config_id) if config_id in known else replace(
             card, config_id=config_id, deviations=tuple(d for d in card.deviations if d.configs is None))
         out += _apply(at, rs, subject_kind)

@@ -98,7 +98,8 @@ def test_deviation_dora_norm_is_detached_in_peft():
 
 
 def test_deviation_delora_paper_init_not_representable_in_peft():
-    """Declared deviation peft-delora-no-frozen-copy: peft has no frozen-copy term."""
+    """peft has no frozen-copy term: the paper config (init_style paper) cannot be built in peft (the peft
+    subject's rows under that config are n/a, saying so)."""
     torch.manual_seed(0)
     base = Toy()
     w = base.block["up_proj"].weight.detach().double()

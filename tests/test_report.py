@@ -247,9 +247,9 @@ TIMING = "Timing (tiny models, per-call overhead dominates; not a speed claim; s
 
 # -- the subject and its references --------------------------------------------------------------
 PEFT_META = {**META, "versions": {**META["versions"], "peft": "0.21.2"},
-             "implementations": {"lora": "peft 0.21.2", "delora": "peft 0.21.2"},
+             "implementations": {"lora": "peft 0.21.2", "eva": "peft 0.21.2"},
              "subject": {"kind": "peft", "label": "peft 0.21.2", "version": "0.21.2",
-                         "references": {"lora": ["paper", "ours"], "delora": ["paper", "ours"]}}}
+                         "references": {"lora": ["paper", "ours"], "eva": ["paper", "ours"]}}}
 OURS_META = {**META, "implementations": {"lora": "variants.lora", "antipasto": "variants.antipasto"},
              "subject": {"kind": "ours", "label": "ours (variants/)", "version": "",
                          "references": {"lora": ["paper", "peft"], "antipasto": ["paper", "antipasto3"]}}}
@@ -259,7 +259,7 @@ def peft_rows() -> list[Row]:
     """peft as the subject: its declared load-path departure on both cards, DeLoRA's dead A, one
     undeclared failure, and timing against base and ours."""
     out = []
-    for v in ("lora", "delora"):
+    for v in ("lora", "eva"):
         for m, d in CELLS:
             out += [row(v, "paper_parity", "output_rel_err", 5e-7, 1e-6, model=m, dtype=d),
                     row(v, "save_load", "missing_key_raises", 0.0, 1.0, op="==", status="xfail", model=m, dtype=d,
@@ -269,9 +269,9 @@ def peft_rows() -> list[Row]:
                 row(v, "timing", "fwd_bwd_peak_mem_mb[base]", 0.5, None),
                 row(v, "timing", "fwd_bwd_peak_mem_mb[peft]", 3.0, None),
                 row(v, "timing", "fwd_bwd_peak_mem_mb[ours]", 2.0, None)]
-    out += [row("delora", "grad_flow", "grad_norm_min[A]", 0.0, 0.0, op=">", status="xfail", model=m, dtype=d,
-                deviation="peft-delora-dead-A-at-init") for m, d in CELLS[:2]]
-    out.append(row("delora", "properties", "norm_bound_excess", 0.5, 1e-6, model="mlp", message="‖ΔW‖ > λ"))
+    out += [row("eva", "init", "A_subspace_err", 0.9, 1e-5, status="xfail", model=m, dtype=d,
+                deviation="peft-eva-approximate-subspace") for m, d in CELLS[:2]]
+    out.append(row("eva", "properties", "A_orthonormality_err", 0.5, 1e-6, model="mlp", message="AAᵀ ≠ I"))
     return out
 
 
@@ -280,7 +280,7 @@ def peft_rendered(tmp_path):
     from audit.subjects.peft import Peft
     peft = Peft()
     rows = peft_rows()
-    targets = [runner.Target(get(n), peft, "peft 0.21.2", "peft") for n in ("lora", "delora")]
+    targets = [runner.Target(get(n), peft, "peft 0.21.2", "peft") for n in ("lora", "eva")]
     report.render(tmp_path, PEFT_META, rows, verdict.verdicts(rows), targets)
     return tmp_path
 
@@ -289,7 +289,7 @@ def test_a_peft_subject_is_named_with_its_version_and_its_references(peft_render
     summary = (peft_rendered / "SUMMARY.md").read_text()
     head = summary.split("| variant |")[0]
     assert "**Subject audited: peft 0.21.2**, the installed peft through its own code paths" in head
-    assert "**Judged against:** the paper's formula and ours (variants/) on every variant (lora, delora)." in head
+    assert "**Judged against:** the paper's formula and ours (variants/) on every variant (lora, eva)." in head
     assert "predates" not in head
     header = next(ln for ln in summary.splitlines() if ln.startswith("| variant | verdict |"))
     assert "| ours parity |" in header and "peft parity" not in header
@@ -305,14 +305,14 @@ def test_a_peft_subject_lists_its_departures_from_the_papers(peft_rendered):
     deps = section(summary, "peft 0.21.2: departures from the papers")
     lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")]
              for ln in deps.splitlines() if ln.startswith("| peft-")}
-    assert set(lines) == {"peft-load-missing-keys", "peft-delora-dead-A-at-init"}
+    assert set(lines) == {"peft-load-missing-keys", "peft-eva-approximate-subspace"}
     load = lines["peft-load-missing-keys"]
-    assert load[1] == "lora, delora" and load[2] == "peft"
+    assert load[1] == "lora, eva" and load[2] == "peft"
     assert load[3] == "8 xfail: save_load `missing_key_raises` on qwen2, mlp × fp32, bf16"
     assert "only warns" in load[4] and load[5].startswith("peft/peft_model.py")  # reason and source from the card
-    assert lines["peft-delora-dead-A-at-init"][3] == "2 xfail: grad_flow `grad_norm_min[A]` on qwen2 × fp32, bf16"
+    assert lines["peft-eva-approximate-subspace"][3] == "2 xfail: init `A_subspace_err` on qwen2 × fp32, bf16"
     undeclared = deps.split("Undeclared failures:")[1]
-    assert re.search(r"- delora: properties `norm_bound_excess` fail \(undeclared\) on mlp × fp32; worst 0\.5",
+    assert re.search(r"- eva: properties `A_orthonormality_err` fail \(undeclared\) on mlp × fp32; worst 0\.5",
                      undeclared)
     assert "- lora:" not in undeclared
     # the reference findings section speaks of the reference (ours), not of peft as a reference

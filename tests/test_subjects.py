@@ -132,8 +132,20 @@ def _rows():
             Row("delora", "grad_flow", "mlp", "float32", "grad_norm_min[A]", 0.0, 0.0, "fail", op=">")]
 
 
+def _peft_dead_a_card():
+    """DeLoRA with peft-only deviations for A's dead gradient (as the card declared them before the
+    config axes made it a claim of the peft-init config)."""
+    from dataclasses import replace
+
+    from audit.cards import Deviation
+    devs = tuple(Deviation(f"peft-dead-A{sfx}", "grad_flow", metric, "peft", "xfail", "B = 0 at init", "peft",
+                           magnitude=mag, subjects=("peft",))
+                 for sfx, metric, mag in (("", "grad_norm_min[A]", 0.0), ("-share", "dead_fraction[A]", 1.0)))
+    return replace(get("delora"), deviations=devs)
+
+
 @pytest.mark.parametrize("kind,expected", [("peft", "xfail"), ("ours", "fail"), ("third-party", "fail")])
 def test_a_peft_deviation_applies_only_when_peft_is_the_subject(kind, expected):
-    rows = apply_deviations(get("delora"), _rows(), kind)
+    rows = apply_deviations(_peft_dead_a_card(), _rows(), kind)
     assert [r.status for r in rows[:2]] == [expected, expected]
     assert not [r for r in rows if r.status == "error"]  # a peft-only deviation is not required of others
