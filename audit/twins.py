@@ -55,8 +55,24 @@ def twin(cell, adapted: Adapted) -> Adapted:
     if set(handle.names) != set(adapted.names):
         raise RuntimeError(f"ours adapted {sorted(set(handle.names) ^ set(adapted.names))} differently from the "
                            "subject: no side-by-side twin")
+    _match_ranks(handle, adapted)
     handle.set_state(adapted.state(with_weight=variants.REGISTRY[name].mutates_base_weight))
     return handle
+
+
+def _match_ranks(ours: Adapted, subject: Adapted) -> None:
+    """Give ours' twin the subject's rank on every layer where a data-driven allocation (EVA's rank
+    redistribution, rho > 1) gave them different ones: the twin holds the subject's state, whatever
+    rank its own init would have chosen."""
+    from variants._runtime import allocate, state_of
+    st = state_of(ours.model)
+    changed = False
+    for n in ours.names:
+        if ours.rank(n) != subject.rank(n):
+            allocate(ours.layers[n], st.variant, st.cfg, subject.rank(n))
+            changed = True
+    if changed:
+        ours.slots = {n: ours._slots(n, layer) for n, layer in ours.layers.items()}
 
 
 def copy_of(handle: Adapted, dtype: torch.dtype | None = None) -> Adapted:

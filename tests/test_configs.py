@@ -153,3 +153,13 @@ def test_zero_grad_claims_render_with_their_configs():
     assert ("lam", "") in claims  # every config
     assert ("A", "peft-init") in claims
     assert isinstance(get("road").at("road_4").zero_grads["alpha"], ZeroGrad)
+
+
+def test_ours_twin_takes_the_subjects_ranks_under_rank_redistribution():
+    """EVA with rho > 1: peft (the subject) and ours allocate ranks from their own variance estimates;
+    the twin holds the subject's state, so it takes the subject's rank on every layer."""
+    plan = runner.Plan(runner.default_targets(["eva"], "peft"), ["qwen2"], ["float32"], ["peft_parity"],
+                       only_configs=("rho2",))
+    rows = runner.run(plan, progress=False)
+    assert rows and not [r for r in rows if r.status == "error"], [r.message for r in rows if r.status == "error"]
+    assert any(r.status == "pass" and r.metric == "logits_rel_err" for r in rows)
