@@ -1,7 +1,7 @@
 """Card: DeLoRA (Bini, Girrbach, Akata, arXiv 2503.18225), paper init with a frozen copy."""
 import torch
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 
 def _bound(p) -> float:
@@ -49,5 +49,13 @@ CARD = VariantCard(
     peft_config_reason="peft has no frozen-copy term: the peft comparison runs DeLoRA with peft's init (B = 0, no C/D); "
                        "peft as the subject cannot run the paper's init at all (its rows there are n/a, saying so)",
     bad_inputs=(BadInput({"r": 100}, ValueError), BadInput({"init_style": "kaiming"}, ValueError)),
+    deviations=(
+        Deviation("peft-delora-no-frozen-copy", "init", "config_supported", "peft", "xfail",
+                  "peft cannot initialise DeLoRA the paper's way: it has no frozen-copy term, only B = 0 (so A and "
+                  "λ get no gradient at step 0, as the peft-init config audits); the paper starts from random A, B "
+                  "and subtracts their frozen copy, so both learn from the start",
+                  "arXiv 2503.18225 §3.3; peft/tuners/delora/layer.py reset_delora_parameters; peft PR #2780",
+                  magnitude=0.0, subjects=("peft",), configs=("paper", "lambda1")),
+    ),
     notes="Norms are clamped at 1e-4 as in peft (the paper divides by the raw norms).",
 )

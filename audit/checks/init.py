@@ -160,11 +160,24 @@ def _peft_init(cell: Cell, names) -> Adapted | None:
     return handle if set(handle.names) == set(names) else None
 
 
+def _declared_unsupported(cell: Cell) -> bool:
+    """Does the card declare, as a deviation, that this subject cannot initialise this config at all
+    (peft has no DeLoRA frozen-copy init)? Then that is a measured departure (a row), not an n/a."""
+    return any(d.check == "init" and d.metric == "config_supported"
+               and (d.subjects is None or cell.subject.kind in d.subjects) for d in cell.card.deviations)
+
+
 def run(cell: Cell) -> None:
     ref = paper.get(cell.card.name)
     if not hasattr(ref, "init_claims"):
         raise NotApplicable(f"references/paper/{cell.card.name}.py states no init (init_claims)")
-    adapted = cell.adapted()
+    try:
+        adapted = cell.adapted()
+    except NotSupported as e:
+        if not _declared_unsupported(cell):
+            raise
+        cell.row("config_supported", 0.0, 1.0, op="==", message=f"the subject cannot run this config: {e}")
+        return
     names = adapted.names
     originals = _original(cell, names)
     inputs = layer_inputs(cell, names) if cell.needs_calibration() else {}
