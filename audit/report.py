@@ -40,7 +40,7 @@ from .rows import BAD, Row
 from .verdict import fmt_number
 
 SEVERITY = ("error", "fail", "xpass", "xfail", "pass", "n/a")
-SUMMARY_CHECKS = ("identity_at_init", "grad_flow", "paper_parity", "peft_parity", "properties",
+SUMMARY_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
                   "placement", "save_load", "training", "robustness")
 CHECK_LABELS = {"identity_at_init": "identity", "grad_flow": "grad flow", "paper_parity": "paper parity",
                 "peft_parity": "peft parity", "save_load": "save/load"}
