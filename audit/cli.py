@@ -348,9 +348,9 @@ def extra_config(items: list[str], targets) -> tuple:
     from .cards import ConfigCase
     if not items:
         return ()
+    import variants
     fields = dict(_parse_field(i) for i in items)
     for t in targets:
-        import variants
         schema = variants.REGISTRY.get(t.card.name) if t.variant is None else t.variant
         if schema is None:
             continue  # a card with no config schema: its subject gets the fields as given

@@ -646,11 +646,11 @@ def configs_audited(tgt, meta: dict, rows: list[Row]) -> list[dict]:
     from .cards import ConfigCase
     card = tgt.card
     cases = {c.id: c for c in card.cases()}
-    for cid in _uniq(r.config for r in rows):
+    for cid in _uniq(r.config_id for r in rows):  # rows of a config the card does not list (--config)
         cases.setdefault(cid, ConfigCase(cid, {}, "given on the command line (--config)"))
     out = []
     for cid, case in cases.items():
-        rs = [r for r in rows if r.config == cid]
+        rs = [r for r in rows if r.config_id == cid]
         if case.subject_defaults:
             got = _case_fields(tgt, case)
             sets = ("the subject's defaults: " + ", ".join(f"{k}={_cfg_value(v)}" for k, v in got.items())

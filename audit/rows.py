@@ -50,10 +50,15 @@ class Row:
     config: str = "main"  # the id of the card's config the row was measured under
 
     @property
+    def config_id(self) -> str:
+        """The row's config id, with "main" (a row written before configs existed, or by hand) read as
+        its card's main config."""
+        return main_config(self.variant) if self.config == "main" else self.config
+
+    @property
     def place(self) -> str:
         """The model, tagged ``@config`` when the row is not under its card's main config."""
-        main = self.config in ("main", main_config(self.variant))  # "main": a row written before configs existed
-        return self.model if main else f"{self.model}@{self.config}"
+        return self.model if self.config_id == main_config(self.variant) else f"{self.model}@{self.config}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

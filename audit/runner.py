@@ -127,13 +127,11 @@ def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ou
     to the subject's rows."""
     by_config: dict[str, list[Row]] = {}
     for r in rows:
-        by_config.setdefault(r.config, []).append(r)
+        by_config.setdefault(r.config_id, []).append(r)
     known = {c.id for c in card.cases()}
     out: list[Row] = []
     for config_id, rs in by_config.items():
         # a --config case is not among the card's own: it takes the deviations that name no config
-        if config_id == "main":  # rows written before configs existed: the card's main config
-            config_id = card.config_id
         at = card.at(config_id) if config_id in known else replace(
             card, config_id=config_id, deviations=tuple(d for d in card.deviations if d.configs is None))
         out += _apply(at, rs, subject_kind)

@@ -184,8 +184,6 @@ class VariantCard:
     def at(self, case: "ConfigCase | str") -> "VariantCard":
         """This card as audited under ``case``: its config, zero-gradient claims and deviations."""
         case = self.case(case) if isinstance(case, str) else case
-        if case.id == self.config_id and not case.fields and not case.subject_defaults:
-            return replace(self, deviations=tuple(d for d in self.deviations if d.configs is None or case.id in d.configs))
         return replace(self, config={**self.config, **case.fields}, config_id=case.id, config_why=case.why,
                        config_subject_defaults=case.subject_defaults,
                        zero_grads=self.zero_grads if case.zero_grads is None else case.zero_grads,

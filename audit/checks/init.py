@@ -12,7 +12,7 @@ How each kind of claim is judged (over all adapted layers of the cell):
 - exact (B = 0, l = 1, C = A₀): the worst value must be 0; these hold bit-exactly in any precision.
 - deterministic (PiSSA's split, DoRA's m, EVA's subspace): a relative discrepancy from the float64
   statement, ≤ SPREAD_FACTOR × max(spread, u). spread: the same claim on the statement's own tensors
-  computed in float32 and stored in the subject's dtype (``init_reference`` under
+  computed in float32, rounded to the run's dtype and stored in the subject's dtype (``init_reference`` under
   ``evaluated_in(float32)``), which carries the conditioning (a small singular gap amplifies a float32
   SVD's error); u: the unit round-off of the subject's tensors (an init computes in float32 at least).
   The worst layer is the one using most of its tolerance.
@@ -148,7 +148,9 @@ def _peft_init(cell: Cell, names) -> Adapted | None:
         return None
     if cell.dtype_name != "float32":
         return None  # peft's init in float32 is the second reference; in bf16 it only adds rounding
-    peft = cell._base_cache.setdefault("peft_subject", Peft())  # keeps its EVA cache across configs
+    if "peft_subject" not in cell._base_cache:  # one per base: keeps its EVA cache across cards and configs
+        cell._base_cache["peft_subject"] = Peft()
+    peft = cell._base_cache["peft_subject"]
     if peft.supports(cell.card.name):
         return None
     try:
