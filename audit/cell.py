@@ -1,7 +1,6 @@
 """A Cell is one (card at one of its configs, model, dtype) a check runs on: models, inputs and helpers, all seeded."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -66,7 +65,7 @@ class Cell:
 
     def fresh_model(self) -> nn.Module:
         """An untouched copy of the base model (same weights every call)."""
-        return copy.deepcopy(self._base())
+        return models.clone(self._base())
 
     @cached_property
     def inputs(self) -> torch.Tensor:

@@ -7,13 +7,13 @@ a third-party library, and ours (variants/) when peft itself is the subject. A t
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 
 import variants
 from references import peft_bridge as bridge
 
+from . import models
 from .numerics import jitter
 from .subjects import Adapted
 from .subjects.ours import Ours
@@ -77,7 +77,7 @@ def _match_ranks(ours: Adapted, subject: Adapted) -> None:
 
 def copy_of(handle: Adapted, dtype: torch.dtype | None = None) -> Adapted:
     """A deep copy of a twin (optionally cast to ``dtype``: float64 for the truth)."""
-    model = copy.deepcopy(handle.model)
+    model = models.clone(handle.model)
     if dtype is not None:
         model = model.to(dtype)
     return Adapted(handle.subject, model, handle.method, handle.cfg)
