@@ -23,7 +23,7 @@ from pathlib import Path
 from .checks import CHECK_ORDER
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_MODELS = ("qwen3", "qwen2", "llama", "mlp")
+DEFAULT_MODELS = ("qwen3", "qwen2", "llama", "mlp", "gpt2", "phi3")
 DEFAULT_DTYPES = ("float32", "bfloat16")
 DTYPES = ("float32", "bfloat16", "float16")  # audit.cell.DTYPES (a test keeps them equal)
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float": "float32",
@@ -547,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     # peft 0.21 calls a transformers API that transformers 5 deprecates, once per peft model: noise
     # between the progress lines that says nothing about the audit (forked workers inherit the filter)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # our runtime's note on a fused layer adapted beyond the roles asked for: the placement check reports it
+    warnings.filterwarnings("ignore", message=".*fused layers are adapted as one layer")
+    # peft's own notes on what the audit does on purpose (a checkpoint with a key removed; EVA's memory tip)
+    warnings.filterwarnings("ignore", message="Found missing adapter keys", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*eva initialization used with low_cpu_mem_usage=False", category=UserWarning)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -1,7 +1,8 @@
 """The model zoo: tiny models built offline from transformers configs with fixed seeds.
 
 Every decoder has fewer kv heads than heads (non-square k/v projections); qwen2 has biased q/k/v;
-``mlp`` is a toy MLP with non-square biased layers. ``load_local(path)`` loads any local HF
+``gpt2`` projects with transformers' Conv1D (weight stored transposed) and a fused q/k/v; ``phi3``
+has fused q/k/v and gate/up projections; ``mlp`` is a toy MLP with non-square biased layers. ``load_local(path)`` loads any local HF
 checkpoint (or a hub id already in the local cache) without touching the network.
 """
 from __future__ import annotations
@@ -57,6 +58,20 @@ def _llama() -> nn.Module:
     return LlamaForCausalLM(LlamaConfig(head_dim=16, **_TINY))
 
 
+def _gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    # no dropout: training runs side by side must see the same function
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=96,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                      bos_token_id=0, eos_token_id=0))
+
+
+def _phi3() -> nn.Module:
+    from transformers import Phi3Config, Phi3ForCausalLM
+    return Phi3ForCausalLM(Phi3Config(**_TINY, original_max_position_embeddings=64,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -69,7 +84,15 @@ ZOO: dict[str, ModelSpec] = {
     "qwen2": ModelSpec("qwen2", _qwen2, "tiny Qwen2 (hidden 64, 4 heads / 2 kv heads, biased q/k/v)"),
     "llama": ModelSpec("llama", _llama, "tiny Llama (hidden 64, 4 heads / 2 kv heads, no bias)"),
     "mlp": ModelSpec("mlp", ToyMLP, "toy MLP (biased non-square up 48→80 / down 80→48)"),
+    "gpt2": ModelSpec("gpt2", _gpt2, "tiny GPT-2 (hidden 64, transformers Conv1D layers storing Wᵀ, fused biased "
+                                     "c_attn 64→192, MLP 64→96→64)"),
+    "phi3": ModelSpec("phi3", _phi3, "tiny Phi-3 (hidden 64, fused qkv_proj 64→128 and gate_up_proj 64→192, "
+                                     "4 heads / 2 kv heads, no bias)"),
 }
+
+
+def _dense(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
 
 
 def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -79,11 +102,11 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Mo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ZOO[name].build()
-        # transformers zero-initialises Linear biases, which would hide bias bugs (IA3 must scale b,
-        # RoAd must rotate it, DoRA must leave it alone): give them seeded non-zero values.
+        # transformers zero-initialises Linear and Conv1D biases, which would hide bias bugs (IA3 must
+        # scale b, RoAd must rotate it, DoRA must leave it alone): give them seeded non-zero values.
         with torch.no_grad():
             for m in model.modules():
-                if isinstance(m, nn.Linear) and m.bias is not None and not m.bias.any():
+                if _dense(m) and m.bias is not None and not m.bias.any():
                     m.bias.uniform_(-0.1, 0.1)
     return model.to(dtype).eval()
 
@@ -169,8 +192,8 @@ def check_local(path_or_id: str) -> str:
 
     Refuses (ValueError naming why) a missing folder, a folder without config.json, a hub id that is
     not in the local cache, a config whose ``architectures`` are not causal-LM classes (a saved
-    ``BertModel`` would load with a random head), a model with no ``nn.Linear`` to adapt besides its
-    output head (GPT-2's ``Conv1D`` projections are not supported yet), and a folder with no weights
+    ``BertModel`` would load with a random head), a model with no ``nn.Linear`` or ``Conv1D`` to adapt
+    besides its output head, and a folder with no weights
     file. The structure check builds the model on the meta device: no memory, no weights. Returns the
     causal-LM class name.
     """
@@ -220,15 +243,10 @@ def check_local(path_or_id: str) -> str:
     finally:
         hf_logging.set_verbosity(verbosity)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linears = [n for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and m is not head and n.rsplit(".", 1)[-1] != "lm_head"
-               and hasattr(m, "in_features") and hasattr(m, "out_features")]
-    if not linears:
-        from transformers.pytorch_utils import Conv1D
-        if any(isinstance(m, Conv1D) for m in model.modules()):
-            raise ValueError(f"model path {p!r}: {type(model).__name__} projects with GPT-2-style Conv1D layers, "
-                             "which the variants do not support yet (no nn.Linear to adapt)")
-        raise ValueError(f"model path {p!r}: {type(model).__name__} has no nn.Linear layer to adapt "
+    dense = [n for n, m in model.named_modules()
+             if _dense(m) and m is not head and n.rsplit(".", 1)[-1] != "lm_head"]
+    if not dense:
+        raise ValueError(f"model path {p!r}: {type(model).__name__} has no nn.Linear or Conv1D layer to adapt "
                          "besides its output head")
     if os.path.isdir(p) and not any(f.endswith(WEIGHT_SUFFIXES) for f in os.listdir(p)):
         raise ValueError(f"model path {p!r}: the folder has config.json but no weights "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._config import AdapterConfig
+from ._layers import dense_weight
 
 PREFIX = "adapter_"
 
@@ -34,7 +35,7 @@ class Variant:
     Config: ClassVar[type[AdapterConfig]] = AdapterConfig
     hook: ClassVar[str] = "output"  # "output": forward(layer, x, y); "input": forward_input(layer, x)
     default_roles: ClassVar[tuple[str, ...]] = ("q", "k", "v", "o", "gate", "up", "down")
-    needs_dense_weight: ClassVar[bool] = False  # reads/decomposes layer.weight: nn.Linear only
+    needs_dense_weight: ClassVar[bool] = False  # reads/decomposes the base weight: nn.Linear or Conv1D only
     needs_calibration: ClassVar[bool] = False
     mutates_base_weight: ClassVar[bool] = False  # init overwrites layer.weight (PiSSA, AntiPaSTO)
 
@@ -68,6 +69,12 @@ class Variant:
     def p(layer: nn.Module, name: str) -> torch.Tensor:
         """The adapter tensor ``name`` of ``layer``."""
         return getattr(layer, PREFIX + name)
+
+    @staticmethod
+    def weight(layer: nn.Module) -> torch.Tensor:
+        """The base weight W in canonical (d_out, d_in) layout: a transpose view for Conv1D, so
+        ``copy_`` into it writes the layer's own weight."""
+        return dense_weight(layer)
 
     @staticmethod
     def rank(layer: nn.Module) -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import warnings
+
 import torch
 from torch import nn
 
 from ._base import PREFIX, Variant
 from ._config import AdapterConfig
-from ._targets import select_targets
+from ._layers import features, is_conv1d
+from ._targets import select_targets_explained
 
 STATE_ATTR = "_adapter_audit_state"
 
@@ -25,6 +28,12 @@ class AdapterState:
     original_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)  # selected, then removed by group_init (EVA rank 0)
     requires_grad: dict[str, bool] = field(default_factory=dict)
+    fused_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fused targets: roles adapted beyond those asked
+
+    def original_weight(self, name: str) -> torch.Tensor:
+        """The base weight of target ``name`` before a mutating init, canonical (d_out, d_in) layout."""
+        w = self.original_weights[name]
+        return w.t() if is_conv1d(self.targets[name]) else w
 
 
 def state_of(model: nn.Module) -> AdapterState:
@@ -42,7 +51,7 @@ def allocate(layer: nn.Module, variant: Variant, cfg: AdapterConfig, r: int) -> 
     """(Re)create the adapter tensors of one layer at rank r, zero-filled, from param_specs."""
     remove_tensors(layer)
     dev, dt = layer.weight.device, adapter_dtype(layer, cfg)
-    for pname, spec in variant.param_specs(layer.in_features, layer.out_features, r, cfg).items():
+    for pname, spec in variant.param_specs(*features(layer), r, cfg).items():
         t = torch.zeros(spec.shape, device=dev, dtype=dt)
         if spec.trainable:
             layer.register_parameter(PREFIX + pname, nn.Parameter(t))
@@ -67,7 +76,7 @@ def adapter_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _validate(model: nn.Module, cfg: AdapterConfig, v: Variant, calibration_data: Any,
-              needs_data: bool) -> dict[str, nn.Module]:
+              needs_data: bool) -> tuple[dict[str, nn.Module], dict[str, tuple[str, ...]]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(cfg, v.Config):
@@ -79,13 +88,13 @@ def _validate(model: nn.Module, cfg: AdapterConfig, v: Variant, calibration_data
     if needs_data and v.needs_calibration and calibration_data is None:
         raise ValueError(f"variant {v.name!r} needs calibration_data (an iterable of model inputs) "
                          "for its data-driven init")
-    targets = select_targets(model, cfg, v.default_roles)
+    targets, extra = select_targets_explained(model, cfg, v.default_roles)
     for name, mod in targets.items():
-        if v.needs_dense_weight and not isinstance(mod, nn.Linear):
-            raise TypeError(f"variant {v.name!r} decomposes the dense weight and needs nn.Linear; "
+        if v.needs_dense_weight and not (isinstance(mod, nn.Linear) or is_conv1d(mod)):
+            raise TypeError(f"variant {v.name!r} decomposes the dense weight and needs nn.Linear or Conv1D; "
                             f"module {name!r} is {type(mod).__name__}")
-        v.check_layer(name, mod, mod.in_features, mod.out_features, cfg)
-    return targets
+        v.check_layer(name, mod, *features(mod), cfg)
+    return targets, extra
 
 
 def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any] | None = None, *,
@@ -105,11 +114,17 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
             raise ValueError(f"unknown variant {cfg.variant!r}; known: {sorted(REGISTRY)}")
         variant = REGISTRY[cfg.variant]
     v = variant(cfg)
-    targets = _validate(model, cfg, v, calibration_data, needs_data=_init)
+    targets, extra = _validate(model, cfg, v, calibration_data, needs_data=_init)
+    if extra:
+        shown = "; ".join(f"{n} also computes {'/'.join(r)}" for n, r in list(extra.items())[:3])
+        warnings.warn(f"{v.name}: fused layers are adapted as one layer, beyond the roles asked for "
+                      f"({len(extra)} layers: {shown}{' ...' if len(extra) > 3 else ''}); "
+                      "use target_names/exclude_names to choose layers by name", stacklevel=2)
     if _ranks is not None:  # a checkpoint records rank 0 for layers a data-driven init dropped
         targets = {n: m for n, m in targets.items() if _ranks.get(n, cfg.r) != 0}
 
-    st = AdapterState(variant=v, cfg=cfg, targets=targets)
+    st = AdapterState(variant=v, cfg=cfg, targets=targets,
+                      fused_extra={n: r for n, r in extra.items() if n in targets})
     setattr(model, STATE_ATTR, st)
     try:
         for pname, prm in model.named_parameters():
@@ -119,7 +134,7 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
         with torch.no_grad():
             for name, mod in targets.items():
                 if v.mutates_base_weight:
-                    st.original_weights[name] = mod.weight.detach().clone()
+                    st.original_weights[name] = mod.weight.detach().clone()  # stored layout, restored as is
                 allocate(mod, v, cfg, (_ranks or {}).get(name, cfg.r))
                 if _init:
                     v.init(mod, cfg, gen)

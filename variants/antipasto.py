@@ -1,6 +1,6 @@
 """AntiPaSTO (M. J. Clark, arXiv 2601.07473): SVD steering adapter, torch hook formulation.
 
-    W = U S Vh (top r),  W_res = W − U_r diag(S_r) Vh_r   (overwrites layer.weight)
+    W = U S Vh (top r),  W_res = W − U_r diag(S_r) Vh_r   (overwrites the layer's weight)
     R_bd = blockdiag(R_1..R_n),  R_i = (I − X)⁻¹(I + X),  X = A/2,  A = a·tanh(½(M−Mᵀ)/a),  a = 2 tan(θ_max/2)
     rotate_basis "V": y = x W_resᵀ + b + ((x (R_bd Vh)ᵀ) ⊙ (S + δ)) Uᵀ
     rotate_basis "U": y = x W_resᵀ + b + ((x Vhᵀ) ⊙ (S + δ)) (U R_bdᵀ)ᵀ ;  "none": no rotation
@@ -72,27 +72,27 @@ class Antipasto(Variant):
             raise self.rank_error(cfg, name, min(d_in, d_out), "min(d_in, d_out): the SVD has no more components")
 
     def init(self, layer, cfg, gen):
-        u, s, vh = top_r_svd(layer.weight, layer.adapter_rank)
-        self._set_factors(layer, layer.weight.to(torch.float64), u, s, vh)
+        u, s, vh = top_r_svd(self.weight(layer), layer.adapter_rank)
+        self._set_factors(layer, self.weight(layer).to(torch.float64), u, s, vh)
         normal_(layer.adapter_delta, DELTA_INIT, gen, mean=DELTA_INIT)
         layer.adapter_T.zero_()
 
-    @staticmethod
-    def _set_factors(layer, w64, u, s, vh):
+    def _set_factors(self, layer, w64, u, s, vh):
         layer.adapter_U.copy_(u)
         layer.adapter_S.copy_(s)
         layer.adapter_Vh.copy_(vh)
         uc, sc, vc = (layer.adapter_U.to(torch.float64), layer.adapter_S.to(torch.float64),
                       layer.adapter_Vh.to(torch.float64))
-        layer.weight.copy_(w64 - (uc * sc) @ vc)
+        self.weight(layer).copy_(w64 - (uc * sc) @ vc)
 
     def group_init(self, model, targets, cfg, calibration_data):
         if calibration_data is None:
             return
         from ._calibration import collect_inputs
         from ._runtime import state_of
-        originals = state_of(model).original_weights
-        svds = {n: torch.linalg.svd(originals[n].to(torch.float64), full_matrices=False) for n in targets}
+        st = state_of(model)
+        originals = {n: st.original_weight(n).to(torch.float64) for n in targets}
+        svds = {n: torch.linalg.svd(originals[n], full_matrices=False) for n in targets}
         score_sum = {n: torch.zeros(svds[n][1].shape[0], dtype=torch.float64) for n in targets}
         count = dict.fromkeys(targets, 0)
 
@@ -106,7 +106,7 @@ class Antipasto(Variant):
                 u, s, vh = svds[n]
                 score = s * score_sum[n] / max(count[n], 1)
                 keep = torch.sort(torch.topk(score, mod.adapter_rank).indices).values
-                self._set_factors(mod, originals[n].to(torch.float64), u[:, keep], s[keep], vh[keep])
+                self._set_factors(mod, originals[n], u[:, keep], s[keep], vh[keep])
 
     def forward(self, layer, x, y):
         U, S, Vh, delta, T = (layer.adapter_U, layer.adapter_S, layer.adapter_Vh,

@@ -68,7 +68,7 @@ class Delora(Variant):
             layer.adapter_B.zero_()
         layer.adapter_lam.fill_(cfg.lambda0)
         w = layer.adapter_w_norm  # float32, or float64 for a float64 adapter
-        w.copy_(layer.weight.to(torch.promote_types(w.dtype, torch.float32)).norm(dim=0))
+        w.copy_(self.weight(layer).to(torch.promote_types(w.dtype, torch.float32)).norm(dim=0))
 
     def forward(self, layer, x, y):
         a, b, lam, w = layer.adapter_A, layer.adapter_B, layer.adapter_lam, layer.adapter_w_norm

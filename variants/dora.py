@@ -38,13 +38,13 @@ class Dora(Lora):
         m = layer.adapter_m
         # float32, or float64 for a float64 adapter (never narrower than the adapter): an fp32 or
         # fp64 forward then computes ‖W + s·0‖_row exactly as here, so m / ‖·‖ = 1 at init
-        m.copy_(layer.weight.to(torch.promote_types(m.dtype, torch.float32)).norm(dim=1))
+        m.copy_(self.weight(layer).to(torch.promote_types(m.dtype, torch.float32)).norm(dim=1))
 
     def forward(self, layer, x, y):
         a, b, m = layer.adapter_A, layer.adapter_B, layer.adapter_m
         s = self.scale(self.cfg, layer.adapter_rank)
         with torch.no_grad():
-            n = (layer.weight.to(a.dtype) + s * (b @ a)).norm(dim=1)
+            n = (self.weight(layer).to(a.dtype) + s * (b @ a)).norm(dim=1)
         mag = m / n
         base = (y if layer.bias is None else y - layer.bias).to(a.dtype)
         # y' = mag ⊙ (Wx + s·B(Ax)) + b, added to y as a delta so that it is exactly y at init

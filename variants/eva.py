@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._layers import features
 from ._runtime import allocate, remove_tensors
 from .lora import Lora, LoraConfig, lora_delta
 
@@ -73,10 +74,10 @@ class Eva(Lora):
             raise self.rank_error(cfg, name, d_in, "d_in: no more principal directions of the inputs")
 
     def group_init(self, model, targets, cfg, calibration_data):
-        moments = {n: _Moments(m.in_features) for n, m in targets.items()}
+        moments = {n: _Moments(features(m)[0]) for n, m in targets.items()}
         from ._calibration import collect_inputs
         collect_inputs(model, targets, calibration_data, lambda n, x: moments[n].add(x))
-        offer = {n: min(round(cfg.r * cfg.rho), m.in_features) for n, m in targets.items()}
+        offer = {n: min(round(cfg.r * cfg.rho), features(m)[0]) for n, m in targets.items()}
         for n, mom in moments.items():
             if mom.n < offer[n]:
                 raise ValueError(f"EVA: module {n!r} saw {mom.n} calibration tokens, fewer than the "

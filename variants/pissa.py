@@ -42,9 +42,9 @@ class Pissa(Lora):
 
     def init(self, layer, cfg, gen):
         s = self.scale(cfg, layer.adapter_rank)
-        u, sv, vh = top_r_svd(layer.weight, layer.adapter_rank)
+        u, sv, vh = top_r_svd(self.weight(layer), layer.adapter_rank)
         root = torch.sqrt(sv / s)
         layer.adapter_A.copy_(root[:, None] * vh)
         layer.adapter_B.copy_(u * root[None, :])
         a, b = layer.adapter_A.to(torch.float64), layer.adapter_B.to(torch.float64)
-        layer.weight.copy_(layer.weight.to(torch.float64) - s * (b @ a))
+        self.weight(layer).copy_(self.weight(layer).to(torch.float64) - s * (b @ a))

@@ -213,6 +213,15 @@ PEFT_LOAD_DEVIATIONS = (
 )
 
 
+def peft_linear_only(method: str, source: str) -> Deviation:
+    """peft refuses transformers' Conv1D for ``method`` (it adapts torch.nn.Linear only): on GPT-2 the
+    peft subject's placement row measures it, and its other checks are n/a there."""
+    return Deviation(f"peft-{method}-linear-only", "placement", "refused_target_fraction", "peft", "xfail",
+                     f"peft's {method} adapts torch.nn.Linear only: it refuses GPT-2's transformers Conv1D projections "
+                     "('Target module Conv1D(...) is not supported'), so a GPT-2-family model cannot take it",
+                     source, magnitude=1.0, models=("gpt2",), subjects=("peft",))
+
+
 def _discover() -> dict[str, VariantCard]:
     found = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):

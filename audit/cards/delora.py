@@ -1,7 +1,7 @@
 """Card: DeLoRA (Bini, Girrbach, Akata, arXiv 2503.18225), paper init with a frozen copy."""
 import torch
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad, peft_linear_only
 
 
 def _bound(p) -> float:
@@ -56,6 +56,7 @@ CARD = VariantCard(
                   "and subtracts their frozen copy, so both learn from the start",
                   "arXiv 2503.18225 §3.3; peft/tuners/delora/layer.py reset_delora_parameters; peft PR #2780",
                   magnitude=0.0, subjects=("peft",), configs=("paper", "lambda1")),
+        peft_linear_only("delora", "peft/tuners/delora/model.py DeloraModel._create_new_module (torch.nn.Linear only)"),
     ),
     notes="Norms are clamped at 1e-4 as in peft (the paper divides by the raw norms).",
 )

@@ -1,7 +1,7 @@
 """Card: HRA (Yuan, Liu, Xu, arXiv 2405.17484)."""
 import torch
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard, peft_linear_only
 
 
 def _orthogonality(p) -> float:
@@ -27,4 +27,5 @@ CARD = VariantCard(
     config_why="two reflection pairs",
     configs=(ConfigCase("r2", {"r": 2}, "one pair of reflections: the smallest rank the symmetric init allows"),
              SUBJECT_DEFAULTS),
+    deviations=(peft_linear_only("hra", "peft/tuners/hra/model.py HRAModel._create_new_module (torch.nn.Linear and Conv2d only)"),),
 )

@@ -1,5 +1,5 @@
 """Card: RoAd (Liao & Monz, arXiv 2409.00119), road_1."""
-from ..cards import BadInput, ConfigCase, VariantCard, ZeroGrad
+from ..cards import BadInput, ConfigCase, VariantCard, ZeroGrad, peft_linear_only
 
 CARD = VariantCard(
     name="road",
@@ -25,4 +25,5 @@ CARD = VariantCard(
                             "alpha": ZeroGrad("the sin-part scale α₂ enters as α₂ sin θ₂ = 0 at θ = 0; it comes alive "
                                               "once θ₂ moves", fraction=0.5)})),
     notes="Pairing j ↔ j + g/2 is peft's (the paper pairs neighbours); the bias is rotated too.",
+    deviations=(peft_linear_only("road", "peft/tuners/road/layer.py dispatch_default (torch.nn.Linear only)"),),
 )

@@ -34,7 +34,7 @@ from references.paper import evaluated_in
 from ..cell import Cell, NotApplicable
 from ..numerics import SPREAD_FACTOR, keep_worst, unit_roundoff
 from ..state import modules_named
-from ..subjects import Adapted, NotSupported, linear_dims
+from ..subjects import Adapted, NotSupported, canonical_weight
 
 KS_ALPHA = 1e-6  # false-alarm rate of one distribution row
 
@@ -56,8 +56,7 @@ def _original(cell: Cell, names) -> dict[str, tuple[torch.Tensor, torch.Tensor |
     """{layer: (W (d_out, d_in), b)} of the untouched base model."""
     out = {}
     for n, mod in modules_named(cell.base(), names).items():
-        w = mod.weight.detach()
-        out[n] = (w.t() if linear_dims(mod)[2] else w, getattr(mod, "bias", None))
+        out[n] = (canonical_weight(mod).detach(), getattr(mod, "bias", None))
     return out
 
 

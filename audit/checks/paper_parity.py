@@ -16,6 +16,7 @@ from references import paper
 from ..cell import Cell, rel_err
 from ..numerics import describe, jitter, keep_worst, spread_tolerance, term_magnitudes
 from ..state import capture, modules_named, perturb
+from ..subjects import canonical_weight
 
 
 def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64, gen=None):
@@ -111,7 +112,7 @@ def merged_model(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | None 
             w_eff, b_eff = ref.merged(states[name]["weight"].to(torch.float64), b, state, cfg)
             if gen is not None:
                 w_eff, b_eff = jitter(w_eff, tgt.weight.dtype, gen), jitter(b_eff, tgt.weight.dtype, gen)
-            tgt.weight.copy_(w_eff.to(tgt.weight.dtype))
+            canonical_weight(tgt).copy_(w_eff.to(tgt.weight.dtype))
             if b_eff is not None:
                 if tgt.bias is None:
                     tgt.bias = torch.nn.Parameter(b_eff.to(tgt.weight.dtype), requires_grad=False)

@@ -14,7 +14,7 @@ import torch
 
 from ..cell import Cell, NotApplicable
 from ..state import modules_named, perturb
-from ..subjects import Adapted, linear_dims
+from ..subjects import Adapted, canonical_weight, linear_dims
 
 
 @dataclass
@@ -86,10 +86,9 @@ def run(cell: Cell) -> None:
     invs = cell.card.invariants
     if not invs:
         raise NotApplicable("the paper states no invariant beyond the merged formula (covered by paper_parity)")
-    base = cell.fresh_model()
     adapted = cell.adapted()
-    originals = {n: adapted_weight_layout(adapted, n, m.weight.detach().to(torch.float64).clone())
-                 for n, m in modules_named(base, adapted.names).items()}
+    originals = {n: canonical_weight(m).detach().to(torch.float64).clone()
+                 for n, m in modules_named(cell.base(), adapted.names).items()}
 
     def measure(inv) -> tuple[float, str]:
         probes = [Probe(n, adapted, adapted.cfg, originals[n]) for n in adapted.names]
@@ -105,7 +104,3 @@ def run(cell: Cell) -> None:
         cell.row(inv.name, val, tol, reference="paper",
                  message=f"{inv.description} (at {inv.at} state; worst layer {where})")
 
-
-def adapted_weight_layout(adapted: Adapted, name: str, w: torch.Tensor) -> torch.Tensor:
-    """A base-model weight in canonical (d_out, d_in) layout (Conv1D stores it transposed)."""
-    return w.t() if linear_dims(adapted.base_layer(name))[2] else w

@@ -40,6 +40,11 @@ class NotSupported(Exception):
     """The subject cannot do what a check asks (an optional part, or a method it lacks)."""
 
 
+class LayerNotSupported(NotSupported):
+    """The subject refuses the kind of layer the targets are (peft's HRA, DeLoRA and RoAd take
+    nn.Linear only, not GPT-2's Conv1D): the placement check measures it, the other checks are n/a."""
+
+
 class LayoutError(ValueError):
     """A subject's tensors cannot be mapped onto the canonical layout; the message names the tensor."""
 

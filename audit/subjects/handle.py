@@ -28,6 +28,12 @@ def linear_dims(mod: nn.Module) -> tuple[int, int, bool]:
     return w.shape[1], w.shape[0], False
 
 
+def canonical_weight(mod: nn.Module) -> torch.Tensor:
+    """A dense layer's weight in canonical (d_out, d_in) layout: a transpose view for Conv1D, so
+    ``copy_`` into it writes the layer's own weight."""
+    return mod.weight.t() if linear_dims(mod)[2] else mod.weight
+
+
 @dataclass
 class Slot:
     """One canonical tensor of one layer: the subject's live tensor and how to map it."""
@@ -109,8 +115,7 @@ class Adapted:
 
     def weight(self, name: str) -> torch.Tensor:
         """The layer's live frozen weight in canonical (d_out, d_in) layout (W_res where mutated)."""
-        base = self.base_layer(name)
-        return base.weight.t() if linear_dims(base)[2] else base.weight
+        return canonical_weight(self.base_layer(name))
 
     def bias(self, name: str) -> torch.Tensor | None:
         return getattr(self.base_layer(name), "bias", None)

@@ -18,7 +18,7 @@ from torch import nn
 
 from references import peft_bridge as bridge
 
-from .base import NotSupported, Subject
+from .base import LayerNotSupported, NotSupported, Subject
 
 # The releases this subject audits, and what each method needs from the installed one. Checked against
 # each release's wheel: LoraConfig since 0.1.0, IA3Config 0.4.0, use_dora 0.9.0, init_lora_weights="pissa"
@@ -113,15 +113,15 @@ class Peft(Subject):
     def targets(self, model: nn.Module, method: str, cfg: dict) -> dict[str, Any]:
         """target_modules (and friends) as a user following the paper would pass them to peft."""
         from ..cards import get
-        from ..checks.placement import LEAVES
+        from ..checks.placement import LEAVES, key_matches
         kw: dict[str, Any] = {}
         if cfg.get("target_names"):
             # our target_names are re.search patterns; peft fullmatches a string target_modules
             kw["target_modules"] = "|".join(f".*(?:{p}).*" for p in cfg["target_names"])
         else:
             roles = cfg.get("target_roles") or get(method).placement_roles
-            present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-            kw["target_modules"] = sorted({leaf for r in roles for leaf in LEAVES[r] if leaf in present})
+            names = [n for n, _ in model.named_modules()]
+            kw["target_modules"] = sorted({k for r in roles for k in LEAVES[r] if any(key_matches(n, k) for n in names)})
         if cfg.get("layers") is not None:
             kw["layers_to_transform"] = list(cfg["layers"])
         if cfg.get("exclude_names"):
@@ -131,16 +131,19 @@ class Peft(Subject):
     def peft_config(self, model: nn.Module, method: str, cfg: dict):
         kw = self.targets(model, method, cfg)
         r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
+        # a GPT-2-family model (transformers Conv1D, W stored transposed): fan_in_fan_out=True, as peft's
+        # docs tell its users (LoraConfig and IA3Config have the flag; the other methods refuse Conv1D)
+        fif = {"fan_in_fan_out": True} if any(type(m).__name__ == "Conv1D" for m in model.modules()) else {}
         if method in ("lora", "pissa", "dora", "eva"):
             init = {"pissa": "pissa", "eva": "eva"}.get(method, True)
             extra = {"use_dora": True} if method == "dora" else {}
             if method == "eva":
                 extra["eva_config"] = _make_config("EvaConfig", rho=float(cfg.get("rho", 1.0)))
             return _make_config("LoraConfig", r=r, lora_alpha=alpha, use_rslora=bool(cfg.get("use_rslora", False)),
-                                lora_dropout=0.0, init_lora_weights=init, **extra, **kw)
+                                lora_dropout=0.0, init_lora_weights=init, **extra, **fif, **kw)
         if method in ("ia3", "ia3_ff"):
             ff = kw["target_modules"] if method == "ia3_ff" else []
-            return _make_config("IA3Config", feedforward_modules=ff, init_ia3_weights=True, **kw)
+            return _make_config("IA3Config", feedforward_modules=ff, init_ia3_weights=True, **fif, **kw)
         if method == "hra":
             return _make_config("HRAConfig", r=r, apply_GS=False, init_weights=True, **kw)
         if method == "delora":
@@ -181,10 +184,14 @@ class Peft(Subject):
         config = self.peft_config(model, method, cfg)
         torch.manual_seed(int(cfg.get("seed", 0)))  # peft's inits draw from the global generator
         autocast = cfg.get("dtype", "float32") == "float32"
-        if _accepts(get_peft_model, "autocast_adapter_dtype"):
-            pm = get_peft_model(model, config, autocast_adapter_dtype=autocast)
-        else:  # peft < 0.12: adapters take the base layer's dtype, as with autocast off
-            pm = get_peft_model(model, config)
+        kw = {"autocast_adapter_dtype": autocast} if _accepts(get_peft_model, "autocast_adapter_dtype") else {}
+        try:  # peft < 0.12: adapters take the base layer's dtype, as with autocast off
+            pm = get_peft_model(model, config, **kw)
+        except (TypeError, ValueError) as e:  # peft's own refusal of a layer type ("... is not supported")
+            if "not supported" not in str(e):
+                raise
+            raise LayerNotSupported(f"peft {self.version} refuses the target layers for {method}: "
+                                    f"{str(e).splitlines()[0][:200]}") from None
         if method == "eva":
             self._eva_init(pm, cfg, calibration)
         return pm.eval()
