@@ -44,13 +44,15 @@ def term_magnitudes(ref, x, w, b, state: dict, cfg: dict, t: torch.Tensor, names
         p = f64[name]
         if p.numel() > SMALL_TENSOR:
             continue
-        sums = torch.zeros(p.numel(), dtype=torch.float64)
-        for k in range(p.numel()):
-            tangent = torch.zeros_like(p)
-            tangent.view(-1)[k] = 1.0
-            _, dy = torch.func.jvp(lambda q: ref.forward(x64, w64, b64, {**f64, name: q}, cfg), (p,), (tangent,))
-            sums[k] = (t.abs() * dy.abs()).sum()
-        out[name] = sums.reshape(p.shape)
+
+        def f(q, _name=name):
+            return ref.forward(x64, w64, b64, {**f64, _name: q}, cfg)
+        tangents = torch.eye(p.numel(), dtype=torch.float64).reshape(p.numel(), *p.shape)
+        try:  # every direction in one vectorised pass
+            dys = torch.func.vmap(lambda tan: torch.func.jvp(f, (p,), (tan,))[1])(tangents)
+        except RuntimeError:  # a formula op without a batching rule: one direction at a time
+            dys = torch.stack([torch.func.jvp(f, (p,), (tan,))[1] for tan in tangents])
+        out[name] = (t.abs() * dys.abs()).reshape(p.numel(), -1).sum(1).reshape(p.shape)
     return out
 
 

@@ -85,13 +85,18 @@ class Progress:
             self.bar = None
 
 
-def run_cell(cell: Cell, check_names: list[str]) -> list[Row]:
+def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | None = None) -> list[Row]:
     """Every check on one cell. A subject layout that cannot be mapped onto the canonical one is a
-    single error row (the first check to meet it); the remaining checks are n/a."""
+    single error row (the first check to meet it); the remaining checks are n/a. ``elsewhere``:
+    {check: dtype} of the dtype-independent checks measured in another dtype of the plan (n/a here)."""
     layout_error = None
     for name in check_names:
         cell.check = name
         before = len(cell.rows)
+        if name in (elsewhere or {}):
+            cell.row("-", None, None, status="n/a",
+                     message=f"does not depend on the dtype: measured in {elsewhere[name]}")
+            continue
         if layout_error is not None:
             cell.row("-", None, None, status="n/a", message=f"the subject's layout cannot be mapped: {layout_error}")
             continue
@@ -200,6 +205,9 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
                         case.dtypes is not None and dtype not in case.dtypes):
                     continue
                 checks = [c for c in plan.checks if case.checks is None or c in case.checks]
+                # a check whose result cannot depend on the dtype runs in the first audited one only
+                first = next((d for d in plan.dtypes if d in tgt.card.dtypes), None)
+                elsewhere = {c: first for c in checks if dtype != first and checks_pkg.dtype_independent(c)}
                 cell = Cell(tgt.card.at(case), tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
                             model_factory=plan.model_factories.get(model_name),
                             _base_cache=bases.setdefault((model_name, dtype), {}))
@@ -209,7 +217,7 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
                         cell.row("-", None, None, status="n/a",
                                  message=unsupported or f"{dtype} is not supported by the card")
                 else:
-                    run_cell(cell, checks)
+                    run_cell(cell, checks, elsewhere)
                 unit += cell.rows
             card_rows += unit
             if bar:
@@ -301,7 +309,11 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     from dataclasses import replace
 
     bare = replace(plan, targets=[])
-    units = [(t.card.name, m) for t in plan.targets for m in plan.models]  # small units keep both cores busy
+    # small units keep both cores busy; the longest first (the model the corner configs run on), so the
+    # last to finish are short ones and no core idles at the end
+    weight = {(t.card.name, m): sum(c.models is None or m in c.models for c in cases(t.card, plan))
+              for t in plan.targets for m in plan.models}
+    units = sorted(weight, key=lambda u: -weight[u])
     results: dict[tuple[str, str], list[Row]] = {}
     # fork where there is one: workers start with torch, transformers and peft already imported (the
     # parent holds no torch threads: single_threaded() ran first); spawn elsewhere

@@ -11,6 +11,13 @@ CHECK_ORDER = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_pa
                "placement", "save_load", "training", "robustness", "timing")
 
 
+def dtype_independent(name: str) -> bool:
+    """Whether a check declares (``DTYPE_INDEPENDENT = True``) that its rows cannot depend on the
+    dtype (which layers are adapted; which bad configs are refused): the runner measures it in the
+    plan's first dtype only."""
+    return bool(getattr(load(name), "DTYPE_INDEPENDENT", False))
+
+
 def load(name: str):
     if name not in CHECK_ORDER:
         raise ValueError(f"unknown check {name!r}; checks: {', '.join(CHECK_ORDER)}")

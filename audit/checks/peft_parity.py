@@ -122,20 +122,20 @@ def run(cell: Cell) -> None:
     refs = ("ref", "ref_jittered")
     note = f"{other} run with {over}: {card.peft_config_reason}; " if over else ""
     label = f"{other} ({tw['ref'].subject.describe()})" if other == "peft" else other
-    with torch.no_grad():
-        y = {"subject": cell.logits(adapted), **{k: cell.logits(m) for k, m in tw.items()}}
+    handles = {"subject": adapted, **tw}
+    taps = _LayerTaps(tw["truth"], names)
+    y = {}
+    try:  # one forward per implementation gives the logits row and, backwards, the gradient rows
+        for k, h in handles.items():
+            h.model.zero_grad(set_to_none=True)
+            loss, y[k] = _loss(cell, h)
+            loss.backward()
+    finally:
+        taps.remove()
     spreads = [rel_err(y[k], y["truth"]) for k in refs]
     cell.row("logits_rel_err", rel_err(y["subject"], y["truth"]), spread_tolerance(spreads, cell.dtype), reference=other,
              message=note + f"vs {label} in float64; " + describe(spreads, cell.dtype))
 
-    handles = {"subject": adapted, **tw}
-    taps = _LayerTaps(tw["truth"], names)
-    try:
-        for h in handles.values():
-            h.model.zero_grad(set_to_none=True)
-            _loss(cell, h)[0].backward()
-    finally:
-        taps.remove()
     scales = _term_scales(cell, tw["truth"], taps, cfg)
     grads = {k: h.grads() for k, h in tw.items()}
     worst = _worst(adapted.grads(), grads["truth"], [grads[r] for r in refs], cell.dtype, scales)
@@ -147,13 +147,17 @@ def run(cell: Cell) -> None:
     opts = {k: torch.optim.Adam(h.parameters(), lr=LR) for k, h in handles.items()}
     logits_err: dict[str, float] = {k: 0.0 for k in ("subject", *refs)}
     state_worst: dict[str, tuple[float, float, str]] = {}
-    for _ in range(STEPS):
+    for step in range(STEPS):
         y = {}
         for k, h in handles.items():  # step, then the loss (and logits) at the new state
             opts[k].step()
             opts[k].zero_grad(set_to_none=True)
-            loss, y[k] = _loss(cell, h)
-            loss.backward()
+            if step + 1 < STEPS:  # the next step's gradient
+                loss, y[k] = _loss(cell, h)
+                loss.backward()
+            else:
+                with torch.no_grad():
+                    y[k] = cell.logits(h)
         for k in logits_err:
             logits_err[k] = max(logits_err[k], rel_err(y[k], y["truth"]))
         states = {k: h.state() for k, h in tw.items()}

@@ -14,6 +14,8 @@ import re
 from ..cell import Cell, NotApplicable
 from ..subjects import LayerNotSupported
 
+DTYPE_INDEPENDENT = True  # which layers are adapted is a property of names and config, not of the dtype
+
 # role -> module name keys, as the audit (not variants/) reads an architecture: a key is a leaf name,
 # or a dotted suffix where the leaf alone is ambiguous (GPT-2's c_proj is the attention output under
 # attn and the MLP's down projection under mlp). peft matches target_modules the same way (equal or

@@ -13,6 +13,8 @@ import re
 from ..cards import BadInput
 from ..cell import Cell, NotApplicable
 
+DTYPE_INDEPENDENT = True  # a bad config is refused before any tensor is made, whatever the dtype
+
 GENERIC = (
     BadInput({"bogus_field": 1}, TypeError),
     BadInput({"target_names": (r"^no_such_module$",)}, ValueError),

@@ -198,13 +198,16 @@ class Peft(Subject):
 
     def _eva_init(self, pm: nn.Module, cfg: dict, calibration) -> None:
         """peft's own EVA init: get_eva_state_dict (incremental PCA of the layer inputs) loaded by
-        initialize_lora_eva_weights. The state dict is computed once per base weights, config and
-        data in this process (a pure function of them) and reused by the next attach."""
+        initialize_lora_eva_weights. The state dict is computed once per base weights, ranks, targets
+        and data in this process (a pure function of them) and reused by the next attach."""
         from peft import get_eva_state_dict, initialize_lora_eva_weights
         if calibration is None:
             raise ValueError("EVA needs calibration data")
         batches = [{"input_ids": x} for x in calibration]
-        key = (_fingerprint(pm.parameters()), _fingerprint(calibration), repr(sorted(cfg.items())))
+        # the state dict (each layer's principal input directions and ranks) depends on the base, the
+        # data, the ranks and the targets, not on the scale: alpha and rslora share an entry
+        relevant = {k: v for k, v in cfg.items() if k not in ("alpha", "use_rslora")}
+        key = (_fingerprint(pm.parameters()), _fingerprint(calibration), repr(sorted(relevant.items())))
         if key not in self._eva_cache:
             self._eva_cache[key] = get_eva_state_dict(pm, batches, forward_fn=lambda m, b: m(b["input_ids"]),
                                                       show_progress_bar=False)
