@@ -22,12 +22,13 @@ Three layers of evidence:
    seeds, so a failure shared with ours is the audit's, one only the alternative has is a question.
 
 Cost and coverage (2 shared cores, after the numerics-derived tolerances): one implementation × one
-seed on all four zoo models × both dtypes takes ~11-22 s (~13 s typical), so the full matrix (15
-implementations × 5 seeds × 4 models) is ~17 min. Here each seed audits one model, both dtypes
-(``ROTATION``: qwen2 at seed 0, then qwen3, llama, mlp, mlp; the decoders cost ~4 s per
-implementation, the toy MLP ~1 s), so every model × dtype is audited and every seed runs: ~3.5 min
-for the file. Seeds 1-4 are marked slow (``nox -s tests`` runs them; ``-m "not slow"`` keeps seed 0).
-``ADAPTER_AUDIT_ALL_MODELS=1`` audits all four models at every seed.
+seed on all six zoo models × both dtypes takes ~20-30 s, so the full matrix (15 implementations × 5
+seeds × 6 models) is ~30 min. Here each seed audits one or two models, both dtypes (``ROTATION``:
+qwen2 at seed 0, then qwen3, gpt2 (Conv1D: the alternatives read the transposed weight their own way,
+tests/alternatives/_dense.py), phi3 (fused projections), llama with the toy MLP; a decoder costs ~4 s
+per implementation, the toy MLP ~1 s), so every model × dtype is audited and every seed runs.
+Seeds 1-4 are marked slow (``nox -s tests`` runs them; ``-m "not slow"`` keeps seed 0).
+``ADAPTER_AUDIT_ALL_MODELS=1`` audits every zoo model at every seed.
 
 Float64 adapters: DoRA's magnitude m and DeLoRA's w_norm used to be computed in float32 whatever the
 adapter dtype; ``test_float64_norms_are_float64`` guards the fix.
@@ -51,14 +52,14 @@ from audit.mutants import CHECKS
 from audit.state import perturb
 
 FOLDER = Path(__file__).resolve().parent / "alternatives"
-ZOO = tuple(models.ZOO)  # qwen3, qwen2, llama, mlp
+ZOO = tuple(models.ZOO)  # qwen3, qwen2, llama, mlp, gpt2, phi3
 DTYPES = ("float32", "bfloat16")
 SEEDS = range(5)
 BAD = ("fail", "error", "xpass")
 F64_TOL = 1e-12
 ALL_MODELS = os.environ.get("ADAPTER_AUDIT_ALL_MODELS") == "1"
-# seed -> model: the three decoders cost ~4 s per implementation (both dtypes), the toy MLP ~1 s
-ROTATION = ("qwen2", "qwen3", "llama", "mlp", "mlp")
+# seed -> models: a decoder costs ~4 s per implementation (both dtypes), the toy MLP ~1 s
+ROTATION = (("qwen2",), ("qwen3",), ("gpt2",), ("phi3",), ("llama", "mlp"))
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,13 @@ OURS = {"lora": "variants.lora:Lora", "dora": "variants.dora:Dora", "eva": "vari
 
 
 def models_for_seed(seed: int) -> tuple[str, ...]:
-    """One zoo model per seed, both dtypes: ROTATION[seed] (every model at least once; qwen2, biased
-    and non-square, at the default seed 0). ADAPTER_AUDIT_ALL_MODELS=1: all four models at every seed."""
-    return ZOO if ALL_MODELS else (ROTATION[seed],)
+    """The zoo models of one seed, both dtypes: ROTATION[seed] (every model once; qwen2, biased and
+    non-square, at the default seed 0). ADAPTER_AUDIT_ALL_MODELS=1: every zoo model at every seed."""
+    return ZOO if ALL_MODELS else ROTATION[seed]
 
 
 def test_rotation_covers_every_model():
-    assert len(ROTATION) == len(SEEDS) and set(ROTATION) == set(ZOO)
+    assert len(ROTATION) == len(SEEDS) and sorted(m for ms in ROTATION for m in ms) == sorted(ZOO)
     assert models_for_seed(0) == (ZOO if ALL_MODELS else ("qwen2",))
 
 

@@ -132,7 +132,7 @@ def test_road_group_size_not_dividing_d_out_names_module(qwen3):
 
 def test_no_target_matched_lists_modules(qwen3):
     before = snapshot(qwen3)
-    with pytest.raises(ValueError, match=r"no target matched.*Linear modules in this model: "
+    with pytest.raises(ValueError, match=r"no target matched.*Adaptable layers \(nn.Linear or Conv1D\) in this model: "
                                          r"model\.layers\.0\.self_attn\.q_proj"):
         variants.attach(qwen3, variants.config("lora", r=4, target_names=("nonexistent",)))
     with pytest.raises(ValueError, match=r"no target matched.*layers=\(7,\)"):
@@ -193,7 +193,7 @@ def test_lora_accepts_linear_like():
     assert hasattr(model.q_proj, "adapter_A")
 
 
-def test_conv1d_rejected():
+def test_conv1d_is_adapted_and_fused_layers_named_when_nothing_matches():
     from transformers.pytorch_utils import Conv1D
 
     class GPTish(nn.Module):
@@ -203,13 +203,14 @@ def test_conv1d_rejected():
             self.q_proj = nn.Linear(8, 8)
 
     model = GPTish()
+    variants.attach(model, variants.config("lora", r=2, target_names=("c_attn",)))
+    assert list(variants.state_of(model).targets) == ["c_attn"]
+    assert tuple(model.c_attn.adapter_A.shape) == (2, 8) and tuple(model.c_attn.adapter_B.shape) == (24, 2)
+    variants.detach(model)
     before = snapshot(model)
-    with pytest.raises(TypeError, match=r"'c_attn' is a transformers Conv1D"):
-        variants.attach(model, variants.config("lora", r=2, target_names=("c_attn",)))
+    with pytest.raises(ValueError, match=r"no target matched.*c_attn \(Conv1D, fused q/k/v\)"):
+        variants.attach(model, variants.config("lora", r=2, target_roles=("o",)))
     assert_untouched(model, before)
-    # excluded by name, the rest of the model can be adapted
-    variants.attach(model, variants.config("lora", r=2, target_names=(".",), exclude_names=("c_attn",)))
-    assert list(variants.state_of(model).targets) == ["q_proj"]
 
 
 # -- calibration ---------------------------------------------------------------------------------------

@@ -55,7 +55,9 @@ def test_the_example_library_is_conformant_through_its_driver(tmp_path):
         for dtype in ("float32", "bfloat16"):
             passed = {r["check"] for r in rows
                       if r["variant"] == variant and r["dtype"] == dtype and r["status"] == "pass"}
-            assert set(JUDGED) <= passed, (variant, dtype, sorted(set(JUDGED) - passed))
+            # placement and robustness cannot depend on the dtype: judged in the first one (float32) only
+            judged = set(JUDGED) - ({"placement", "robustness"} if dtype == "bfloat16" else set())
+            assert judged <= passed, (variant, dtype, sorted(judged - passed))
     # hooklib's own load refused the edited checkpoints, its own config refused the bad inputs
     by = {(r["variant"], r["model"], r["dtype"], r["check"], r["metric"]): r for r in rows}
     for variant in ("lora", "ia3"):

@@ -31,11 +31,13 @@ BUG_CLASSES = (
     "config corner: rsLoRA",
     "config corner: road_2",
     "config corner: road_4",
+    "Conv1D norm on the wrong axis",
+    "Conv1D SVD init on the un-transposed weight",
 )
 
 
 def test_corpus_covers_every_bug_class():
-    assert len(CORPUS) >= 21
+    assert len(CORPUS) >= 23
     assert sorted({m.bug_class for m in CORPUS}) == sorted(BUG_CLASSES)
     assert len({m.name for m in CORPUS}) == len(CORPUS)
 

@@ -17,10 +17,10 @@ from ._config import DTYPES, ROLES, AdapterConfig
 from ._io import load, read_config, save
 from ._registry import REGISTRY
 from ._runtime import adapter_parameters, adapter_tensors, attach, detach, state_of
-from ._targets import role_of, select_targets
+from ._targets import role_of, roles_of, select_targets
 
 __all__ = ["REGISTRY", "config", "attach", "detach", "save", "load", "read_config", "Variant", "ParamSpec",
-           "AdapterConfig", "adapter_parameters", "adapter_tensors", "state_of", "role_of",
+           "AdapterConfig", "adapter_parameters", "adapter_tensors", "state_of", "role_of", "roles_of",
            "select_targets", "PREFIX", "DTYPES", "ROLES"]
 
 

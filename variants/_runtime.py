@@ -115,7 +115,7 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
         variant = REGISTRY[cfg.variant]
     v = variant(cfg)
     targets, extra = _validate(model, cfg, v, calibration_data, needs_data=_init)
-    if extra:
+    if extra and _init:  # a checkpoint being loaded was attached (and warned about) when it was made
         shown = "; ".join(f"{n} also computes {'/'.join(r)}" for n, r in list(extra.items())[:3])
         warnings.warn(f"{v.name}: fused layers are adapted as one layer, beyond the roles asked for "
                       f"({len(extra)} layers: {shown}{' ...' if len(extra) > 3 else ''}); "

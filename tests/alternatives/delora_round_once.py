@@ -22,6 +22,7 @@ import torch
 
 from variants import ParamSpec, Variant
 from variants.delora import DeloraConfig
+from _dense import weight_of
 
 CLAMP = 1e-4
 
@@ -65,7 +66,7 @@ class DeloraRoundOnce(Variant):
         else:
             layer.adapter_B.zero_()
         layer.adapter_lam.fill_(cfg.lambda0)
-        layer.adapter_w_norm.copy_(torch.linalg.vector_norm(layer.weight.detach().double(), dim=0))
+        layer.adapter_w_norm.copy_(torch.linalg.vector_norm(weight_of(layer).detach().double(), dim=0))
 
     def forward(self, layer, x, y):
         A, B, lam, w = layer.adapter_A, layer.adapter_B, layer.adapter_lam, layer.adapter_w_norm

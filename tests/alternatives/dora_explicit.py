@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from variants import ParamSpec, Variant
 from variants.dora import DoraConfig
+from _dense import weight_of
 
 
 class DoraExplicit(Variant):
@@ -38,14 +39,14 @@ class DoraExplicit(Variant):
         A.copy_(draw)
         layer.adapter_B.zero_()
         m = layer.adapter_m
-        m.copy_(torch.linalg.vector_norm(layer.weight.detach().to(m.dtype), dim=1))
+        m.copy_(torch.linalg.vector_norm(weight_of(layer).detach().to(m.dtype), dim=1))
 
     def _scale(self, r: int) -> float:
         return self.cfg.alpha / math.sqrt(r) if self.cfg.use_rslora else self.cfg.alpha / r
 
     def merged_weight(self, layer) -> torch.Tensor:
         A, B, m = layer.adapter_A, layer.adapter_B, layer.adapter_m
-        V = layer.weight.to(A.dtype) + self._scale(A.shape[0]) * (B @ A)
+        V = weight_of(layer).to(A.dtype) + self._scale(A.shape[0]) * (B @ A)
         col = torch.linalg.vector_norm(V, dim=1).detach()  # §4.3: a constant in backprop
         return (m / col).unsqueeze(1) * V
 

@@ -23,6 +23,7 @@ import torch
 from variants import ParamSpec, Variant
 from variants._runtime import allocate, remove_tensors
 from variants.eva import EvaConfig
+from _dense import fan_in
 
 
 def _call(model, item):
@@ -78,7 +79,7 @@ class EvaFlippedSigns(Variant):
         if calibration_data is None:
             raise ValueError("EVA needs calibration_data")
         inputs = self._record(model, targets, calibration_data)
-        offer = {n: min(round(cfg.r * cfg.rho), mod.in_features) for n, mod in targets.items()}
+        offer = {n: min(round(cfg.r * cfg.rho), fan_in(mod)) for n, mod in targets.items()}
         pcs = {}
         for n in targets:
             X = inputs[n]

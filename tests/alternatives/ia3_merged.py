@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from variants import ParamSpec, Variant
 from variants.ia3 import Ia3Config
+from _dense import weight_of
 
 
 class Ia3Merged(Variant):
@@ -30,6 +31,6 @@ class Ia3Merged(Variant):
 
     def forward(self, layer, x, y):
         lv = layer.adapter_l
-        W = (lv[:, None] * layer.weight.to(lv.dtype)).to(layer.weight.dtype)
+        W = (lv[:, None] * weight_of(layer).to(lv.dtype)).to(layer.weight.dtype)
         b = None if layer.bias is None else (lv * layer.bias.to(lv.dtype)).to(layer.bias.dtype)
         return F.linear(x, W, b).to(y.dtype)

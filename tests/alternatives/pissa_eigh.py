@@ -17,6 +17,7 @@ import torch
 
 from variants import ParamSpec, Variant
 from variants.pissa import PissaConfig
+from _dense import weight_of
 
 
 class PissaEigh(Variant):
@@ -36,7 +37,7 @@ class PissaEigh(Variant):
     def init(self, layer, cfg, gen):
         r = layer.adapter_A.shape[0]
         s = cfg.alpha / r
-        W = layer.weight.detach().double()
+        W = weight_of(layer).detach().double()
         evals, evecs = torch.linalg.eigh(W.T @ W)
         top = evals.flip(0)[:r].clamp_min(0)
         V = evecs.flip(1)[:, :r]              # (d_in, r)
@@ -46,7 +47,7 @@ class PissaEigh(Variant):
         layer.adapter_A.copy_(root[:, None] * V.T)
         layer.adapter_B.copy_(U * root)
         A, B = layer.adapter_A.double(), layer.adapter_B.double()
-        layer.weight.copy_(W - s * (B @ A))
+        weight_of(layer).copy_(W - s * (B @ A))
 
     def forward(self, layer, x, y):
         A, B = layer.adapter_A, layer.adapter_B
