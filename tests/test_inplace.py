@@ -42,7 +42,7 @@ def _adapted(arch: str, case: str, blocked: bool) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("arch,case", [(a, c) for a in ("qwen3", "qwen2", "mlp") for c in CASES
+@pytest.mark.parametrize("arch,case", [(a, c) for a in ("qwen3", "qwen2", "mlp", "gpt2") for c in CASES
                                        if not (a == "mlp" and c == "ia3")])  # the toy MLP has no k/v
 def test_in_place_equals_out_of_place(arch, case):
     fast, slow = _adapted(arch, case, blocked=False), _adapted(arch, case, blocked=True)
@@ -100,6 +100,20 @@ def test_owns_output_only_for_plain_linear_with_our_hook_alone():
         assert not owns_output(plain, plain(x), autograd=False)  # a global hook sees every output
     finally:
         handle.remove()
+
+
+def test_owns_output_for_transformers_conv1d_without_autograd_only():
+    from transformers.pytorch_utils import Conv1D
+
+    class Sub(Conv1D):
+        pass
+    conv, x = Conv1D(6, 8), torch.randn(2, 3, 8)
+    conv.register_forward_hook(_noop)
+    y = conv(x)  # a view of the addmm result nothing else holds
+    assert owns_output(conv, y, autograd=False) and not owns_output(conv, y, autograd=True)
+    sub = Sub(6, 8)
+    sub.register_forward_hook(_noop)
+    assert not owns_output(sub, sub(x), autograd=False)  # a subclass may change what forward returns
 
 
 @pytest.mark.parametrize("shape", [(5, 8), (2, 5, 8)])

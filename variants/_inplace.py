@@ -4,7 +4,8 @@ An output hook receives y = F.linear(x, W, b), a tensor nothing else holds yet. 
 place saves one (tokens × d_out) allocation and copy per adapted layer and call, which is most of
 what separates a hook from peft's wrapper on CPU. It is only done when it is provably safe:
 
-- the layer runs ``nn.Linear.forward`` unchanged, so y is a fresh tensor (not a cache, not x);
+- the layer runs ``nn.Linear.forward`` (or transformers' own ``Conv1D.forward``) unchanged, so y is
+  a fresh tensor (not a cache, not x);
 - our hook is the only forward hook on the layer and there is no global forward hook, so no other
   code has seen y (a hook registered after ours sees the adapted output either way);
 - y is contiguous; with autograd recording, y must also not be a view (an in-place update of a
@@ -20,10 +21,16 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 
+def _plain_conv1d(layer: nn.Module) -> bool:
+    """transformers' own Conv1D (not a subclass): its forward returns a view of a fresh addmm output."""
+    return type(layer).__name__ == "Conv1D" and type(layer).__module__ == "transformers.pytorch_utils"
+
+
 def owns_output(layer: nn.Module, y: torch.Tensor, autograd: bool) -> bool:
     """True when the output hook of ``layer`` may overwrite the base output ``y`` in place;
-    ``autograd``: whether the in-place op will be recorded (see ``recording``)."""
-    return (type(layer).forward is nn.Linear.forward
+    ``autograd``: whether the in-place op will be recorded (see ``recording``). transformers' Conv1D
+    qualifies without autograd only: its output is a view (of the addmm result nothing else holds)."""
+    return ((type(layer).forward is nn.Linear.forward or _plain_conv1d(layer))
             and len(layer._forward_hooks) == 1
             and not getattr(_module, "_global_forward_hooks", None)
             and y.is_contiguous()
