@@ -127,9 +127,10 @@ class ConfigCase:
     why: str
     subject_defaults: bool = False
     zero_grads: dict[str, "ZeroGrad"] | None = None
-    # one model (biased q/k/v, non-square k/v: most layout bugs show) in float32 keeps the default
-    # audit within its time budget; the main config covers every model and dtype
-    models: tuple[str, ...] | None = ("qwen2",)
+    # one model in float32 keeps the default audit within its time budget (the main config covers
+    # every model and dtype): the toy MLP, biased and non-square (48→80→48) like the layers a config's
+    # arithmetic (scales, ranks, inits, rotations) acts on, at a fifth of a decoder's cost
+    models: tuple[str, ...] | None = ("mlp",)
     dtypes: tuple[str, ...] | None = ("float32",)
     checks: tuple[str, ...] | None = CONFIG_CHECKS
 

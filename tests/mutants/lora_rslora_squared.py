@@ -11,4 +11,4 @@ class LoraRsSquared(Lora):
 
 MUTANT = Mutant("lora_rslora_squared", "lora", "config corner: rsLoRA",
                 "s = alpha / r² when use_rslora is on (the default config never turns it on)",
-                ("paper_parity",), LoraRsSquared, configs=("rslora",))
+                ("paper_parity",), LoraRsSquared, configs=("rslora",), models=("mlp",))

@@ -23,4 +23,4 @@ class PissaNotDivided(Pissa):
 
 MUTANT = Mutant("pissa_scale_not_divided", "pissa", "config corner: alpha ≠ r",
                 "S_r is not divided by s = alpha/r, so s·BA = s·U_r S_r V_rᵀ (alpha = r hides it)",
-                ("init",), PissaNotDivided, configs=("alpha-ne-r",))
+                ("init",), PissaNotDivided, configs=("alpha-ne-r",), models=("mlp",))

@@ -14,4 +14,4 @@ class RoadSwapped(Road):
 
 MUTANT = Mutant("road2_theta_alpha_swapped", "road", "config corner: road_2",
                 "road_2 uses θ as the scale and α as the angle (road_1, the main config, is right)",
-                ("identity_at_init", "paper_parity"), RoadSwapped, configs=("road_2",))
+                ("identity_at_init", "paper_parity"), RoadSwapped, configs=("road_2",), models=("mlp",))

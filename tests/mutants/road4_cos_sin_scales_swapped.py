@@ -17,4 +17,4 @@ class RoadRoad4Swapped(Road):
 
 MUTANT = Mutant("road4_cos_sin_scales_swapped", "road", "config corner: road_4",
                 "road_4 multiplies cos θ₁ by α₂ and sin θ₂ by α₁ (identity at init still holds)",
-                ("paper_parity",), RoadRoad4Swapped, configs=("road_4",))
+                ("paper_parity",), RoadRoad4Swapped, configs=("road_4",), models=("mlp",))
