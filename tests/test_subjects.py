@@ -21,7 +21,7 @@ FAST = dict(models=["mlp"], dtypes=["float32"])
 
 def audit(subject, card: str, checks: list[str], models=("mlp",)) -> list[Row]:
     plan = runner.Plan([runner.Target(get(card), subject, getattr(subject, "label", ""))], list(models),
-                       ["float32"], checks)
+                       ["float32"], checks, only_configs=("main",))
     return runner.run(plan, progress=False)
 
 
