@@ -863,6 +863,19 @@ def variant_subject(tgt, meta: dict) -> dict:
             "references_source": src, "other": other, "short": {"third-party": "subject"}.get(kind, kind)}
 
 
+FUSED_MARK = "; fused layers adapted as one, beyond the "  # audit/checks/placement.py's message
+
+
+def fused_notes(rows: list[Row]) -> list[str]:
+    """One line per model where the placement check found fused layers (Phi-3's qkv_proj, GPT-2's
+    c_attn) adapted as one layer beyond the card's roles, from the placement rows' own messages."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r.check == "placement" and FUSED_MARK in r.message and r.model not in seen:
+            seen[r.model] = r.message.split(FUSED_MARK, 1)[1]
+    return [f"{m}: beyond the {what}" for m, what in seen.items()]
+
+
 def render_variant(env: jinja2.Environment, tgt, meta: dict, rows: list[Row], verdict: dict | None) -> str:
     card = tgt.card
     rs = [r for r in rows if r.variant == card.name]
@@ -872,6 +885,7 @@ def render_variant(env: jinja2.Environment, tgt, meta: dict, rows: list[Row], ve
         card=card, impl=tgt.label, meta=meta, subj=variant_subject(tgt, meta), verdict=v,
         deciding=deciding_text(v, rs), reasons=verdict_reasons(v, rs),
         config=config_audited(tgt, meta), configs=configs_audited(tgt, meta, rs), zero_claims=zero_grad_claims(tgt),
+        fused=fused_notes(rs),
         overview=check_overview(rs), failures=failures(rs),
         deviations=deviations_observed(card, rs), findings=aggregate_findings(rs),
         excerpts=excerpts, excerpt_note=excerpt_note, tables=measurement_tables(rs),

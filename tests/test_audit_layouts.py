@@ -103,3 +103,12 @@ def test_peft_subject_sets_fan_in_fan_out_on_conv1d_models():
     cfg = peft.peft_config(models.build("gpt2"), "lora", {"r": 2, "alpha": 4.0})
     assert cfg.fan_in_fan_out is True
     assert peft.peft_config(models.build("qwen2"), "lora", {"r": 2, "alpha": 4.0}).fan_in_fan_out is False
+
+
+def test_the_ia3_report_says_which_roles_fused_layers_add(tmp_path):
+    from audit import cli
+    cli.main(["run", "--out", str(tmp_path), "--variants", "ia3", "--models", "phi3,qwen3", "--dtypes", "float32",
+              "--checks", "placement", "--quiet", "--jobs", "1"])
+    text = (tmp_path / "ia3.md").read_text()
+    assert "**Fused layers.**" in text and "- phi3: beyond the k/v placement" in text and "qkv_proj (+q)" in text
+    assert "- qwen3" not in text  # separate q/k/v projections: nothing fused
