@@ -51,7 +51,7 @@ class Plan:
 
 class Progress:
     """Progress over audit units on stderr, with tqdm: a live bar on a terminal (its postfix counts
-    the failing rows so far), and one tqdm status line per finished unit otherwise (CI logs, where a
+    the undeclared failing rows so far: declared deviations applied), and one tqdm status line per finished unit otherwise (CI logs, where a
     redrawn bar is noise). ``--quiet`` creates none."""
 
     def __init__(self, total: int, stream=None):
@@ -66,6 +66,7 @@ class Progress:
             self.bar.set_postfix_str("0 failing", refresh=False)
 
     def step(self, label: str, rows: list[Row]) -> None:
+        """One unit done; ``rows`` already judged with the card's deviations (``preview``)."""
         self.done += 1
         self.failing += sum(r.status in ("fail", "error", "xpass") for r in rows)
         if self.bar is not None:
@@ -183,6 +184,14 @@ def _apply(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
     return rows
 
 
+def preview(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
+    """Copies of one unit's rows judged with the card's deviations, for the progress count only: a
+    declared departure (xfail) is not "failing"; a deviation that no row of this unit matches is not
+    an error yet (another model's unit may match it), so those checks are left to the final pass."""
+    judged = apply_deviations(card, [replace(r) for r in rows], subject_kind)
+    return [r for r in judged if not r.metric.startswith("deviation[")]
+
+
 def cases(card: VariantCard, plan: Plan) -> list:
     """The config cases of ``card`` this plan audits: its own, then the plan's extra ones."""
     for case in plan.extra_configs:
@@ -221,7 +230,7 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
                 unit += cell.rows
             card_rows += unit
             if bar:
-                bar.step(f"{tgt.card.name} / {model_name} / {dtype}", unit)
+                bar.step(f"{tgt.card.name} / {model_name} / {dtype}", preview(tgt.card, unit, tgt.subject.kind))
     return card_rows
 
 
@@ -339,7 +348,8 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
             unit = futures[fut]
             results[unit] = fut.result()
             if bar:
-                bar.step(f"{unit[0]} / {unit[1]} (all dtypes)", results[unit])
+                tgt = next(t for t in plan.targets if t.card.name == unit[0])
+                bar.step(f"{unit[0]} / {unit[1]} (all dtypes)", preview(tgt.card, results[unit], tgt.subject.kind))
         if bar:
             bar.close()
     except BaseException:

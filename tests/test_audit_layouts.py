@@ -112,3 +112,19 @@ def test_the_ia3_report_says_which_roles_fused_layers_add(tmp_path):
     text = (tmp_path / "ia3.md").read_text()
     assert "**Fused layers.**" in text and "- phi3: beyond the k/v placement" in text and "qkv_proj (+q)" in text
     assert "- qwen3" not in text  # separate q/k/v projections: nothing fused
+
+
+def test_progress_counts_undeclared_failures_only():
+    """A declared departure (here peft's IA3 q/v default targets, a reference finding) is not
+    'failing' on the progress line; an undeclared failure is."""
+    import io
+
+    from audit.rows import Row
+    declared = Row("ia3", "placement", "qwen3", "float32", "peft_default_targets_mismatch", 2.0, 0.0, "fail",
+                   reference="peft", about="reference")
+    undeclared = Row("ia3", "paper_parity", "qwen3", "float32", "output_rel_err", 1.0, 1e-6, "fail")
+    judged = runner.preview(get("ia3"), [declared, undeclared], "ours")
+    assert [r.status for r in judged] == ["xfail", "fail"] and declared.status == "fail"  # copies judged
+    bar = runner.Progress(2, stream=io.StringIO())
+    bar.step("ia3 / qwen3", judged)
+    assert bar.failing == 1
