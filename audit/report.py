@@ -35,6 +35,7 @@ from pathlib import Path
 import jinja2
 
 from .checks import CHECK_ORDER
+from .checks.placement import FUSED_NOTE
 from .results import atomic_write
 from .rows import BAD, Row
 from .verdict import fmt_number
@@ -863,16 +864,13 @@ def variant_subject(tgt, meta: dict) -> dict:
             "references_source": src, "other": other, "short": {"third-party": "subject"}.get(kind, kind)}
 
 
-FUSED_MARK = "; fused layers adapted as one, beyond the "  # audit/checks/placement.py's message
-
-
 def fused_notes(rows: list[Row]) -> list[str]:
     """One line per model where the placement check found fused layers (Phi-3's qkv_proj, GPT-2's
     c_attn) adapted as one layer beyond the card's roles, from the placement rows' own messages."""
     seen: dict[str, str] = {}
     for r in rows:
-        if r.check == "placement" and FUSED_MARK in r.message and r.model not in seen:
-            seen[r.model] = r.message.split(FUSED_MARK, 1)[1]
+        if r.check == "placement" and FUSED_NOTE in r.message and r.model not in seen:
+            seen[r.model] = r.message.split(FUSED_NOTE, 1)[1]
     return [f"{m}: beyond the {what}" for m, what in seen.items()]
 
 

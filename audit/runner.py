@@ -51,8 +51,8 @@ class Plan:
 
 class Progress:
     """Progress over audit units on stderr, with tqdm: a live bar on a terminal (its postfix counts
-    the undeclared failing rows so far: declared deviations applied), and one tqdm status line per finished unit otherwise (CI logs, where a
-    redrawn bar is noise). ``--quiet`` creates none."""
+    the undeclared failing rows so far: declared deviations applied), and one tqdm status line per
+    finished unit otherwise (CI logs, where a redrawn bar is noise). ``--quiet`` creates none."""
 
     def __init__(self, total: int, stream=None):
         from tqdm import tqdm
@@ -206,6 +206,9 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
     card_rows: list[Row] = []
     unsupported = tgt.subject.supports(tgt.card.name)
     todo = cases(tgt.card, plan)
+    # a check whose result cannot depend on the dtype runs in the first audited dtype only
+    first = next((d for d in plan.dtypes if d in tgt.card.dtypes), None)
+    once = [c for c in plan.checks if checks_pkg.dtype_independent(c)]
     for model_name in models:
         for dtype in plan.dtypes:
             unit: list[Row] = []
@@ -214,9 +217,7 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
                         case.dtypes is not None and dtype not in case.dtypes):
                     continue
                 checks = [c for c in plan.checks if case.checks is None or c in case.checks]
-                # a check whose result cannot depend on the dtype runs in the first audited one only
-                first = next((d for d in plan.dtypes if d in tgt.card.dtypes), None)
-                elsewhere = {c: first for c in checks if dtype != first and checks_pkg.dtype_independent(c)}
+                elsewhere = {c: first for c in checks if dtype != first and c in once}
                 cell = Cell(tgt.card.at(case), tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
                             model_factory=plan.model_factories.get(model_name),
                             _base_cache=bases.setdefault((model_name, dtype), {}))
@@ -323,6 +324,7 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     weight = {(t.card.name, m): sum(c.models is None or m in c.models for c in cases(t.card, plan))
               for t in plan.targets for m in plan.models}
     units = sorted(weight, key=lambda u: -weight[u])
+    by_name = {t.card.name: t for t in plan.targets}
     results: dict[tuple[str, str], list[Row]] = {}
     # fork where there is one: workers start with torch, transformers and peft already imported (the
     # parent holds no torch threads: single_threaded() ran first); spawn elsewhere
@@ -338,8 +340,7 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
-            specs = {t.card.name: t.spec for t in plan.targets}
-            futures = {pool.submit(_worker, name, specs[name], model, bare): (name, model) for name, model in units}
+            futures = {pool.submit(_worker, name, by_name[name].spec, model, bare): (name, model) for name, model in units}
         finally:
             if main and previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -348,7 +349,7 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
             unit = futures[fut]
             results[unit] = fut.result()
             if bar:
-                tgt = next(t for t in plan.targets if t.card.name == unit[0])
+                tgt = by_name[unit[0]]
                 bar.step(f"{unit[0]} / {unit[1]} (all dtypes)", preview(tgt.card, results[unit], tgt.subject.kind))
         if bar:
             bar.close()

@@ -20,10 +20,12 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
+from ._layers import is_conv1d
+
 
 def _plain_conv1d(layer: nn.Module) -> bool:
     """transformers' own Conv1D (not a subclass): its forward returns a view of a fresh addmm output."""
-    return type(layer).__name__ == "Conv1D" and type(layer).__module__ == "transformers.pytorch_utils"
+    return is_conv1d(layer) and type(layer).__module__ == "transformers.pytorch_utils"
 
 
 def owns_output(layer: nn.Module, y: torch.Tensor, autograd: bool) -> bool:

@@ -1,10 +1,9 @@
 """attach / detach: hook a variant onto the target layers of any nn.Module (HF models included)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
-
-import warnings
 
 import torch
 from torch import nn

@@ -7,8 +7,8 @@ never split and never skipped. Splitting is not an option for every method: an i
 (HRA's reflections, ia3_ff's scaling) acts on the input the fused roles share, and an SVD init (PiSSA)
 of the fused weight is not the SVD of its slices; adapting the fused layer whole is also what peft
 does with ``target_modules=["qkv_proj"]``. When a fused layer is adapted for only some of its roles,
-``select_targets`` reports the roles adapted beyond those asked for (``fused_extra_roles``) and
-attach warns.
+``select_targets_explained`` reports the roles adapted beyond those asked for (kept on the adapter
+state as ``fused_extra``) and attach warns.
 """
 from __future__ import annotations
 

@@ -42,6 +42,9 @@ def expected_modules(model, roles) -> set[str]:
     return {n for n, m in model.named_modules() if hasattr(m, "weight") and any(key_matches(n, k) for k in keys)}
 
 
+FUSED_NOTE = "; fused layers adapted as one, beyond the "  # the report reads the note after it (report.fused_notes)
+
+
 def fused_beyond(names, roles) -> dict[str, tuple[str, ...]]:
     """{fused module: the roles it computes that ``roles`` does not ask for} among ``names``."""
     out = {}
@@ -66,8 +69,8 @@ def run(cell: Cell) -> None:
         return
     missing, extra = sorted(expected - actual), sorted(actual - expected)
     src = card.placement_source
-    beyond = fused_beyond(actual & expected, card.placement_roles)
-    fused = (f"; fused layers adapted as one, beyond the {'/'.join(card.placement_roles)} placement: "
+    beyond = fused_beyond(sorted(actual & expected), card.placement_roles)  # sorted: same message every run
+    fused = (f"{FUSED_NOTE}{'/'.join(card.placement_roles)} placement: "
              + ", ".join(f"{n} (+{'/'.join(r)})" for n, r in list(beyond.items())[:2])
              + (" ..." if len(beyond) > 2 else "")) if beyond else ""
     cell.row("missing_targets", len(missing), 0.0, message=f"expected per {src}; missing: {missing[:4]}{fused}")

@@ -4,8 +4,9 @@ See ``base.py`` for the protocol, ``handle.py`` for the canonical view the check
 ``load.py`` for naming a subject on the command line (``--subject``).
 """
 from .base import LayerNotSupported, LayoutError, NotSupported, Subject, resolve
-from .handle import Adapted, canonical_weight, linear_dims
+from .handle import Adapted, canonical_weight, is_conv1d, linear_dims
 from .load import SpecError, as_subject, from_spec, load_class
 
-__all__ = ["Adapted", "LayerNotSupported", "LayoutError", "NotSupported", "canonical_weight", "SpecError", "Subject", "as_subject", "from_spec",
+__all__ = ["Adapted", "LayerNotSupported", "LayoutError", "NotSupported", "SpecError", "Subject", "as_subject",
+           "canonical_weight", "from_spec", "is_conv1d",
            "linear_dims", "load_class", "resolve"]

@@ -18,12 +18,17 @@ from references import paper
 from .base import LayoutError, Subject
 
 
+def is_conv1d(mod: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D (GPT-2's projections), recognised by name and its ``nf``."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
+
+
 def linear_dims(mod: nn.Module) -> tuple[int, int, bool]:
     """(d_in, d_out, weight stored transposed) of a dense layer: nn.Linear or transformers' Conv1D."""
     w = getattr(mod, "weight", None)
     if w is None or w.dim() != 2:
         raise LayoutError(f"{type(mod).__name__} is not a dense layer with a 2-D weight")
-    if type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):  # transformers.pytorch_utils.Conv1D: W is (d_in, d_out)
+    if is_conv1d(mod):  # W is (d_in, d_out)
         return w.shape[0], w.shape[1], True
     return w.shape[1], w.shape[0], False
 

@@ -19,6 +19,7 @@ from torch import nn
 from references import peft_bridge as bridge
 
 from .base import LayerNotSupported, NotSupported, Subject
+from .handle import is_conv1d
 
 # The releases this subject audits, and what each method needs from the installed one. Checked against
 # each release's wheel: LoraConfig since 0.1.0, IA3Config 0.4.0, use_dora 0.9.0, init_lora_weights="pissa"
@@ -133,7 +134,7 @@ class Peft(Subject):
         r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
         # a GPT-2-family model (transformers Conv1D, W stored transposed): fan_in_fan_out=True, as peft's
         # docs tell its users (LoraConfig and IA3Config have the flag; the other methods refuse Conv1D)
-        fif = {"fan_in_fan_out": True} if any(type(m).__name__ == "Conv1D" for m in model.modules()) else {}
+        fif = {"fan_in_fan_out": True} if any(is_conv1d(m) for m in model.modules()) else {}
         if method in ("lora", "pissa", "dora", "eva"):
             init = {"pissa": "pissa", "eva": "eva"}.get(method, True)
             extra = {"use_dora": True} if method == "dora" else {}
