@@ -265,13 +265,17 @@ def assert_states_equal(got, want):
 # tests
 # ---------------------------------------------------------------------------------------------------------------
 def test_variant_list_and_mapping_data():
-    assert PEFT_VARIANTS == ("lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road")
+    # discovered from the method modules: every card that names peft as a reference has a mapping
+    from audit.cards import CARDS
+    assert set(PEFT_VARIANTS) == {n for n, c in CARDS.items() if "peft" in c.references}
     assert set(MAPPINGS) == set(PEFT_VARIANTS)
     import peft
 
     for v, m in MAPPINGS.items():
         assert m.variant == v
         assert m.tensors, v
+        assert m.subject_config is not None and m.subject_defaults is not None, v
+        assert m.peft_exports and all(hasattr(peft, n) for n in m.peft_exports), v
         for t in m.tensors:
             assert t.transform in TRANSFORMS, (v, t)
             assert t.kind in ("parameter", "buffer", "base weight"), (v, t)

@@ -21,17 +21,12 @@ from references import peft_bridge as bridge
 from .base import LayerNotSupported, NotSupported, Subject
 from .handle import is_conv1d
 
-# The releases this subject audits, and what each method needs from the installed one. Checked against
-# each release's wheel: LoraConfig since 0.1.0, IA3Config 0.4.0, use_dora 0.9.0, init_lora_weights="pissa"
-# 0.11.0, HRAConfig 0.12.0, EvaConfig / get_eva_state_dict / initialize_lora_eva_weights 0.14.0,
-# DeloraConfig and RoadConfig 0.18.0 (both absent from 0.17.1's peft/tuners).
+# The releases this subject audits. What each method needs from the installed release (the names
+# the peft package must export, its first release) is data in the bridge's mapping for the method
+# (references/peft_bridge/<method>.py: peft_exports, since), checked against each release's wheel.
 OLDEST = "0.10.0"
-# method -> (names the peft package must export, the first release that has the method)
-NEEDS = {"lora": (("LoraConfig",), "0.1.0"), "pissa": (("LoraConfig",), "0.11.0"),
-         "dora": (("LoraConfig",), "0.9.0"), "ia3": (("IA3Config",), "0.4.0"), "ia3_ff": (("IA3Config",), "0.4.0"),
-         "eva": (("LoraConfig", "EvaConfig", "get_eva_state_dict", "initialize_lora_eva_weights"), "0.14.0"),
-         "hra": (("HRAConfig",), "0.12.0"), "delora": (("DeloraConfig",), "0.18.0"),
-         "road": (("RoadConfig",), "0.18.0")}
+# method -> (names the peft package must export, first release), derived from the mappings
+NEEDS = {m: (mp.peft_exports, mp.since) for m, mp in bridge.MAPPINGS.items() if mp.subject_config is not None}
 # (method, canonical tensor) -> paths older releases used, tried after the bridge's (current) path
 # DoRA's magnitude: a ParameterDict entry until DoraLinearLayer (0.12.0) took its .weight
 OLDER_PATHS = {("dora", "m"): ("lora_magnitude_vector.default",)}
@@ -98,16 +93,16 @@ class Peft(Subject):
         return out
 
     def supports(self, method: str) -> str | None:
-        if method not in NEEDS:
+        if method not in bridge.MAPPINGS or bridge.MAPPINGS[method].subject_config is None:
             return f"peft has no {method!r} method"
         import peft
-        names, since = NEEDS[method]
+        mapping = bridge.MAPPINGS[method]
         if not _at_least(self.version, OLDEST):
             return f"peft {self.version} is older than {OLDEST}, the oldest release this subject audits"
-        lacks = [n for n in names if not hasattr(peft, n)]
-        if lacks or not _at_least(self.version, since):
+        lacks = [n for n in mapping.peft_exports if not hasattr(peft, n)]
+        if lacks or not _at_least(self.version, mapping.since):
             why = f"; lacks {', '.join(lacks)}" if lacks else ""
-            return f"peft {self.version} has no {method} (peft >= {since}{why})"
+            return f"peft {self.version} has no {method} (peft >= {mapping.since}{why})"
         return None
 
     # -- attach -------------------------------------------------------------------------------------
@@ -130,32 +125,17 @@ class Peft(Subject):
         return kw
 
     def peft_config(self, model: nn.Module, method: str, cfg: dict):
-        kw = self.targets(model, method, cfg)
-        r, alpha = int(cfg.get("r", 8)), float(cfg.get("alpha", 8.0))
-        # a GPT-2-family model (transformers Conv1D, W stored transposed): fan_in_fan_out=True, as peft's
-        # docs tell its users (LoraConfig and IA3Config have the flag; the other methods refuse Conv1D)
-        fif = {"fan_in_fan_out": True} if any(is_conv1d(m) for m in model.modules()) else {}
-        if method in ("lora", "pissa", "dora", "eva"):
-            init = {"pissa": "pissa", "eva": "eva"}.get(method, True)
-            extra = {"use_dora": True} if method == "dora" else {}
-            if method == "eva":
-                extra["eva_config"] = _make_config("EvaConfig", rho=float(cfg.get("rho", 1.0)))
-            return _make_config("LoraConfig", r=r, lora_alpha=alpha, use_rslora=bool(cfg.get("use_rslora", False)),
-                                lora_dropout=0.0, init_lora_weights=init, **extra, **fif, **kw)
-        if method in ("ia3", "ia3_ff"):
-            ff = kw["target_modules"] if method == "ia3_ff" else []
-            return _make_config("IA3Config", feedforward_modules=ff, init_ia3_weights=True, **fif, **kw)
-        if method == "hra":
-            return _make_config("HRAConfig", r=r, apply_GS=False, init_weights=True, **kw)
-        if method == "delora":
-            if cfg.get("init_style", "peft") != "peft":
-                raise NotSupported("peft's DeLoRA has no frozen-copy (init_style 'paper') init")
-            return _make_config("DeloraConfig", r=r, delora_lambda=float(cfg.get("lambda0", 15.0)),
-                                init_weights=True, **kw)
-        if method == "road":
-            return _make_config("RoadConfig", variant=str(cfg.get("road_variant", "road_1")),
-                                group_size=int(cfg.get("group_size", 64)), init_weights=True, **kw)
-        raise NotSupported(f"peft has no {method!r} method")
+        """peft's config for ``method`` as the bridge's mapping builds it for this subject; a model with
+        transformers Conv1D layers (GPT-2 family) gets fan_in_fan_out=True where peft has the flag, as
+        peft's docs tell its users."""
+        mapping = bridge.MAPPINGS.get(method)
+        if mapping is None or mapping.subject_config is None:
+            raise NotSupported(f"peft has no {method!r} method")
+        conv1d = any(is_conv1d(m) for m in model.modules())
+        try:
+            return mapping.subject_config(cfg, self.targets(model, method, cfg), conv1d, _make_config)
+        except bridge.BridgeUnsupported as e:
+            raise NotSupported(str(e)) from None
 
     def default_config(self, method: str) -> dict:
         """peft's own defaults for the method, read off its config classes, in canonical names."""
@@ -166,19 +146,8 @@ class Peft(Subject):
         def defaults(cls_name: str) -> dict:
             return {f.name: f.default for f in dataclasses.fields(getattr(peft, cls_name))
                     if f.default is not dataclasses.MISSING}
-        if method in ("lora", "pissa", "dora", "eva"):
-            d = defaults("LoraConfig")
-            out = {"r": d["r"], "alpha": float(d["lora_alpha"]), "use_rslora": d["use_rslora"]}
-            return {**out, "rho": float(defaults("EvaConfig")["rho"])} if method == "eva" else out
-        if method == "hra":
-            return {"r": defaults("HRAConfig")["r"]}
-        if method == "delora":
-            d = defaults("DeloraConfig")
-            return {"r": d["r"], "lambda0": float(d["delora_lambda"]), "init_style": "peft"}
-        if method == "road":
-            d = defaults("RoadConfig")
-            return {"road_variant": d["variant"], "group_size": d["group_size"]}
-        return {}
+        mapping = bridge.MAPPINGS.get(method)
+        return {} if mapping is None or mapping.subject_defaults is None else mapping.subject_defaults(defaults)
 
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
         from peft import get_peft_model

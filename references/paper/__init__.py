@@ -8,11 +8,13 @@ Every module exposes ``merged(W, b, state, cfg) -> (W_eff, b_eff)``, ``forward(x
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from types import ModuleType
 
 from ._common import compute_dtype, evaluated_in  # noqa: F401 - the audit measures rounding spread with it
 
-VARIANTS = ("lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road", "antipasto")
+# one module per variant, discovered: adding a method adds its file and nothing else
+VARIANTS: tuple[str, ...] = tuple(sorted(i.name for i in pkgutil.iter_modules(__path__) if not i.name.startswith("_")))
 
 
 def get(name: str) -> ModuleType:

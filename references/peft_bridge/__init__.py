@@ -27,21 +27,30 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+import importlib
+import pkgutil
+
 from . import _core
 from ._core import (ADAPTER, TRANSFORMS, BridgeUnsupported, ConfigField, TensorMap, VariantMapping,
                     adapter_dtype_plan, adapted_module_names, peft_layer, tuner_root)
-from .delora import DELORA
-from .hra import HRA
-from .ia3 import IA3, IA3_FF
-from .lora import DORA, EVA, LORA, PISSA
-from .road import ROAD
 
-PEFT_VARIANTS: tuple[str, ...] = ("lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road")
 
-MAPPINGS: dict[str, VariantMapping] = {
-    m.variant: m for m in (LORA, PISSA, DORA, IA3, IA3_FF, HRA, DELORA, EVA, ROAD)
-}
-assert tuple(MAPPINGS) == PEFT_VARIANTS
+def _discover() -> dict[str, VariantMapping]:
+    """Every VariantMapping defined in this package's method modules (one file per method)."""
+    found: dict[str, VariantMapping] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        for obj in vars(importlib.import_module(f"{__name__}.{info.name}")).values():
+            if isinstance(obj, VariantMapping):
+                if obj.variant in found and found[obj.variant] is not obj:
+                    raise RuntimeError(f"peft bridge: variant {obj.variant!r} mapped twice")
+                found[obj.variant] = obj
+    return found
+
+
+MAPPINGS: dict[str, VariantMapping] = _discover()
+PEFT_VARIANTS: tuple[str, ...] = tuple(MAPPINGS)
 
 
 def _mapping(variant: str) -> VariantMapping:

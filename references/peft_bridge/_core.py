@@ -79,9 +79,21 @@ class VariantMapping:
     init: str                           # which peft init runs and why it does not matter (or does)
     notes: tuple[str, ...] = ()
     layer_types: tuple[str, ...] = ("torch.nn.Linear",)
+    # what the installed peft must have for the method: names the package exports, first release
+    peft_exports: tuple[str, ...] = ()
+    since: str = "0.1.0"
     # -- behaviour (not part of the data a reader compares; excluded from repr/eq) -------------------
     make_config: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     check_state: Callable[..., None] | None = field(default=None, repr=False, compare=False)
+    # the peft *subject* (audit/subjects/peft.py), which runs peft's own init rather than copying a state:
+    #   subject_config(cfg, targets, conv1d, make) -> peft config. cfg: our canonical config dict;
+    #     targets: {"target_modules": ..., maybe "layers_to_transform": ...}; conv1d: the model has
+    #     transformers Conv1D layers; make(cls_name, **kw): peft's config class (an argument the installed
+    #     release lacks is refused naming it)
+    #   subject_defaults(defaults) -> {canonical field: peft's default}; defaults(cls_name) -> that peft
+    #     config class's field defaults
+    subject_config: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    subject_defaults: Callable[..., dict] | None = field(default=None, repr=False, compare=False)
 
     def rows(self) -> list[dict[str, str]]:
         """Flat rows (one per tensor) for tables/pandas."""

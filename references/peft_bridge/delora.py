@@ -27,6 +27,19 @@ def _make_delora(cfg, names, states, infos):
                         init_weights=True, bias="none", target_modules=exact_target_regex(names)), names
 
 
+def _subject_delora(cfg, targets, conv1d, make):
+    if cfg.get("init_style", "peft") != "peft":
+        from ._core import BridgeUnsupported
+        raise BridgeUnsupported("peft's DeLoRA has no frozen-copy (init_style 'paper') init")
+    return make("DeloraConfig", r=int(cfg.get("r", 8)), delora_lambda=float(cfg.get("lambda0", 15.0)),
+                init_weights=True, **targets)
+
+
+def _subject_delora_defaults(defaults):
+    d = defaults("DeloraConfig")
+    return {"r": d["r"], "lambda0": float(d["delora_lambda"]), "init_style": "peft"}
+
+
 DELORA = VariantMapping(
     variant="delora",
     peft_config_class="peft.DeloraConfig",
@@ -49,4 +62,8 @@ DELORA = VariantMapping(
            "C, D (paper init) are refused with BridgeUnsupported"),
     make_config=_make_delora,
     check_state=_check_delora,
+    peft_exports=("DeloraConfig",),
+    since="0.18.0",
+    subject_config=_subject_delora,
+    subject_defaults=_subject_delora_defaults,
 )

@@ -35,4 +35,9 @@ HRA = VariantMapping(
            "the orthogonality regulariser is not part of peft (nor of the forward)",
            "peft builds R starting from torch.eye in float32, cast to hra_u's dtype: float64 bases stay float64"),
     make_config=_make_hra,
+    peft_exports=("HRAConfig",),
+    since="0.12.0",
+    subject_config=lambda cfg, targets, conv1d, make: make(
+        "HRAConfig", r=int(cfg.get("r", 8)), apply_GS=False, init_weights=True, **targets),
+    subject_defaults=lambda defaults: {"r": defaults("HRAConfig")["r"]},
 )

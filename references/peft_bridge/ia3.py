@@ -33,6 +33,14 @@ def _make_ia3_ff(cfg, names, states, infos):
     return _ia3_config(names, infos, feedforward=True), names
 
 
+def _subject_ia3(feedforward: bool):
+    def build(cfg, targets, conv1d, make):
+        ff = targets["target_modules"] if feedforward else []
+        fif = {"fan_in_fan_out": True} if conv1d else {}
+        return make("IA3Config", feedforward_modules=ff, init_ia3_weights=True, **fif, **targets)
+    return build
+
+
 _TARGET = ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)")
 _INIT = ConfigField(None, "init_ia3_weights", "True (l = 1); overwritten by the state")
 _FIF = ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D")
@@ -51,6 +59,10 @@ IA3 = VariantMapping(
            "defaults are q_proj, v_proj, down_proj, not the paper's k/v/FFN)"),
     layer_types=_TYPES,
     make_config=_make_ia3,
+    peft_exports=("IA3Config",),
+    since="0.4.0",
+    subject_config=_subject_ia3(False),
+    subject_defaults=lambda defaults: {},
 )
 
 IA3_FF = VariantMapping(
@@ -67,4 +79,8 @@ IA3_FF = VariantMapping(
     notes=("input scaling: y = (x * l) W^T + b, bias unchanged",),
     layer_types=_TYPES,
     make_config=_make_ia3_ff,
+    peft_exports=("IA3Config",),
+    since="0.4.0",
+    subject_config=_subject_ia3(True),
+    subject_defaults=lambda defaults: {},
 )

@@ -67,6 +67,31 @@ def _make_eva(cfg, names, states, infos):
     return _lora_config(cfg, wrapped, infos, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern), wrapped
 
 
+def _subject_lora(method: str):
+    """The peft subject's LoraConfig for ``method``: peft's own init (pissa, eva) and flags."""
+    def build(cfg, targets, conv1d, make):
+        extra = {"use_dora": True} if method == "dora" else {}
+        if method == "eva":
+            extra["eva_config"] = make("EvaConfig", rho=float(cfg.get("rho", 1.0)))
+        fif = {"fan_in_fan_out": True} if conv1d else {}
+        return make("LoraConfig", r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 8.0)),
+                    use_rslora=bool(cfg.get("use_rslora", False)), lora_dropout=0.0,
+                    init_lora_weights={"pissa": "pissa", "eva": "eva"}.get(method, True), **extra, **fif, **targets)
+    return build
+
+
+def _subject_lora_defaults(method: str):
+    def defaults_of(defaults):
+        d = defaults("LoraConfig")
+        out = {"r": d["r"], "alpha": float(d["lora_alpha"]), "use_rslora": d["use_rslora"]}
+        return {**out, "rho": float(defaults("EvaConfig")["rho"])} if method == "eva" else out
+    return defaults_of
+
+
+def _subject(method: str) -> dict:
+    return {"subject_config": _subject_lora(method), "subject_defaults": _subject_lora_defaults(method)}
+
+
 LORA = VariantMapping(
     variant="lora",
     peft_config_class="peft.LoraConfig",
@@ -78,6 +103,9 @@ LORA = VariantMapping(
     notes=("scaling['default'] = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora",),
     layer_types=_TYPES,
     make_config=_make_lora,
+    peft_exports=("LoraConfig",),
+    since="0.1.0",
+    **_subject("lora"),
 )
 
 PISSA = VariantMapping(
@@ -98,6 +126,9 @@ PISSA = VariantMapping(
            "W_res is cast to the base dtype on copy (bf16 base: rounded)"),
     layer_types=_TYPES,
     make_config=_make_lora,
+    peft_exports=("LoraConfig",),
+    since="0.11.0",
+    **_subject("pissa"),
 )
 
 DORA = VariantMapping(
@@ -116,6 +147,9 @@ DORA = VariantMapping(
            "ENABLE_DORA_CACHING is False by default, so overwriting A, B after construction is safe"),
     layer_types=_TYPES,
     make_config=_make_dora,
+    peft_exports=("LoraConfig",),
+    since="0.9.0",
+    **_subject("dora"),
 )
 
 EVA = VariantMapping(
@@ -140,4 +174,7 @@ EVA = VariantMapping(
            "the bridge takes from the given state",),
     layer_types=_TYPES,
     make_config=_make_eva,
+    peft_exports=("LoraConfig", "EvaConfig", "get_eva_state_dict", "initialize_lora_eva_weights"),
+    since="0.14.0",
+    **_subject("eva"),
 )

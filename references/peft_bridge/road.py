@@ -33,4 +33,11 @@ ROAD = VariantMapping(
            "road_1: one (alpha, theta) per pair, index group*g/2 + j, used at both positions j and j+g/2",
            "road_4: per group [g cos-column values, g sin-column values] for theta and alpha alike"),
     make_config=_make_road,
+    peft_exports=("RoadConfig",),
+    since="0.18.0",
+    subject_config=lambda cfg, targets, conv1d, make: make(
+        "RoadConfig", variant=str(cfg.get("road_variant", "road_1")), group_size=int(cfg.get("group_size", 64)),
+        init_weights=True, **targets),
+    subject_defaults=lambda defaults: {"road_variant": defaults("RoadConfig")["variant"],
+                                       "group_size": defaults("RoadConfig")["group_size"]},
 )
