@@ -15,7 +15,7 @@ from . import checks as checks_pkg
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge, within
-from .subjects import LayoutError, NotSupported, Subject, as_subject, from_spec
+from .subjects import LayoutError, NotSupported, ShapeMismatch, Subject, as_subject, from_spec
 
 
 @dataclass
@@ -109,7 +109,10 @@ def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | Non
             del cell.rows[before:]
             layout_error = str(e)
             cell.check = "layout"
-            cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
+            if isinstance(e, ShapeMismatch):  # the subject's tensors have the wrong shapes: a finding
+                cell.row("canonical_shape_mismatch", 1.0, 0.0, message=f"{type(e).__name__}: {e}")
+            else:  # the subject's map is broken
+                cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
             cell.check = name
             cell.row("-", None, None, status="n/a", message=f"the subject's layout cannot be mapped: {layout_error}")
         except (NotApplicable, NotSupported) as e:  # NotSupported: the subject lacks what the check needs

@@ -26,12 +26,15 @@ def _supported(p: Peft) -> set[str]:
 
 
 # -- supports() ---------------------------------------------------------------------------------------
+_OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}  # AdaLoRA 0.3.0, LoKr/LoHa 0.6.0, OFT 0.7.0
+
+
 @pytest.mark.parametrize("version, methods", [
-    ("0.10.0", {"lora", "dora", "ia3", "ia3_ff"}),
-    ("0.11.1", {"lora", "dora", "ia3", "ia3_ff", "pissa"}),
-    ("0.13.2", {"lora", "dora", "ia3", "ia3_ff", "pissa", "hra"}),
-    ("0.15.2", {"lora", "dora", "ia3", "ia3_ff", "pissa", "hra", "eva"}),
-    ("0.17.1", {"lora", "dora", "ia3", "ia3_ff", "pissa", "hra", "eva"}),  # RoAd/DeLoRA came in 0.18.0
+    ("0.10.0", _OLD),
+    ("0.11.1", _OLD | {"pissa", "vera"}),
+    ("0.13.2", _OLD | {"pissa", "vera", "hra", "olora"}),
+    ("0.15.2", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),
+    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),  # RoAd/DeLoRA came in 0.18.0
     ("0.18.0", set(NEEDS)),
 ])
 def test_supports_follows_the_release(monkeypatch, version, methods):
@@ -56,7 +59,7 @@ def test_a_missing_export_is_unsupported_and_named(monkeypatch):
     assert "lacks HRAConfig" in p.supports("hra")
     assert "lacks initialize_lora_eva_weights" in p.supports("eva")
     assert p.supports("lora") is None and p.supports("ia3") is None
-    assert "no 'vera' method" in p.supports("vera")
+    assert "no 'boft' method" in p.supports("boft")
 
 
 def test_every_needed_name_exists_in_the_installed_peft():

@@ -13,7 +13,7 @@ from audit import cli, runner
 from audit.cards import get
 from audit.rows import Row
 from audit.runner import apply_deviations
-from audit.subjects import Adapted, LayoutError, from_spec
+from audit.subjects import Adapted, LayoutError, ShapeMismatch, from_spec
 from audit.subjects.ours import Ours
 
 FAST = dict(models=["mlp"], dtypes=["float32"])
@@ -115,13 +115,26 @@ def test_layout_shapes_are_checked_with_a_transpose_hint():
     model = torch.nn.Sequential(torch.nn.Linear(8, 6))
     variants.attach(model, variants.config("lora", r=2, target_names=("0",)))
 
-    class Transposed(Ours):
-        def layer_tensors(self, layer, method):
-            out = super().layer_tensors(layer, method)
-            t, _, where = out["B"]
-            return {**out, "B": (t.t(), "identity", where)}
-    with pytest.raises(LayoutError, match=r"'B'.*\(transpose\?\)"):
-        Adapted(Transposed(), model, "lora", variants.state_of(model).cfg.to_dict())
+    with pytest.raises(ShapeMismatch, match=r"'B'.*\(transpose\?\)"):
+        Adapted(TransposedB(), model, "lora", variants.state_of(model).cfg.to_dict())
+
+
+class TransposedB(Ours):
+    """Our runtime, but B handed over transposed: the subject's tensor has the wrong shape."""
+
+    def layer_tensors(self, layer, method):
+        out = super().layer_tensors(layer, method)
+        t, _, where = out["B"]
+        return {**out, "B": (t.t(), "identity", where)}
+
+
+def test_a_tensor_of_the_wrong_shape_is_one_failing_layout_row():
+    """A shape the paper's layout does not give (peft's OLoRA factors of the un-transposed Conv1D weight)
+    is a finding about the subject: one failing row a card can declare, the other checks n/a."""
+    rows = audit(TransposedB(label="B transposed"), "lora", ["identity_at_init", "grad_flow"])
+    bad = [r for r in rows if r.status not in ("n/a",)]
+    assert len(bad) == 1 and bad[0].check == "layout" and bad[0].status == "fail"
+    assert bad[0].metric == "canonical_shape_mismatch" and "'B'" in bad[0].message
 
 
 # -- deviations follow who departs ----------------------------------------------------------------------

@@ -49,6 +49,12 @@ class LayoutError(ValueError):
     """A subject's tensors cannot be mapped onto the canonical layout; the message names the tensor."""
 
 
+class ShapeMismatch(LayoutError):
+    """A subject's tensor is where its map says, but its shape is not the one the paper's formula gives
+    for this layer and config (e.g. factors of the un-transposed Conv1D weight): a measured finding
+    about the subject (a failing "layout" row a card may declare), not a broken map (an error)."""
+
+
 class Subject:
     """Base class of every subject (see the module docstring). Subclass it in a driver."""
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from references import paper
 
-from .base import LayoutError, Subject
+from .base import LayoutError, ShapeMismatch, Subject
 
 
 def is_conv1d(mod: nn.Module) -> bool:
@@ -105,7 +105,7 @@ class Adapted:
                                   f"{tr!r} to {_shape(want[k])}: {e}") from None
             if len(got) != len(want[k]) or any(w is not None and g != w for g, w in zip(got, want[k])):
                 hint = " (transpose?)" if tuple(reversed(got)) == tuple(want[k]) else ""
-                raise LayoutError(f"{who}: tensor {k!r} at {where} maps ({tr}) to shape {got}, but the {self.method} "
+                raise ShapeMismatch(f"{who}: tensor {k!r} at {where} maps ({tr}) to shape {got}, but the {self.method} "
                                   f"layout wants {_shape(want[k])}{hint}")
             out[k] = slot
         return out
