@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "must be writable). Reports of cards not in this run are removed from it")
     r.add_argument("--variants", type=_csv, default=None,
                    help="comma-separated variants (cards) to audit, duplicates dropped; default: every card "
-                        "the subject covers (ours: every card; peft: the nine with a peft method, n/a where the "
+                        "the subject covers (ours: every card; peft: every card with a peft method, n/a where the "
                         "installed release lacks one; a driver: the cards it declares tensor names for)")
     r.add_argument("--models", type=_csv, default=",".join(DEFAULT_MODELS),
                    help="comma-separated zoo models (listed below); --models \"\" audits no zoo model, "

@@ -39,6 +39,13 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "antipasto": ("antipasto", dict(r=4), False),
     "antipasto_U": ("antipasto", dict(r=4, rotate_basis="U"), False),
     "antipasto_calib": ("antipasto", dict(r=4), True),  # exercises the calibration-driven selection
+    "oft": ("oft", dict(block_size=8), False),
+    "oft_neumann": ("oft", dict(block_size=8, use_cayley_neumann=True), False),
+    "lokr": ("lokr", dict(r=2, alpha=4.0), False),
+    "loha": ("loha", dict(r=4, alpha=8.0), False),
+    "vera": ("vera", dict(r=4), False),
+    "adalora": ("adalora", dict(r=4, alpha=8.0, target_r=2), False),
+    "olora": ("olora", dict(r=4, alpha=8.0), False),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

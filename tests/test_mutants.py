@@ -33,11 +33,17 @@ BUG_CLASSES = (
     "config corner: road_4",
     "Conv1D norm on the wrong axis",
     "Conv1D SVD init on the un-transposed weight",
+    "Conv1D QR init on the un-transposed weight",
+    "Cayley transform with the sign flipped (inverse rotation)",
+    "Kronecker factors in the wrong order",
+    "custom backward drops the scale (forward exact)",
+    "random projections not shared across layers",
+    "wrong scaling (alpha/target_r vs alpha/init_r)",
 )
 
 
 def test_corpus_covers_every_bug_class():
-    assert len(CORPUS) >= 23
+    assert len(CORPUS) >= 29
     assert sorted({m.bug_class for m in CORPUS}) == sorted(BUG_CLASSES)
     assert len({m.name for m in CORPUS}) == len(CORPUS)
 

@@ -26,7 +26,7 @@ def _supported(p: Peft) -> set[str]:
 
 
 # -- supports() ---------------------------------------------------------------------------------------
-_OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}  # AdaLoRA 0.3.0, LoKr/LoHa 0.6.0, OFT 0.7.0
+_OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha"}  # AdaLoRA 0.3.0, LoKr/LoHa 0.6.0
 
 
 @pytest.mark.parametrize("version, methods", [
@@ -34,7 +34,7 @@ _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}  # Ad
     ("0.11.1", _OLD | {"pissa", "vera"}),
     ("0.13.2", _OLD | {"pissa", "vera", "hra", "olora"}),
     ("0.15.2", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),
-    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),  # RoAd/DeLoRA came in 0.18.0
+    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva", "oft"}),  # OFT's layout 0.16.0; RoAd/DeLoRA 0.18.0
     ("0.18.0", set(NEEDS)),
 ])
 def test_supports_follows_the_release(monkeypatch, version, methods):

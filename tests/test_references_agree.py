@@ -33,7 +33,10 @@ def rand(*shape, seed, scale=1.0, shift=0.0):
 
 def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tuple[dict, dict]:
     cfg = {"r": R, "alpha": 8.0, "use_rslora": False, "road_variant": road_variant, "group_size": 8,
-           "lambda0": 3.0, "init_style": "peft", "rho": 1.0}
+           "lambda0": 3.0, "init_style": "peft", "rho": 1.0,
+           # OFT: blocks of 4; peft's Cayley–Neumann branch has the paper's sign (its exact branch is the
+           # declared transposed rotation, tests/test_oft.py)
+           "block_size": 4, "use_cayley_neumann": True, "num_neumann_terms": 5, "d_initial": 0.1}
     lowrank = {"A": rand(R, D_IN, seed=1, scale=0.3), "B": rand(D_OUT, R, seed=2, scale=0.3)}
     states = {
         "lora": lowrank, "pissa": lowrank, "eva": lowrank,
@@ -42,6 +45,14 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "ia3_ff": {"l": rand(D_IN, seed=5, scale=0.3, shift=1.0)},
         "hra": {"u": rand(R, D_IN, seed=6)},
         "delora": {**lowrank, "lam": torch.tensor([3.0], dtype=torch.float64), "w_norm": w.norm(dim=0)},
+        # 12 = 3·4 in, 16 = 4·4 out, r = 4 ≥ 4/2: both factors full (γ = 1; the bridge sets peft's alpha = r)
+        "lokr": {"w1": rand(4, 3, seed=10, scale=0.5), "w2": rand(4, 4, seed=11, scale=0.5)},
+        "loha": {k: rand(*shape, seed=10 + i, scale=0.5) for i, (k, shape) in enumerate(
+            (("w1_a", (D_OUT, R)), ("w1_b", (R, D_IN)), ("w2_a", (D_OUT, R)), ("w2_b", (R, D_IN))))},
+        "oft": {"Q": rand(D_IN // 4, 6, seed=10, scale=0.1)},
+        "vera": {**lowrank, "lambda_b": rand(D_OUT, seed=10, scale=0.5), "lambda_d": rand(R, seed=11, scale=0.5)},
+        "olora": lowrank,
+        "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
     }
     if variant == "road":
         n = {"road_1": D_OUT // 2, "road_2": D_OUT, "road_4": 2 * D_OUT}[road_variant]

@@ -104,6 +104,15 @@ def identity_cases(W):
         "eva": (W, {"A": randn(3, D_IN, seed=6), "B": torch.zeros(D_OUT, 3, dtype=F64)}, {"r": R, "alpha": 8.0}),
         "road": (W, {"theta": torch.zeros(D_OUT // 2, dtype=F64), "alpha": torch.ones(D_OUT // 2, dtype=F64)},
                  {"road_variant": "road_1", "group_size": G}),
+        # 12 = 3·4 in, 16 = 4·4 out, r = 4: both factors full (γ = 1); W₂ = 0 (LyCORIS init)
+        "lokr": (W, {"w1": randn(4, 3, seed=9), "w2": torch.zeros(4, 4, dtype=F64)}, {"r": R, "alpha": 16.0}),
+        "loha": (W, {"w1_a": randn(D_OUT, R, seed=12), "w1_b": randn(R, D_IN, seed=13), "w2_a": randn(D_OUT, R, seed=14),
+                     "w2_b": torch.zeros(R, D_IN, dtype=F64)}, {"r": R, "alpha": 8.0}),
+        "oft": (W, {"Q": torch.zeros(D_IN // 4, 6, dtype=F64)}, {"block_size": 4, "use_cayley_neumann": False}),
+        "vera": (W, {"A": A, "B": B, "lambda_b": torch.zeros(D_OUT, dtype=F64), "lambda_d": torch.full((R,), 0.1, dtype=F64)},
+                 {"r": R, "d_initial": 0.1}),
+        "olora": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
+        "adalora": (W, {"A": A, "E": torch.zeros(R, 1, dtype=F64), "B": B}, {"r": R, "alpha": 16.0}),
         "antipasto": (W_res, {"U": U, "S": S, "Vh": Vh, "delta": torch.zeros(R, dtype=F64),
                               "T": torch.zeros(R // 2, 1, dtype=F64)},
                       {"r": R, "block_size": 2, "max_rotation_angle": 0.5, "rotate_basis": "V"}),
@@ -128,7 +137,8 @@ def test_non_identity_state_moves_W(W, b):
     for case, (W_in, state, cfg) in identity_cases(W).items():
         mod = get(case.split("_paper")[0])
         key = {"lora": "B", "pissa": "B", "dora": "B", "ia3": "l", "ia3_ff": "l", "hra": "u", "delora": "B",
-               "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T"}[case]
+               "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

@@ -81,11 +81,12 @@ def test_a_planted_bug_in_peft_save_shows_up(monkeypatch):
     assert by_metric(rows, "save_load")["logits_max_abs_diff"].status == "fail"
 
 
-def test_peft_subject_default_variants_are_the_nine_peft_methods():
+def test_peft_subject_default_variants_are_the_peft_methods():
     args = SimpleNamespace(impl=None, subject="peft", card=None, variants=None)
     targets = cli._targets(args)
     assert sorted(t.card.name for t in targets) == sorted(
-        ["lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road"])
+        ["lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road",
+         "oft", "lokr", "loha", "vera", "adalora", "olora"])  # every card but antipasto (no peft method)
     assert all(t.subject.kind == "peft" and t.spec == "peft" for t in targets)
 
 

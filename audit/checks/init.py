@@ -34,7 +34,7 @@ from references.paper import evaluated_in
 from ..cell import Cell, NotApplicable
 from ..numerics import SPREAD_FACTOR, keep_worst, unit_roundoff
 from ..state import modules_named
-from ..subjects import Adapted, NotSupported, canonical_weight
+from ..subjects import Adapted, NotSupported, ShapeMismatch, canonical_weight
 
 KS_ALPHA = 1e-6  # false-alarm rate of one distribution row
 
@@ -183,7 +183,12 @@ def run(cell: Cell) -> None:
     originals = _original(cell, names)
     inputs = layer_inputs(cell, names) if cell.needs_calibration() else {}
     _rows(cell, _claims(cell, adapted, ref, originals, inputs))
-    twin = _peft_init(cell, names)
+    try:
+        twin = _peft_init(cell, names)
+    except ShapeMismatch as e:  # peft's own init holds tensors of the wrong shapes: a finding about peft
+        cell.row("peft_canonical_shape_mismatch", 1.0, 0.0, message=f"peft's own init: {e}", reference="peft",
+                 about=cell.about("peft"))
+        return
     if twin is not None:
         _rows(cell, _claims(cell, twin, ref, originals, inputs), prefix="peft_", reference="peft",
               about=cell.about("peft"))

@@ -7,7 +7,7 @@ optional calibration batches, and then answers a few questions about what it did
     attach(model, method, cfg, calibration) -> model     required: the model to call (may be a wrapper)
     adapted_layers(model) -> {name: module}                required: the layers it adapted, named as in the
                                                            base model; calling the module is the adapted layer
-    tensor_names[method] = {canonical: "path" | (path, transform)}
+    tensor_names[method] = {canonical: "path" | (path, transform) | (path, transform, "optional")}
                                                            required (data): where each canonical tensor
                                                            lives, relative to the adapted layer module
                                                            (path: a dotted path, or a tuple of them tried
@@ -85,15 +85,19 @@ class Subject:
     def layer_tensors(self, layer: nn.Module, method: str) -> dict[str, tuple[torch.Tensor, str, str]]:
         """{canonical: (live tensor, transform, where)} of one adapted layer, from ``tensor_names``.
 
-        A path may be a tuple of alternatives (e.g. where older releases kept the tensor), tried in order."""
+        A path may be a tuple of alternatives (e.g. where older releases kept the tensor), tried in order.
+        A spec ``(path, transform, "optional")`` names a tensor a layer may lack (LoKr's factors exist per
+        the layer's shape and rank): found nowhere, it is left out, and the handle's check against the
+        formula's ``layout`` reports it if that layer's formula needs it."""
         out = {}
         for canonical, spec in self.tensor_names[method].items():
-            paths, transform = (spec, "identity") if isinstance(spec, str) else spec
+            paths, transform = (spec, "identity") if isinstance(spec, str) else spec[:2]
+            optional = not isinstance(spec, str) and len(spec) > 2 and spec[2] == "optional"
             if transform not in TRANSFORMS:
                 raise LayoutError(f"{self.describe()}: tensor {canonical!r} has transform {transform!r}; "
                                   f"allowed: {', '.join(TRANSFORMS)}")
             paths = (paths,) if isinstance(paths, str) else tuple(paths)
-            if len(paths) == 1:
+            if len(paths) == 1 and not optional:
                 out[canonical] = (resolve(layer, paths[0], canonical), transform, paths[0])
                 continue
             for path in paths:
@@ -103,6 +107,8 @@ class Subject:
                 except LayoutError:
                     continue
             else:
+                if optional:
+                    continue
                 raise LayoutError(f"{self.describe()}: canonical tensor {canonical!r} is at none of "
                                   f"{', '.join(map(repr, paths))} under {type(layer).__name__}")
         return out

@@ -89,7 +89,8 @@ class Peft(Subject):
             if t.kind == "base weight":
                 continue  # W_res: the layer's own weight, read through base_layer
             transform = "reshape" if t.transform.startswith("reshape") else t.transform
-            out[t.canonical] = ((t.peft, *OLDER_PATHS.get((method, t.canonical), ())), transform)
+            paths = (t.peft, *OLDER_PATHS.get((method, t.canonical), ()))
+            out[t.canonical] = (paths, transform, "optional") if t.optional else (paths, transform)
         return out
 
     def supports(self, method: str) -> str | None:

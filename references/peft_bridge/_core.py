@@ -79,7 +79,8 @@ class VariantMapping:
     init: str                           # which peft init runs and why it does not matter (or does)
     notes: tuple[str, ...] = ()
     layer_types: tuple[str, ...] = ("torch.nn.Linear",)
-    # what the installed peft must have for the method: names the package exports, first release
+    # what the installed peft must have for the method: names the package exports, and the first release
+    # whose layout this mapping reads (the peft subject calls older releases' method unsupported, saying so)
     peft_exports: tuple[str, ...] = ()
     since: str = "0.1.0"
     # -- behaviour (not part of the data a reader compares; excluded from repr/eq) -------------------
@@ -251,7 +252,12 @@ def copy_state_into(layer: nn.Module, info: LayerInfo, mapping: VariantMapping,
 def read_state_from(layer: nn.Module, info: LayerInfo, mapping: VariantMapping) -> dict[str, torch.Tensor]:
     out = {}
     for tm in mapping.tensors:
-        src = _resolve(layer, tm.peft).detach()
+        try:
+            src = _resolve(layer, tm.peft).detach()
+        except KeyError:
+            if tm.optional:  # a tensor this layer does not have (LoKr: per the layer's shape and rank)
+                continue
+            raise
         out[tm.canonical] = TRANSFORMS[tm.transform][1](src, info.conv1d).clone().contiguous()
     return out
 

@@ -1,0 +1,89 @@
+"""OFT, Orthogonal Finetuning (Qiu et al., arXiv 2306.07280, §3-4; OFTv2 arXiv 2506.19847, §3).
+
+    W' = W Rᵀ, b unchanged, i.e. y = (x R) Wᵀ + b      (the paper's W_p' = R W_p⁰ with W_p = Wᵀ)
+    R = blockdiag(R_1..R_n), n = d_in / b,  R_i = (I + Q_i)(I − Q_i)⁻¹   (Cayley, paper eq. 4)
+    Q_i skew-symmetric: Q_i[rows, cols] = Q[i], Q_i ← Q_i − Q_iᵀ, rows, cols = triu_indices(b, b, 1)
+
+R acts on the input (an input pre-hook: x_blk ← x_blk R_i, peft's OFTRotationModule orientation).
+``use_cayley_neumann`` replaces the inverse by OFTv2's truncated Neumann series (t = num_neumann_terms):
+R_i ≈ (I + Q_i) Σ_{k=0}^{t−2} Q_i^k = I + 2Q + … + 2Q^{t−2} + Q^{t−1} (peft ≥ 0.18's coefficients for t ≥ 4);
+it equals C_i (I − Q_i^{t−1}) with C_i the exact Cayley rotation, so it is orthogonal only up to ‖Q_i‖^{t−1}
+(t = 5: singular values 1 − θ⁴, a contraction) and needs ‖Q_i‖ < 1.
+Init Q = 0: R = I exactly (both branches); every entry of Q gets a gradient at step 0 (dR = 2 dQ).
+OFT has no rank and no scale: the common fields ``r`` and ``alpha`` are not read (peft's ``r`` is the
+number of blocks, here d_in / block_size per layer). A block size that does not divide a target's d_in
+is refused naming ``block_size`` (peft silently picks a nearby divisor).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._base import ParamSpec, Variant
+from ._config import AdapterConfig
+
+
+@dataclass(frozen=True)
+class OftConfig(AdapterConfig):
+    """block_size b (must divide every target's d_in), use_cayley_neumann, num_neumann_terms t (≥ 2)."""
+
+    variant = "oft"
+    block_size: int = 16
+    use_cayley_neumann: bool = False
+    num_neumann_terms: int = 5
+
+    def check(self):
+        if self.block_size < 2:
+            raise self.fail("block_size", f"must be >= 2 (a 1×1 block has no rotation), got {self.block_size}")
+        if self.num_neumann_terms < 2:
+            raise self.fail("num_neumann_terms", f"must be >= 2, got {self.num_neumann_terms}")
+
+
+def skew_blocks(q: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(n, b, b) skew-symmetric blocks from q (n, b(b−1)/2), the strict upper triangle row by row."""
+    b = block_size
+    rows, cols = torch.triu_indices(b, b, 1, device=q.device)
+    flat = torch.zeros(q.shape[0], b * b, dtype=q.dtype, device=q.device)
+    idx = (rows * b + cols).expand(q.shape[0], -1)
+    m = flat.scatter(1, idx, q).view(q.shape[0], b, b)
+    return m - m.transpose(-1, -2)
+
+
+def rotation_blocks(q: torch.Tensor, cfg: OftConfig) -> torch.Tensor:
+    """(n, b, b) blocks R_i, computed in float32 at least (no bf16 solve kernel; §3 eq. 4)."""
+    dt = torch.promote_types(q.dtype, torch.float32)
+    s = skew_blocks(q.to(dt), cfg.block_size)
+    eye = torch.eye(cfg.block_size, dtype=dt, device=q.device)
+    if not cfg.use_cayley_neumann:
+        return torch.linalg.solve(eye - s, eye + s, left=False)  # X (I − Q) = I + Q
+    series, power = eye.expand_as(s), eye.expand_as(s)
+    for _ in range(cfg.num_neumann_terms - 2):
+        power = power @ s
+        series = series + power
+    return (eye + s) @ series
+
+
+class Oft(Variant):
+    name = "oft"
+    Config = OftConfig
+    hook = "input"
+
+    def param_specs(self, d_in, d_out, r, cfg):
+        b = cfg.block_size
+        return {"Q": ParamSpec((d_in // b, b * (b - 1) // 2))}
+
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if d_in % cfg.block_size:
+            raise ValueError(f"OftConfig.block_size: {cfg.block_size} does not divide d_in={d_in} of module "
+                             f"{name!r}; choose a divisor of every target's input width")
+
+    def init(self, layer, cfg, gen):
+        layer.adapter_Q.zero_()
+
+    def forward_input(self, layer, x):
+        q = layer.adapter_Q
+        rot = rotation_blocks(q, self.cfg)
+        n, b = rot.shape[0], self.cfg.block_size
+        h = x.to(rot.dtype).reshape(*x.shape[:-1], n, b)
+        return torch.einsum("...nk,nkc->...nc", h, rot).reshape(x.shape).to(x.dtype)
