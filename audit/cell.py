@@ -33,6 +33,7 @@ class Cell:
     device: str = "cpu"
     model_factory: Callable[[], nn.Module] | None = None
     check: str = ""
+    first_dtype: str | None = None  # the plan's first audited dtype (set by the runner), for once-per-plan parts
     rows: list[Row] = field(default_factory=list)
     _base_cache: dict[str, Any] = field(default_factory=dict)
 

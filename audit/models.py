@@ -18,7 +18,11 @@ from torch import nn
 
 VOCAB = 128
 SEQ = 12
-_TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+# One decoder layer holds every projection kind once (q, k, v, o, gate, up, down); a second identical
+# layer adds no new kind of layer, only cost (the default audit's budget is 60 s for sixteen methods).
+# The multi-layer path (layer selection by index, an adapted block feeding the next) is the toy MLP's:
+# it has two blocks.
+_TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 
 
@@ -61,7 +65,7 @@ def _llama() -> nn.Module:
 def _gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
     # no dropout: training runs side by side must see the same function
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=96,
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=1, n_head=4, n_inner=96,
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       bos_token_id=0, eos_token_id=0))
 
@@ -80,13 +84,13 @@ class ModelSpec:
 
 
 ZOO: dict[str, ModelSpec] = {
-    "qwen3": ModelSpec("qwen3", _qwen3, "tiny Qwen3 (hidden 64, 4 heads / 2 kv heads, q/k norm, no bias)"),
-    "qwen2": ModelSpec("qwen2", _qwen2, "tiny Qwen2 (hidden 64, 4 heads / 2 kv heads, biased q/k/v)"),
-    "llama": ModelSpec("llama", _llama, "tiny Llama (hidden 64, 4 heads / 2 kv heads, no bias)"),
+    "qwen3": ModelSpec("qwen3", _qwen3, "tiny Qwen3 (1 layer, hidden 64, 4 heads / 2 kv heads, q/k norm, no bias)"),
+    "qwen2": ModelSpec("qwen2", _qwen2, "tiny Qwen2 (1 layer, hidden 64, 4 heads / 2 kv heads, biased q/k/v)"),
+    "llama": ModelSpec("llama", _llama, "tiny Llama (1 layer, hidden 64, 4 heads / 2 kv heads, no bias)"),
     "mlp": ModelSpec("mlp", ToyMLP, "toy MLP (biased non-square up 48→80 / down 80→48)"),
-    "gpt2": ModelSpec("gpt2", _gpt2, "tiny GPT-2 (hidden 64, transformers Conv1D layers storing Wᵀ, fused biased "
+    "gpt2": ModelSpec("gpt2", _gpt2, "tiny GPT-2 (1 layer, hidden 64, transformers Conv1D layers storing Wᵀ, fused biased "
                                      "c_attn 64→192, MLP 64→96→64)"),
-    "phi3": ModelSpec("phi3", _phi3, "tiny Phi-3 (hidden 64, fused qkv_proj 64→128 and gate_up_proj 64→192, "
+    "phi3": ModelSpec("phi3", _phi3, "tiny Phi-3 (1 layer, hidden 64, fused qkv_proj 64→128 and gate_up_proj 64→192, "
                                      "4 heads / 2 kv heads, no bias)"),
 }
 

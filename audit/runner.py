@@ -222,7 +222,7 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
                 checks = [c for c in plan.checks if case.checks is None or c in case.checks]
                 elsewhere = {c: first for c in checks if dtype != first and c in once}
                 cell = Cell(tgt.card.at(case), tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
-                            model_factory=plan.model_factories.get(model_name),
+                            model_factory=plan.model_factories.get(model_name), first_dtype=first,
                             _base_cache=bases.setdefault((model_name, dtype), {}))
                 if dtype not in tgt.card.dtypes or unsupported:
                     for name in checks:

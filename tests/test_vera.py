@@ -222,3 +222,27 @@ def test_lambda_d_is_dead_at_step_0_and_lambda_b_is_not():
 def test_variant_is_registered():
     assert variants.REGISTRY["vera"] is Vera
     assert "vera" in paper.VARIANTS and "vera" in bridge.PEFT_VARIANTS
+
+
+def test_the_shared_pair_is_saved_once_and_shared_again_after_load(tmp_path):
+    """A checkpoint stores VeRA's frozen pair once (as peft does), not once per layer: at r = 256 on a
+    7B model a copy per layer would be gigabytes. Loaded into a bare model, the layers share it again."""
+    from safetensors import safe_open
+
+    from audit import models
+    m = models.build("qwen2")
+    ids = models.example_inputs(m)
+    variants.attach(m, variants.config("vera", r=4))
+    with torch.no_grad():
+        for mod in variants.state_of(m).targets.values():
+            mod.adapter_lambda_b.normal_()
+    y = models.logits(m, ids).detach()
+    path = variants.save(m, tmp_path / "vera.safetensors")
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert sum(k.endswith("adapter_A") for k in keys) == 1 and sum(k.endswith("adapter_B") for k in keys) == 1
+    fresh = models.build("qwen2")
+    variants.load(fresh, path)
+    layers = variants.state_of(fresh).targets.values()
+    assert len({id(x.adapter_A) for x in layers}) == 1 and len({id(x.adapter_B) for x in layers}) == 1
+    assert torch.equal(models.logits(fresh, ids), y)

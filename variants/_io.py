@@ -51,16 +51,32 @@ def _umask() -> int:
     return mask
 
 
+def _shared_keys(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """{key: the first key holding the same tensor object} for tensors several layers share (VeRA's
+    frozen pair): a checkpoint stores each once, as peft does."""
+    first: dict[int, str] = {}
+    out = {}
+    for k, v in tensors.items():
+        holder = first.setdefault(id(v), k)
+        if holder != k:
+            out[k] = holder
+    return out
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the attached adapter (and any base weight it mutated) to ``path`` atomically."""
+    """Write the attached adapter (and any base weight it mutated) to ``path`` atomically; a tensor
+    shared by several layers is stored once (metadata ``shared``: {key: the key holding it})."""
     st = state_of(model)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in _checkpoint_tensors(model).items()}
+    live = _checkpoint_tensors(model)
+    shared = _shared_keys(live)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in live.items() if k not in shared}
     meta = {
         "format": FORMAT,
         "variant": st.variant.name,
         "config": st.cfg.to_json(),
         "ranks": json.dumps({**dict.fromkeys(st.dropped, 0), **{n: m.adapter_rank for n, m in st.targets.items()}},
                             sort_keys=True),
+        "shared": json.dumps(shared, sort_keys=True),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,8 +125,12 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
         raise ValueError(f"model carries variant {st.variant.name!r}, checkpoint holds {variant.name!r}")
     expected = _checkpoint_tensors(model)
     with _safe(path) as f:
+        shared = json.loads((f.metadata() or {}).get("shared", "{}"))
         keys = set(f.keys())
-        missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+        bad_alias = sorted(k for k, v in shared.items() if k not in expected or v not in keys or k in keys)
+        if bad_alias:
+            raise ValueError(f"{path}: metadata 'shared' names keys the checkpoint cannot share: {bad_alias[:6]}")
+        missing, extra = sorted(set(expected) - keys - set(shared)), sorted(keys - set(expected))
         if missing or extra:
             if st is None:
                 from ._runtime import detach
@@ -118,6 +138,7 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
             raise KeyError(f"{path}: checkpoint keys do not match the model: missing {missing[:6]}, "
                            f"unexpected {extra[:6]}")
         loaded = {k: f.get_tensor(k) for k in sorted(keys)}
+    loaded.update({k: loaded[v] for k, v in shared.items()})
     bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
            for k, t in loaded.items() if t.shape != expected[k].shape]
     if bad:
@@ -127,5 +148,10 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
         raise ValueError(f"{path}: tensor shapes do not match the model: {bad[:6]}")
     with torch.no_grad():
         for k, t in loaded.items():
-            expected[k].copy_(t)
+            if k not in shared:
+                expected[k].copy_(t)
+    for k, v in shared.items():  # one tensor again, as when saved
+        owner, _, attr = k.rpartition(".")
+        mod = model.get_submodule(owner)
+        (mod._buffers if attr in mod._buffers else mod._parameters)[attr] = expected[v]
     return model

@@ -16,6 +16,7 @@ is refused naming ``block_size`` (peft silently picks a nearby divisor).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -40,13 +41,18 @@ class OftConfig(AdapterConfig):
             raise self.fail("num_neumann_terms", f"must be >= 2, got {self.num_neumann_terms}")
 
 
+@functools.lru_cache(maxsize=16)
+def _triu(b: int, device: torch.device) -> torch.Tensor:
+    """torch.triu_indices(b, b, 1), made once per (b, device): the backward of every forward keeps it."""
+    return torch.triu_indices(b, b, 1, device=device)
+
+
 def skew_blocks(q: torch.Tensor, block_size: int) -> torch.Tensor:
     """(n, b, b) skew-symmetric blocks from q (n, b(b−1)/2), the strict upper triangle row by row."""
     b = block_size
-    rows, cols = torch.triu_indices(b, b, 1, device=q.device)
-    flat = torch.zeros(q.shape[0], b * b, dtype=q.dtype, device=q.device)
-    idx = (rows * b + cols).expand(q.shape[0], -1)
-    m = flat.scatter(1, idx, q).view(q.shape[0], b, b)
+    rows, cols = _triu(b, q.device)
+    m = q.new_zeros(q.shape[0], b, b)
+    m[:, rows, cols] = q  # written into one fresh tensor: no second (n, b, b) buffer
     return m - m.transpose(-1, -2)
 
 
@@ -57,11 +63,16 @@ def rotation_blocks(q: torch.Tensor, cfg: OftConfig) -> torch.Tensor:
     eye = torch.eye(cfg.block_size, dtype=dt, device=q.device)
     if not cfg.use_cayley_neumann:
         return torch.linalg.solve(eye - s, eye + s, left=False)  # X (I − Q) = I + Q
-    series, power = eye.expand_as(s), eye.expand_as(s)
-    for _ in range(cfg.num_neumann_terms - 2):
+    # (I + Q) Σ_{k≤t−2} Q^k expanded: I + 2Q + … + 2Q^{t−2} + Q^{t−1}; summed term by term, so backward
+    # keeps only the powers (each product's inputs), not the partial sums and a final product's operands
+    t = cfg.num_neumann_terms
+    if t == 2:
+        return eye + s
+    rot, power = eye + 2 * s, s
+    for _ in range(2, t - 1):
         power = power @ s
-        series = series + power
-    return (eye + s) @ series
+        rot = rot + 2 * power
+    return rot + power @ s
 
 
 class Oft(Variant):

@@ -11,7 +11,7 @@ for B), in float32 — the same stream as peft, so both give the same A, B for t
 Init (§3.1): λ_b = 0 (exact identity), λ_d = d_initial. At step 0 λ_d's gradient is exactly zero.
 
 Every layer registers the same two tensors as its ``adapter_A`` / ``adapter_B`` buffers (not
-Parameters: never trained); a checkpoint stores them per layer and a loaded model holds equal copies.
+Parameters: never trained); a checkpoint stores them once (variants/_io.py) and load shares them again.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """save_load: the subject's own save, loaded by its own load into a fresh base model: identical outputs.
 
 Also, where the checkpoint is safetensors: a checkpoint with a missing or an extra tensor must be
-refused on load (a silently half-loaded adapter is the bug this catches). n/a for a subject
-without save/load.
+refused on load (a silently half-loaded adapter is the bug this catches), measured in the plan's
+first dtype (which keys a loader accepts does not depend on it). n/a for a subject without save/load.
 """
 from __future__ import annotations
 
@@ -86,6 +86,11 @@ def run(cell: Cell) -> None:
         cell.row("adapter_tensors_max_abs_diff", diff, 0.0, op="==",
                  message="canonical tensors and live base weights (W_res where the method mutates it)")
 
+        if cell.first_dtype not in (None, cell.dtype_name):  # which keys a loader accepts is not a dtype matter
+            for metric in ("missing_key_raises", "extra_key_raises"):
+                cell.row(metric, None, None, status="n/a", message=f"does not depend on the dtype: measured in "
+                                                                   f"{cell.first_dtype}")
+            return
         tensor_file = _tensor_file(saved)
         if tensor_file is None:
             for metric in ("missing_key_raises", "extra_key_raises"):

@@ -23,7 +23,8 @@ from ..cell import Cell, NotApplicable
 from ..numerics import SPREAD_FACTOR
 from ..state import modules_named
 
-STEPS, LR = 4, 1e-2  # enough for the loss to fall clearly at lr 1e-2 on the tiny task
+STEPS, LR = 3, 1e-2  # enough for the loss to fall clearly at lr 1e-2 on the tiny task (measured: the worst
+# subject/reference drop difference uses under half its tolerance on the zoo at seeds 0-9)
 REL_DROP_TOL = 0.5  # of the reference's drop, plus the loss-value rounding noise; see the module docstring
 
 
