@@ -47,32 +47,32 @@ class ToyMLP(nn.Module):
         return self.head(h)
 
 
-def _qwen3() -> nn.Module:
+def _qwen3(n_layers: int = 1) -> nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **_TINY))
+    return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **{**_TINY, "num_hidden_layers": n_layers}))
 
 
-def _qwen2() -> nn.Module:
+def _qwen2(n_layers: int = 1) -> nn.Module:
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    return Qwen2ForCausalLM(Qwen2Config(**_TINY))
+    return Qwen2ForCausalLM(Qwen2Config(**{**_TINY, "num_hidden_layers": n_layers}))
 
 
-def _llama() -> nn.Module:
+def _llama(n_layers: int = 1) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(head_dim=16, **_TINY))
+    return LlamaForCausalLM(LlamaConfig(head_dim=16, **{**_TINY, "num_hidden_layers": n_layers}))
 
 
-def _gpt2() -> nn.Module:
+def _gpt2(n_layers: int = 1) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
     # no dropout: training runs side by side must see the same function
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=1, n_head=4, n_inner=96,
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=n_layers, n_head=4, n_inner=96,
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       bos_token_id=0, eos_token_id=0))
 
 
-def _phi3() -> nn.Module:
+def _phi3(n_layers: int = 1) -> nn.Module:
     from transformers import Phi3Config, Phi3ForCausalLM
-    return Phi3ForCausalLM(Phi3Config(**_TINY, original_max_position_embeddings=64,
+    return Phi3ForCausalLM(Phi3Config(**{**_TINY, "num_hidden_layers": n_layers}, original_max_position_embeddings=64,
                                       pad_token_id=0, bos_token_id=1, eos_token_id=2))
 
 
@@ -99,13 +99,14 @@ def _dense(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
 
 
-def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A fresh zoo model in eval mode, weights from ``seed`` (same seed, same weights)."""
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, n_layers: int | None = None) -> nn.Module:
+    """A fresh zoo model in eval mode, weights from ``seed`` (same seed, same weights); ``n_layers``
+    overrides its depth (decoder layers, MLP blocks) for tests of the multi-layer path."""
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; zoo models: {sorted(ZOO)} (or use a local path)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ZOO[name].build()
+        model = ZOO[name].build(**({} if n_layers is None else {"n_layers": n_layers}))
         # transformers zero-initialises Linear and Conv1D biases, which would hide bias bugs (IA3 must
         # scale b, RoAd must rotate it, DoRA must leave it alone): give them seeded non-zero values.
         with torch.no_grad():

@@ -75,9 +75,11 @@ def attach(model, case: str, **over):
 
 
 def build(arch: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """``models.build(arch, seed=0)``: deterministic, with non-zero biases (the zoo redraws the zeros
-    transformers puts there, so bias bugs are visible). The test below guards that property."""
-    return models.build(arch, seed=0, dtype=dtype)
+    """``models.build(arch, seed=0, n_layers=2)``: deterministic, with non-zero biases (the zoo redraws
+    the zeros transformers puts there, so bias bugs are visible; the test below guards that property).
+    Two decoder layers, where the audit's zoo has one: the library's tests cover the multi-layer path
+    (layer selection, an adapted layer feeding the next) on every architecture."""
+    return models.build(arch, seed=0, dtype=dtype, n_layers=2)
 
 
 

@@ -15,7 +15,7 @@ from references import paper
 
 
 def test_placement_reads_gpt2_and_phi3_roles_independently():
-    gpt2, phi3 = models.build("gpt2"), models.build("phi3")
+    gpt2, phi3 = models.build("gpt2", n_layers=2), models.build("phi3", n_layers=2)
     assert sorted(placement.expected_modules(gpt2, ("o",))) == [f"transformer.h.{i}.attn.c_proj" for i in (0, 1)]
     assert sorted(placement.expected_modules(gpt2, ("down",))) == [f"transformer.h.{i}.mlp.c_proj" for i in (0, 1)]
     assert sorted(placement.expected_modules(phi3, ("k", "v"))) == [f"model.layers.{i}.self_attn.qkv_proj" for i in (0, 1)]

@@ -81,9 +81,11 @@ def test_a_planted_load_bug_is_caught_by_save_load(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert {v: d["verdict"] for v, d in res["verdicts"].items()} == {"lora": "non-conformant", "ia3": "non-conformant"}
     failing = {(r["variant"], r["model"], r["check"], r["metric"]) for r in _subject_rows(res) if r["status"] in BAD}
-    assert failing == {(v, m, "save_load", metric) for v in ("lora", "ia3") for m in ("mlp", "qwen3")
+    # only where two adapted layers share a leaf name: the zoo decoders have one layer (each leaf name
+    # once), the toy MLP two blocks, which is why the zoo keeps a multi-block model
+    assert failing == {(v, "mlp", "save_load", metric) for v in ("lora", "ia3")
                        for metric in ("logits_max_abs_diff", "adapter_tensors_max_abs_diff")}
-    assert min(r["value"] for r in res["rows"] if r["metric"] == "logits_max_abs_diff") > 1e-3  # not rounding
+    assert min(r["value"] for r in res["rows"] if r["metric"] == "logits_max_abs_diff" and r["model"] == "mlp") > 1e-3
     passed = {(r["variant"], r["check"], r["metric"]) for r in _subject_rows(res) if r["status"] == "pass"}
     assert {("lora", "placement", "unexpected_targets"), ("ia3", "placement", "unexpected_targets"),
             ("lora", "save_load", "missing_key_raises"), ("lora", "save_load", "extra_key_raises")} <= passed
