@@ -68,11 +68,11 @@ def rotation_blocks(q: torch.Tensor, cfg: OftConfig) -> torch.Tensor:
     t = cfg.num_neumann_terms
     if t == 2:
         return eye + s
-    rot, power = eye + 2 * s, s
+    rot, power = eye.repeat(s.shape[0], 1, 1).add_(s, alpha=2), s  # one buffer, accumulated in place
     for _ in range(2, t - 1):
         power = power @ s
-        rot = rot + 2 * power
-    return rot + power @ s
+        rot.add_(power, alpha=2)
+    return rot.add_(power @ s)
 
 
 class Oft(Variant):
