@@ -498,9 +498,10 @@ def _is_worker(pid: int, parent_cmd: str) -> bool:
 def test_ctrl_c_stops_a_parallel_run_cleanly(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "audit", "run", "--out", str(out), "--variants", "lora,dora,hra,delora,road",
-         "--models", "qwen3,llama,mlp", "--dtypes", "float32,bfloat16", "--checks", "timing,training,peft_parity",
-         "--jobs", "2"],  # ~30 s of work: still running when interrupted
+        [sys.executable, "-m", "audit", "run", "--out", str(out), "--variants",
+         "lora,dora,hra,delora,road,oft,lokr,loha,vera,adalora", "--models", "qwen3,llama,mlp,qwen2,phi3,gpt2",
+         "--dtypes", "float32,bfloat16", "--checks", "timing,training,peft_parity",
+         "--jobs", "2"],  # ~60 s of work: still running when interrupted
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()

@@ -10,11 +10,12 @@ second dimension), w2_b = 0, so ΔW = 0 exactly. At step 0 only w2_b gets a grad
 are multiplied by w2_a w2_b = 0). LyCORIS instead zeroes w2_a with Gaussian draws: a documented
 difference, not ours.
 
-Forward without ΔW where that is cheaper: (P ⊙ Q)_oi = Σ_jk w1_a[o,j] w2_a[o,k] · w1_b[j,i] w2_b[k,i], so
+Inference without ΔW where that is cheaper: (P ⊙ Q)_oi = Σ_jk w1_a[o,j] w2_a[o,k] · w1_b[j,i] w2_b[k,i], so
 ΔW = U V with U (d_out, r²), V (r², d_in) the row-/column-wise Khatri–Rao products of the factors, and
-x ΔWᵀ = (x Vᵀ) Uᵀ is exact (no approximation). Used when U and V are no larger than ΔW
-(r²·(d_in + d_out) ≤ d_in·d_out: fewer flops per token and fewer saved bytes); otherwise ΔW is
-materialised by ``HadamardDelta``, which keeps only the four factors for backward, as peft does.
+x ΔWᵀ = (x Vᵀ) Uᵀ is exact in exact arithmetic. Used without autograd when U and V are no larger than ΔW
+(r²·(d_in + d_out) ≤ d_in·d_out). Its sum over r² products cancels where P or Q does, so its rounding
+can be several times that of P ⊙ Q (the audit's Adam trajectories flagged it at one seed in ten):
+training materialises ΔW by ``HadamardDelta``, which keeps only the four factors for backward, as peft does.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._inplace import recording
 from ._tensor_init import kaiming_uniform_
 from .lora import add_lowrank
 
@@ -102,7 +104,10 @@ class Loha(Variant):
         s = self.scale(self.cfg, layer.adapter_rank)
         d_out, r = w1_a.shape
         xa = x.to(w1_a.dtype)
-        if factored(w1_b.shape[1], d_out, r):
+        # the factored sum runs over r² products, which cancel where (w1_a w1_b) or (w2_a w2_b) does: its
+        # rounding is up to ~5× peft's materialised ΔW (measured on the audit's Adam trajectories), so it
+        # serves inference only; training takes ΔW, the paper's (and peft's) order of operations
+        if not recording(xa, w1_a, w1_b, w2_a, w2_b) and factored(w1_b.shape[1], d_out, r):
             u, v = khatri_rao_factors(w1_a, w1_b, w2_a, w2_b)
             return add_lowrank(y, xa @ (v * s).t(), u, layer)  # s on V (r², d_in): the smallest operand
         return add_lowrank(y, xa, HadamardDelta.apply(w1_a, w1_b, w2_a, w2_b, s), layer)
