@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import typing
@@ -119,8 +120,14 @@ def _check_type(value: Any, tp: Any) -> tuple[bool, Any]:
     return True, value
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """A config class's resolved annotations (get_type_hints evaluates each string annotation: once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def _coerce_and_typecheck(cfg: AdapterConfig) -> None:
-    hints = typing.get_type_hints(type(cfg))
+    hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
         tp = hints[f.name]
         value = getattr(cfg, f.name)

@@ -110,4 +110,6 @@ class Loha(Variant):
         if not recording(xa, w1_a, w1_b, w2_a, w2_b) and factored(w1_b.shape[1], d_out, r):
             u, v = khatri_rao_factors(w1_a, w1_b, w2_a, w2_b)
             return add_lowrank(y, xa @ (v * s).t(), u, layer)  # s on V (r², d_in): the smallest operand
-        return add_lowrank(y, xa, HadamardDelta.apply(w1_a, w1_b, w2_a, w2_b, s), layer)
+        # one 2-D addmm, not the in-place batched path: with a full (d_out, d_in) ΔW, baddbmm's expanded
+        # operand would make backward build a (batch, d_out, d_in) gradient before summing it
+        return add_lowrank(y, xa, HadamardDelta.apply(w1_a, w1_b, w2_a, w2_b, s))
