@@ -312,6 +312,18 @@ def _warm_up(plan: Plan) -> None:
             "B": torch.zeros(m.get_submodule(target).out_features, 1)}})
 
 
+def _terminate_children(pool) -> None:
+    """Terminate the pool's workers and every other child process of this one (an executor can start a
+    replacement worker while it shuts down: left alone, it would outlive the interrupted run)."""
+    import multiprocessing
+    procs = {*(getattr(pool, "_processes", None) or {}).values(), *multiprocessing.active_children()}
+    for proc in procs:
+        try:
+            proc.terminate()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
 def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     """(target, model) units audited in ``jobs`` worker processes. On KeyboardInterrupt the pending futures are
     cancelled, the workers terminated at once (not waited for) and the interrupt re-raised."""
@@ -357,12 +369,9 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
         if bar:
             bar.close()
     except BaseException:
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            try:
-                proc.terminate()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        _terminate_children(pool)
         pool.shutdown(wait=False, cancel_futures=True)
+        _terminate_children(pool)  # and any worker the executor started while it was shutting down
         raise
     pool.shutdown(wait=True)
     return [r for t in plan.targets
