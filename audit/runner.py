@@ -339,6 +339,8 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     weight = {(t.card.name, m): sum(c.models is None or m in c.models for c in cases(t.card, plan))
               for t in plan.targets for m in plan.models}
     units = sorted(weight, key=lambda u: -weight[u])
+    if not units:
+        return []
     by_name = {t.card.name: t for t in plan.targets}
     results: dict[tuple[str, str], list[Row]] = {}
     # fork where there is one: workers start with torch, transformers and peft already imported (the
@@ -350,15 +352,20 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
                                initializer=_init_worker)
     bar = None
     try:
-        # Workers are started by submit(); an ignored SIGINT is inherited, so they never see a
-        # Ctrl-C even before their initializer runs. The parent ignores it only for these few ms.
+        # The first submit() forks the workers; an ignored SIGINT is inherited, so they never see a
+        # Ctrl-C even before their initializer runs. The parent ignores it only while it forks: the
+        # other submits (pickling each unit) run with Ctrl-C live, so none is lost.
         main = threading.current_thread() is threading.main_thread()
+
+        def submit(unit):
+            return pool.submit(_worker, unit[0], by_name[unit[0]].spec, unit[1], bare)
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
-            futures = {pool.submit(_worker, name, by_name[name].spec, model, bare): (name, model) for name, model in units}
+            futures = {submit(units[0]): units[0]}
         finally:
             if main and previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        futures.update({submit(u): u for u in units[1:]})
         bar = Progress(len(units)) if progress else None
         for fut in as_completed(futures):
             unit = futures[fut]
