@@ -502,7 +502,10 @@ def test_ctrl_c_stops_a_parallel_run_cleanly(tmp_path):
          "lora,dora,hra,delora,road,oft,lokr,loha,vera,adalora", "--models", "qwen3,llama,mlp,qwen2,phi3,gpt2",
          "--dtypes", "float32,bfloat16", "--checks", "timing,training,peft_parity",
          "--jobs", "2"],  # ~60 s of work: still running when interrupted
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a test runner started in the background (`cmd &` without job control) ignores SIGINT, and
+        # the ignore would be inherited: the run under test starts with Ctrl-C live, as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.monotonic()
         workers: list[int] = []
