@@ -87,6 +87,7 @@ def factored(d_in: int, d_out: int, r: int) -> bool:
 class Loha(Variant):
     name = "loha"
     Config = LohaConfig
+    delta = HadamardDelta  # the autograd Function building ΔW in training
 
     def param_specs(self, d_in, d_out, r, cfg):
         return {"w1_a": ParamSpec((d_out, r)), "w1_b": ParamSpec((r, d_in)),
@@ -112,4 +113,4 @@ class Loha(Variant):
             return add_lowrank(y, xa @ (v * s).t(), u, layer)  # s on V (r², d_in): the smallest operand
         # one 2-D addmm, not the in-place batched path: with a full (d_out, d_in) ΔW, baddbmm's expanded
         # operand would make backward build a (batch, d_out, d_in) gradient before summing it
-        return add_lowrank(y, xa, HadamardDelta.apply(w1_a, w1_b, w2_a, w2_b, s))
+        return add_lowrank(y, xa, self.delta.apply(w1_a, w1_b, w2_a, w2_b, s))

@@ -2,14 +2,13 @@
 
 The forward (which multiplies by s) stays exact, so identity, init, outputs and logits all agree; only
 the gradients are off by the factor 1/s, and Adam's step is nearly scale-invariant, so training looks
-normal. It lives in the materialised-ΔW path (ours uses it where r²(d_in + d_out) > d_in·d_out), audited
-with s = 0.5 by the alpha4-r8 corner on the toy MLP.
+normal. It lives in the materialised-ΔW path (every training forward), audited under the main config
+(s = 2) on the toy MLP; at the defaults (s = 1) it would hide.
 """
 from torch.autograd.function import once_differentiable
 
 from audit.mutants import Mutant
-from variants.loha import HadamardDelta, Loha, factored, khatri_rao_factors
-from variants.lora import add_lowrank
+from variants.loha import HadamardDelta, Loha
 
 
 class UnscaledBackward(HadamardDelta):
@@ -23,19 +22,10 @@ class UnscaledBackward(HadamardDelta):
 
 
 class LohaUnscaledBackward(Loha):
-    def forward(self, layer, x, y):
-        w1_a, w1_b = layer.adapter_w1_a, layer.adapter_w1_b
-        w2_a, w2_b = layer.adapter_w2_a, layer.adapter_w2_b
-        s = self.scale(self.cfg, layer.adapter_rank)
-        d_out, r = w1_a.shape
-        xa = x.to(w1_a.dtype)
-        if factored(w1_b.shape[1], d_out, r):
-            u, v = khatri_rao_factors(w1_a, w1_b, w2_a, w2_b)
-            return add_lowrank(y, xa @ (v * s).t(), u, layer)
-        return add_lowrank(y, xa, UnscaledBackward.apply(w1_a, w1_b, w2_a, w2_b, s), layer)
+    delta = UnscaledBackward
 
 
 MUTANT = Mutant("loha_backward_unscaled", "loha", "custom backward drops the scale (forward exact)",
                 "HadamardDelta.backward returns ∂L/∂factors without the factor s = alpha/r: outputs exact, "
                 "gradients off by 1/s (s = 1 at the defaults hides it)",
-                ("paper_parity",), LohaUnscaledBackward, models=("mlp",), configs=("alpha4-r8",))
+                ("paper_parity",), LohaUnscaledBackward, models=("mlp",))
