@@ -1,9 +1,10 @@
 """A Cell is one (card at one of its configs, model, dtype) a check runs on: models, inputs and helpers, all seeded."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ class Cell:
     first_dtype: str | None = None  # the plan's first audited dtype (set by the runner), for once-per-plan parts
     rows: list[Row] = field(default_factory=list)
     _base_cache: dict[str, Any] = field(default_factory=dict)
+    _lent: dict[tuple, "_Lent"] = field(default_factory=dict)
 
     def __post_init__(self):
         self.subject = as_subject(self.subject)
@@ -101,7 +103,54 @@ class Cell:
         return Adapted(self.subject, self.subject.attach(model, self.card.name, cfg, cal), self.card.name, cfg)
 
     def adapted(self, **overrides: Any) -> Adapted:
+        """A fresh copy of the base with the subject attached: the check's own, to change at will."""
         return self.attach(self.fresh_model(), **overrides)
+
+    @contextmanager
+    def shared(self, perturbed: bool = False, **overrides: Any) -> Iterator[Adapted]:
+        """The cell's adapted model, attached once and lent to one check at a time: at init, or
+        ``perturbed`` (state.perturb with the card's σ, as every check at a perturbed state uses).
+
+        Each check used to attach its own copy of the same seeded state (about nine attaches per
+        cell, each a deep copy of the base plus the method's init). On return, every parameter and
+        buffer, its gradient (none) and requires_grad flag and every module's training mode are put
+        back bit for bit, so the next check sees what a fresh attach gives it; a check that changed
+        the model's structure (a tensor replaced or added, a hook left behind) has the model dropped,
+        and the next borrower gets a fresh one (tests/test_lending.py: no audit row changes)."""
+        from .state import perturb
+
+        def make() -> Adapted:
+            adapted = self.adapted(**overrides)
+            if perturbed:
+                perturb(adapted, self.seed, self.card.perturb)
+            return adapted
+        with self._lend(("adapted", perturbed, tuple(sorted(overrides.items()))), make) as adapted:
+            yield adapted
+
+    @contextmanager
+    def lent_base(self, dtype: torch.dtype | None = None, purpose: str = "") -> Iterator[nn.Module]:
+        """A copy of the base model (cast to ``dtype``), lent like ``shared``: for a check that writes
+        weights and reads the outputs (the paper's merged weights), or gives the model to the subject
+        expecting a refusal (``purpose``: a separate copy, so the subject's code never touches the
+        copy another check reads)."""
+        def make() -> nn.Module:
+            m = self.fresh_model()
+            return m if dtype is None else m.to(dtype)
+        # kept with the base model: every card and config of this model and dtype borrows the same copy
+        with self._lend(("base", dtype, purpose), make, self._base_cache.setdefault("lent", {})) as model:
+            yield model
+
+    @contextmanager
+    def _lend(self, key: tuple, make: Callable[[], Any], store: dict | None = None) -> Iterator[Any]:
+        store = self._lent if store is None else store
+        lent = store.pop(key, None)  # popped while lent: a nested borrow gets its own
+        if lent is None:
+            lent = _Lent(make())
+        try:
+            yield lent.obj
+        finally:
+            if lent.restore():
+                store[key] = lent
 
     def about(self, implementation: str) -> str:
         """"subject" when ``implementation`` (e.g. "peft") is the one under audit, else "reference"."""
@@ -130,3 +179,45 @@ class Cell:
                 message=message, op=op, reference=reference, about=about, config=self.card.config_id)
         self.rows.append(r)
         return r
+
+
+class _Lent:
+    """A model (or an Adapted handle on one) and what it must be given back as: its tensors' values and
+    flags, its modules' training modes, and its structure (which tensors, hooks and attributes it has),
+    to detect a change."""
+
+    def __init__(self, obj: Adapted | nn.Module):
+        self.obj = obj
+        self.model = obj.model if isinstance(obj, Adapted) else obj
+        model = self.model
+        self.tensors = [(t, t.detach().clone(), t.requires_grad) for t in _tensors(model)]
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.structure = _structure(model)
+
+    def restore(self) -> bool:
+        """Put the model back as it was lent; False (and nothing restored) when its structure changed."""
+        model = self.model
+        if _structure(model) != self.structure:
+            return False
+        with torch.no_grad():
+            for t, saved, requires_grad in self.tensors:
+                t.copy_(saved)
+                t.grad = None
+                t.requires_grad_(requires_grad)
+        for m, training in self.modes:
+            m.training = training
+        return True
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _structure(model: nn.Module) -> tuple:
+    """Which tensors (by identity, shape and dtype) and submodules it has, and which attributes and how
+    many hooks of each kind every module has (an attach that was refused half-way shows here)."""
+    def tensors(d: dict) -> tuple:
+        return tuple((k, None) if t is None else (k, id(t), t.shape, t.dtype) for k, t in d.items())
+    return tuple((id(m), tuple(m.__dict__), tensors(m._parameters), tensors(m._buffers), tuple(m._modules),
+                  len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
+                 for m in model.modules())

@@ -116,8 +116,9 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, n_layers
     return model.to(dtype).eval()
 
 
-_TORCH_STATE = ("_parameters", "_buffers", "_modules")
-_ATOMIC = (bool, int, float, str, type(None))
+_TORCH_STATE = frozenset({"_parameters", "_buffers", "_modules"})
+_ATOMIC = frozenset({bool, int, float, str, type(None)})
+_CONTAINERS = frozenset({OrderedDict, set})
 
 
 def clone(model: nn.Module) -> nn.Module:
@@ -150,14 +151,15 @@ def clone(model: nn.Module) -> nn.Module:
              "_buffers": {k: tensor(b) for k, b in m._buffers.items()},
              "_modules": {k: None if c is None else module(c) for k, c in m._modules.items()}}
         for k, v in m.__dict__.items():
-            if k in _TORCH_STATE:
+            kind = type(v)
+            if kind in _ATOMIC:
+                d[k] = v
+            elif k in _TORCH_STATE:
                 continue
-            if k.startswith("_") and type(v) in (OrderedDict, set):
-                d[k] = type(v)(v)  # hooks and torch/HF bookkeeping: own container, same entries
+            elif kind in _CONTAINERS and k[0] == "_":
+                d[k] = kind(v)  # hooks and torch/HF bookkeeping: own container, same entries
             elif isinstance(v, torch.Tensor):
                 d[k] = tensor(v)
-            elif type(v) in _ATOMIC:
-                d[k] = v
             else:
                 d[k] = copy.deepcopy(v, memo)
         object.__setattr__(new, "__dict__", d)

@@ -48,20 +48,44 @@ def term_magnitudes(ref, x, w, b, state: dict, cfg: dict, t: torch.Tensor, names
         def f(q, _name=name):
             return ref.forward(x64, w64, b64, {**f64, _name: q}, cfg)
         tangents = torch.eye(p.numel(), dtype=torch.float64).reshape(p.numel(), *p.shape)
-        try:  # every direction in one vectorised pass
-            dys = torch.func.vmap(lambda tan: torch.func.jvp(f, (p,), (tan,))[1])(tangents)
-        except RuntimeError:  # a formula op without a batching rule: one direction at a time
-            dys = torch.stack([torch.func.jvp(f, (p,), (tan,))[1] for tan in tangents])
+        dys = None
+        if p.numel() > 1 and _key(ref) not in _NO_BATCHING:
+            try:  # every direction in one vectorised pass
+                dys = torch.func.vmap(lambda tan: torch.func.jvp(f, (p,), (tan,))[1])(tangents)
+            except RuntimeError:  # a formula op without a batching rule (remembered: the attempt costs)
+                _NO_BATCHING.add(_key(ref))
+        if dys is None:  # one direction at a time, by eager forward-mode AD (4x cheaper than func.jvp here)
+            dys = torch.stack([_jvp(f, p, tan) for tan in tangents])
         out[name] = (t.abs() * dys.abs()).reshape(p.numel(), -1).sum(1).reshape(p.shape)
     return out
+
+
+_NO_BATCHING: set = set()  # formulas whose forward vmap cannot batch
+
+
+def _key(ref) -> str:
+    """A formula's name (a module, or a wrapper around one: its class and the wrapped module's name)."""
+    inner = getattr(ref, "ref", None)
+    return getattr(ref, "__name__", None) or f"{type(ref).__name__}({getattr(inner, '__name__', '')})"
+
+
+def _jvp(f, p: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+    """∂f(p)/∂p · tangent by eager forward-mode AD (torch.func.jvp where an op lacks a forward-AD formula)."""
+    import torch.autograd.forward_ad as fwad
+    try:
+        with fwad.dual_level():
+            y, dy = fwad.unpack_dual(f(fwad.make_dual(p, tangent)))
+            return torch.zeros_like(y) if dy is None else dy  # None: y does not depend on p
+    except (RuntimeError, NotImplementedError):
+        return torch.func.jvp(f, (p,), (tangent,))[1]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> float:
     """‖a − b‖ / ‖scale‖ (default scale: b, the relative error), in float64; 0 when both are 0."""
     a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
-    den = (b if scale is None else scale).norm()
-    num = (a - b).norm()
-    return float(num / den) if den > 0 else float(num)
+    num = float(torch.linalg.vector_norm(a - b))  # vector_norm: torch.norm's Python dispatch costs as much
+    den = float(torch.linalg.vector_norm(b if scale is None else scale.detach().to(torch.float64)))
+    return num / den if den > 0 else num
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:

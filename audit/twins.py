@@ -46,8 +46,8 @@ def twin(cell, adapted: Adapted) -> Adapted:
     if reference_name(cell) == "peft":
         from .subjects.peft import Peft
         needs_weight = any(t.canonical == "weight" for t in bridge.MAPPINGS[name].tensors)
-        model = bridge.build_peft_model(cell.base(), name, cfg, adapted.names,  # build() deep-copies the base
-                                        adapted.state(with_weight=needs_weight))
+        model = bridge.build_peft_model(cell.base(), name, cfg, adapted.names,  # on a copy of the base
+                                        adapted.state(with_weight=needs_weight), copy_model=models.clone)
         return Adapted(Peft(), model, name, cfg)
     ours = Ours()
     cal = cell.calibration() if cell.needs_calibration() else None

@@ -35,8 +35,12 @@ def _dead(gs: list[torch.Tensor]) -> float:
 
 
 def run(cell: Cell) -> None:
+    with cell.shared() as adapted:
+        _run(cell, adapted)
+
+
+def _run(cell: Cell, adapted) -> None:
     card = cell.card
-    adapted = cell.adapted()
     model = adapted.model
     grads = _grads(cell, adapted)
     zero_grads = card.zero_grads_at(adapted.cfg)

@@ -68,8 +68,12 @@ def _judge(cell: Cell, adapted, names, base_out, spread, metric_suffix: str = ""
 
 
 def run(cell: Cell) -> None:
+    with cell.shared() as adapted:
+        _run(cell, adapted)
+
+
+def _run(cell: Cell, adapted) -> None:
     card = cell.card
-    adapted = cell.adapted()
     names = adapted.names
     base_out, spread = _base_reference(cell, names)
     claim = f"claim: {card.identity}"

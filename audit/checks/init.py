@@ -173,12 +173,15 @@ def run(cell: Cell) -> None:
     if not hasattr(ref, "init_claims"):
         raise NotApplicable(f"references/paper/{cell.card.name}.py states no init (init_claims)")
     try:
-        adapted = cell.adapted()
-    except NotSupported as e:
+        with cell.shared() as adapted:
+            _run(cell, ref, adapted)
+    except NotSupported as e:  # the subject cannot attach this config (raised by the attach)
         if not _declared_unsupported(cell):
             raise
         cell.row("config_supported", 0.0, 1.0, op="==", message=f"the subject cannot run this config: {e}")
-        return
+
+
+def _run(cell: Cell, ref, adapted) -> None:
     names = adapted.names
     originals = _original(cell, names)
     inputs = layer_inputs(cell, names) if cell.needs_calibration() else {}

@@ -15,7 +15,7 @@ from references import paper
 
 from ..cell import Cell, rel_err
 from ..numerics import describe, jitter, keep_worst, spread_tolerance, term_magnitudes
-from ..state import capture, modules_named, perturb
+from ..state import capture, modules_named
 from ..subjects import canonical_weight
 
 
@@ -94,11 +94,12 @@ def layer_parity(cell: Cell, ref, cfg: dict, adapted, name: str, x: torch.Tensor
     return out
 
 
-def merged_model(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | None = None, gen=None):
+def merged_model(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | None = None, gen=None, into=None):
     """A copy of the base model whose adapted layers' weights/biases are the paper's merged ones
     from ``adapted``'s state and live base weights, in ``dtype`` (default: the cell's), the merged
-    weights jittered by one unit round-off when ``gen`` is given."""
-    clone = cell.fresh_model()
+    weights jittered by one unit round-off when ``gen`` is given. ``into``: the copy of the base to
+    write them into (default: a fresh one)."""
+    clone = cell.fresh_model() if into is None else into
     if dtype is not None:
         clone.to(dtype)
     mods = modules_named(clone, adapted.names)
@@ -121,30 +122,40 @@ def merged_model(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | None 
     return clone
 
 
-def worst_layer_rows(cell: Cell, ref, reference: str, note: str = "", spread_ref=None):
-    """Perturb a fresh adapter, run ``layer_parity`` against ``ref`` on every adapted layer, and
-    append one row per metric for the layer with the largest error/tolerance. Returns (model, cfg)."""
-    adapted = cell.adapted()
-    perturb(adapted, cell.seed, cell.card.perturb)
+def _merged_logits(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | None = None, gen=None) -> torch.Tensor:
+    """The logits of ``merged_model``, on a copy of the base the cell lends (and restores)."""
+    with cell.lent_base(dtype) as base:
+        return cell.logits(merged_model(cell, adapted, ref, cfg, dtype, gen, into=base))
+
+
+def worst_layer_rows(cell: Cell, adapted, ref, reference: str, note: str = "", spread_ref=None):
+    """Run ``layer_parity`` against ``ref`` on every layer of ``adapted`` (at the cell's perturbed
+    state) and append one row per metric for the layer with the largest error/tolerance. Returns
+    (cfg, the model's logits)."""
     cfg = adapted.cfg
     with torch.no_grad():
-        seen, _ = capture(adapted.layers, lambda: cell.logits(adapted))
+        seen, logits = capture(adapted.layers, lambda: cell.logits(adapted))
     worst: dict[str, tuple] = {}
     for name in adapted.names:
         for metric, (err, tol, how) in layer_parity(cell, ref, cfg, adapted, name, seen[name][0], spread_ref).items():
             keep_worst(worst, metric, (err, tol, how, name))
     for metric, (err, tol, how, name) in worst.items():
         cell.row(metric, err, tol, reference=reference, message=f"{note}worst layer {name}; {how}")
-    return adapted, cfg
+    return cfg, logits
 
 
 def run(cell: Cell) -> None:
+    with cell.shared(perturbed=True) as adapted:
+        _run(cell, adapted)
+
+
+def _run(cell: Cell, adapted) -> None:
     ref = paper.get(cell.card.name)
-    adapted, cfg = worst_layer_rows(cell, ref, "paper")
+    cfg, logits = worst_layer_rows(cell, adapted, ref, "paper")
     gen = torch.Generator().manual_seed(cell.seed + 19)
     with torch.no_grad():
-        truth = cell.logits(merged_model(cell, adapted, ref, cfg, torch.float64))
-        spreads = [rel_err(cell.logits(merged_model(cell, adapted, ref, cfg, gen=gn)), truth) for gn in (None, gen)]
-        err = rel_err(cell.logits(adapted), truth)
+        truth = _merged_logits(cell, adapted, ref, cfg, torch.float64)
+        spreads = [rel_err(_merged_logits(cell, adapted, ref, cfg, gen=gn), truth) for gn in (None, gen)]
+        err = rel_err(logits, truth)
     cell.row("logits_rel_err_vs_merged", err, spread_tolerance(spreads, cell.dtype), reference="paper",
              message="hooked model vs the model with the paper's merged weights; " + describe(spreads, cell.dtype))

@@ -24,7 +24,7 @@ from references.peft_bridge import BridgeUnsupported
 
 from ..cell import Cell, NotApplicable, rel_err
 from ..numerics import SMALL_TENSOR, describe, keep_worst, spread_tolerance, term_magnitudes
-from ..state import capture, perturb
+from ..state import capture
 from ..twins import reference_name, twins
 from .paper_parity import formula_outputs, formula_spreads, worst_layer_rows
 
@@ -106,14 +106,20 @@ def _term_scales(cell: Cell, truth, taps: _LayerTaps, cfg) -> dict[str, dict[str
 def run(cell: Cell) -> None:
     card = cell.card
     if "antipasto3" in card.references and cell.subject.kind != "peft":
-        worst_layer_rows(cell, _Antipasto3Port, "antipasto3", "vs the antipasto3 port; ", spread_ref=paper.get(card.name))
+        with cell.shared(perturbed=True) as adapted:
+            worst_layer_rows(cell, adapted, _Antipasto3Port, "antipasto3", "vs the antipasto3 port; ",
+                             spread_ref=paper.get(card.name))
         return
     other = reference_name(cell)
     if other is None:
         raise NotApplicable(f"no other implementation to compare {cell.subject.describe()} with")
     over = (card.peft_config or {}) if cell.subject.kind != "peft" else {}
-    adapted = cell.adapted(**over)
-    perturb(adapted, cell.seed, card.perturb)
+    with cell.shared(perturbed=True, **over) as adapted:
+        _run(cell, adapted, other, over)
+
+
+def _run(cell: Cell, adapted, other: str, over: dict) -> None:
+    card = cell.card
     cfg = adapted.cfg
     names = adapted.names
     try:

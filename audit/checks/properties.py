@@ -86,7 +86,12 @@ def run(cell: Cell) -> None:
     invs = cell.card.invariants
     if not invs:
         raise NotApplicable("the paper states no invariant beyond the merged formula (covered by paper_parity)")
-    adapted = cell.adapted()
+    with cell.shared() as adapted:
+        _run(cell, adapted)
+
+
+def _run(cell: Cell, adapted) -> None:
+    invs = cell.card.invariants
     originals = {n: canonical_weight(m).detach().to(torch.float64).clone()
                  for n, m in modules_named(cell.base(), adapted.names).items()}
 

@@ -51,7 +51,8 @@ def _attempt(cell: Cell, bad: BadInput) -> tuple[float, str]:
         if bad.fields.get("target_names"):
             fields.pop("target_roles", None)
         cal = fields.pop("calibration_data", cell.calibration() if cell.needs_calibration() else None)
-        cell.subject.attach(cell.fresh_model(), cell.card.name, fields, cal)
+        with cell.lent_base(purpose="refusals") as model:  # a refusal leaves it as it was: the next reuses it
+            cell.subject.attach(model, cell.card.name, fields, cal)
     except bad.error as e:
         if names_problem(str(e), bad.fields):
             return 1.0, f"{type(e).__name__}: {str(e)[:140]}"

@@ -15,7 +15,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..cell import Cell, NotApplicable
-from ..state import perturb
 from ..subjects import Adapted
 
 
@@ -60,8 +59,12 @@ def run(cell: Cell) -> None:
     subject = cell.subject
     if not (subject.can("save") and subject.can("load")):
         raise NotApplicable(f"{subject.describe()} has no save/load")
-    adapted = cell.adapted()
-    perturb(adapted, cell.seed, cell.card.perturb)
+    with cell.shared(perturbed=True) as adapted:
+        _run(cell, adapted)
+
+
+def _run(cell: Cell, adapted) -> None:
+    subject = cell.subject
     method, cfg = cell.card.name, adapted.cfg
 
     def load(path: Path) -> Adapted:

@@ -20,7 +20,6 @@ import torch
 from .. import models
 from ..cell import Cell, NotApplicable
 from ..measure import peak_memory_bytes, sync
-from ..state import perturb
 from ..twins import reference_name, twin
 
 ROUNDS, BATCH, SEQ = 4, 4, 32
@@ -49,8 +48,11 @@ def run(cell: Cell) -> None:
     ids = models.example_inputs(base, batch=BATCH, seq=SEQ, seed=cell.seed + 5).to(cell.device)
     other = reference_name(cell)
     over = (cell.card.peft_config or {}) if other == "peft" else {}
-    adapted = cell.adapted(**over)
-    perturb(adapted, cell.seed, cell.card.perturb)
+    with cell.shared(perturbed=True, **over) as adapted:
+        _run(cell, base, ids, adapted, other)
+
+
+def _run(cell: Cell, base, ids, adapted, other: str | None) -> None:
     me = cell.subject.kind if cell.subject.kind != other else "subject"
     contenders = {"base": base, me: adapted.model}
     if other is not None:

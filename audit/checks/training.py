@@ -49,11 +49,15 @@ def reference_model(cell: Cell, adapted):
 
 
 def _train(cell: Cell, model, params, labels) -> tuple[list[float], float, int]:
-    """(losses per step, final eval loss, non-finite steps) of STEPS Adam steps on the task."""
+    """(losses per step, final eval loss, non-finite steps) of STEPS Adam steps on the task.
+    ``labels``: the target token ids, or a function of the vocabulary size (the logits' width) giving them."""
     opt = torch.optim.Adam(params, lr=LR)
 
     def loss_of():
+        nonlocal labels
         y = cell.logits(model).double()
+        if callable(labels):
+            labels = labels(y.shape[-1])
         return torch.nn.functional.cross_entropy(y.reshape(-1, y.shape[-1]), labels.reshape(-1))
 
     losses, nonfinite = [], 0
@@ -73,14 +77,21 @@ def _train(cell: Cell, model, params, labels) -> tuple[list[float], float, int]:
 
 
 def run(cell: Cell) -> None:
-    adapted = cell.adapted()
+    with cell.shared() as adapted:
+        _run(cell, adapted)
+
+
+def _run(cell: Cell, adapted) -> None:
     model = adapted.model
     reference, ref_params = reference_model(cell, adapted)
     params = adapted.parameters()
-    g = torch.Generator().manual_seed(cell.seed + 3)
-    with torch.no_grad():
-        vocab = cell.logits(model).shape[-1]
-    labels = torch.randint(0, vocab, cell.inputs.shape, generator=g).to(cell.inputs.device)
+    drawn = []
+
+    def labels(vocab: int) -> torch.Tensor:  # drawn at the first forward, once the logits' width is known
+        if not drawn:
+            g = torch.Generator().manual_seed(cell.seed + 3)
+            drawn.append(torch.randint(0, vocab, cell.inputs.shape, generator=g).to(cell.inputs.device))
+        return drawn[0]
     ref_losses, ref_final, _ = _train(cell, reference, ref_params, labels)
     losses, final, nonfinite = _train(cell, model, params, labels)
     ref_drop, drop = ref_losses[0] - ref_final, losses[0] - final

@@ -22,7 +22,8 @@ This package must never import `variants` (tests enforce it).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import copy
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -63,7 +64,8 @@ def _mapping(variant: str) -> VariantMapping:
 
 def build_peft_model(base_model: nn.Module, variant: str, cfg: Mapping[str, Any],
                      target_module_names: list[str] | tuple[str, ...],
-                     states: Mapping[str, Mapping[str, torch.Tensor]]) -> nn.Module:
+                     states: Mapping[str, Mapping[str, torch.Tensor]],
+                     copy_model: Callable[[nn.Module], nn.Module] = copy.deepcopy) -> nn.Module:
     """peft counterpart of an adapter state, on a deep copy of `base_model` (which is never mutated).
 
     variant              one of PEFT_VARIANTS
@@ -76,8 +78,10 @@ def build_peft_model(base_model: nn.Module, variant: str, cfg: Mapping[str, Any]
     Returns a peft.PeftModel in eval mode with every dropout 0 and the adapter tensors trainable, plus
     `.bridge_info` (a dict). Raises BridgeUnsupported when peft cannot represent the state (DeLoRA's paper init,
     an unsupported layer type), ValueError/KeyError on missing, unknown or mis-shaped state tensors.
+    copy_model           how the base is deep-copied (default copy.deepcopy; a caller with a faster deep
+                         copy of its models passes it)
     """
-    return _core.build(base_model, _mapping(variant), cfg, target_module_names, states)
+    return _core.build(base_model, _mapping(variant), cfg, target_module_names, states, copy_model)
 
 
 def peft_state(peft_model: nn.Module, variant: str,

@@ -273,7 +273,8 @@ def check_state_keys(mapping: VariantMapping, name: str, state: Mapping[str, tor
 
 def build(base_model: nn.Module, mapping: VariantMapping, cfg: Mapping[str, Any],
           target_module_names: list[str] | tuple[str, ...],
-          states: Mapping[str, Mapping[str, torch.Tensor]]) -> nn.Module:
+          states: Mapping[str, Mapping[str, torch.Tensor]],
+          copy_model: Callable[[nn.Module], nn.Module] = copy.deepcopy) -> nn.Module:
     from peft import get_peft_model
 
     names = list(target_module_names)
@@ -302,7 +303,7 @@ def build(base_model: nn.Module, mapping: VariantMapping, cfg: Mapping[str, Any]
     autocast, adapter_dtype = adapter_dtype_plan(base_dtype, cfg.get("dtype", "float32"))
 
     peft_config, wrapped = mapping.make_config(cfg, names, states, infos)
-    model = copy.deepcopy(base_model)
+    model = copy_model(base_model)
     # autocast_adapter_dtype exists from peft 0.12.0; before it adapters always took the base dtype (autocast off)
     import inspect
     kw = {"autocast_adapter_dtype": autocast} if "autocast_adapter_dtype" in inspect.signature(
