@@ -33,4 +33,8 @@ def config(name: str, **fields: Any) -> AdapterConfig:
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise TypeError(f"{cls.__name__}: unknown field(s) {unknown}; allowed fields: {allowed}")
+    ignored = sorted(set(fields) & set(cls.unused))
+    if ignored:
+        raise TypeError(f"{cls.__name__}: {name} does not use {', '.join(ignored)}: leave "
+                        f"{'it' if len(ignored) == 1 else 'them'} unset; the fields {name} uses: {cls.used_fields()}")
     return cls(**fields)

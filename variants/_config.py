@@ -7,7 +7,7 @@ import json
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -34,6 +34,7 @@ class AdapterConfig:
     """
 
     variant: ClassVar[str] = ""
+    unused: ClassVar[tuple[str, ...]] = ()  # common fields the variant ignores: a value other than the default is refused
 
     r: int = 8
     alpha: float = 8.0
@@ -47,6 +48,11 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         _coerce_and_typecheck(self)
         name = type(self).__name__
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for fld in self.unused:
+            if getattr(self, fld) != defaults[fld]:
+                raise _fail(name, fld, f"{self.variant} does not use {fld} (got {getattr(self, fld)!r}): leave it "
+                                       f"unset; the fields {self.variant} uses: {self.used_fields()}", TypeError)
         if self.r <= 0:
             raise _fail(name, "r", f"must be a positive integer, got {self.r}")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -67,6 +73,11 @@ class AdapterConfig:
 
     def check(self) -> None:
         """Variant-specific range checks; raise ValueError naming the field."""
+
+    @classmethod
+    def used_fields(cls) -> list[str]:
+        """The fields this variant reads (every field but the ``unused`` ones)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in cls.unused]
 
     def fail(self, field: str, msg: str) -> Exception:
         return _fail(type(self).__name__, field, msg)
@@ -97,9 +108,13 @@ def _check_type(value: Any, tp: Any) -> tuple[bool, Any]:
     if origin is typing.Literal:
         return value in typing.get_args(tp), value
     if origin is tuple:
-        if not isinstance(value, (tuple, list)):
-            return False, value
         (elem, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            ok, _ = _check_type(value, elem)
+            if not ok:
+                return False, value
+            value = (value,)  # a lone element where a tuple is expected: target_names="q_proj", layers=3
+        value = list(value)  # any iterable: a list, range(2), a generator
         out = []
         for v in value:
             ok, cv = _check_type(v, elem)
@@ -120,6 +135,15 @@ def _check_type(value: Any, tp: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def _dtype_name(value: Any) -> Any:
+    """A torch.dtype as its name (torch.bfloat16 -> "bfloat16"); "torch.bfloat16" likewise."""
+    if type(value).__name__ == "dtype" and str(value).startswith("torch."):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, str) and value.startswith("torch."):
+        return value.removeprefix("torch.")
+    return value
+
+
 @functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     """A config class's resolved annotations (get_type_hints evaluates each string annotation: once per class)."""
@@ -131,12 +155,27 @@ def _coerce_and_typecheck(cfg: AdapterConfig) -> None:
     for f in dataclasses.fields(cfg):
         tp = hints[f.name]
         value = getattr(cfg, f.name)
-        if typing.get_origin(tp) is tuple and isinstance(value, str):
-            value = (value,)  # a lone string where a tuple is expected: target_names="q_proj"
+        if f.name == "dtype":
+            value = _dtype_name(value)
+            if value is not None and value not in DTYPES:
+                raise _fail(type(cfg).__name__, "dtype", f"got {value!r}; allowed: a torch.dtype or a name "
+                                                         f"among {DTYPES}, or None for the base weight's dtype")
         ok, coerced = _check_type(value, tp)
         if not ok:
             exc = ValueError if typing.get_origin(tp) is typing.Literal else TypeError
-            allowed = typing.get_args(tp) if exc is ValueError else tp
-            raise _fail(type(cfg).__name__, f.name,
-                        f"got {value!r}; expected {allowed}", exc)
+            allowed = f"one of {typing.get_args(tp)}" if exc is ValueError else _describe(tp)
+            raise _fail(type(cfg).__name__, f.name, f"got {value!r}; expected {allowed}", exc)
         object.__setattr__(cfg, f.name, coerced)
+
+
+def _describe(tp: Any) -> str:
+    """An annotation in words: "a tuple of str (or one str) or None"."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        elem = _describe(typing.get_args(tp)[0])
+        return f"a tuple of {elem} (any iterable, or one {elem})"
+    if origin is typing.Literal:
+        return f"one of {typing.get_args(tp)}"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))

@@ -80,6 +80,10 @@ class Adalora(Variant):
     def scale(cfg, r):
         return cfg.alpha / cfg.r  # ranknum = init_r (loralib/peft), whatever λ the allocator has masked
 
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if cfg.r > min(d_in, d_out):  # P (d_out, r), Q (r, d_in) cannot have more orthonormal columns/rows
+            raise self.rank_error(cfg, name, min(d_in, d_out), "min(d_in, d_out): P and Q cannot be orthogonal")
+
     def init(self, layer, cfg, gen):
         normal_(layer.adapter_A, INIT_STD, gen)
         normal_(layer.adapter_B, INIT_STD, gen)

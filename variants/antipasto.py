@@ -30,6 +30,7 @@ DELTA_INIT = 4e-4
 @dataclass(frozen=True)
 class AntipastoConfig(AdapterConfig):
     variant = "antipasto"
+    unused = ("alpha",)
     block_size: int = 4
     max_rotation_angle: float = 0.5
     rotate_basis: Literal["V", "U", "none"] = "V"

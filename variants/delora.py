@@ -30,6 +30,7 @@ NORM_CLAMP = 1e-4
 @dataclass(frozen=True)
 class DeloraConfig(AdapterConfig):
     variant = "delora"
+    unused = ("alpha",)  # the scale is λ (lambda0 at init)
     lambda0: float = 15.0
     init_style: Literal["paper", "peft"] = "paper"
 

@@ -24,6 +24,7 @@ from ._tensor_init import kaiming_uniform_
 @dataclass(frozen=True)
 class HraConfig(AdapterConfig):
     variant = "hra"
+    unused = ("alpha",)
 
     def check(self):
         if self.r % 2:

@@ -18,6 +18,7 @@ from ._inplace import as_operand, owns_output, recording
 @dataclass(frozen=True)
 class Ia3Config(AdapterConfig):
     variant = "ia3"
+    unused = ("r", "alpha")
 
 
 class Ia3(Variant):

@@ -17,6 +17,7 @@ from ._inplace import as_operand
 @dataclass(frozen=True)
 class Ia3FFConfig(AdapterConfig):
     variant = "ia3_ff"
+    unused = ("r", "alpha")
 
 
 class Ia3FF(Variant):

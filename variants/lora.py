@@ -66,6 +66,10 @@ class Lora(Variant):
     def scale(cfg, r):
         return cfg.alpha / math.sqrt(r) if getattr(cfg, "use_rslora", False) else cfg.alpha / r
 
+    def check_layer(self, name, layer, d_in, d_out, cfg):
+        if cfg.r > min(d_in, d_out):  # rank(BA) ≤ min(d_in, d_out): the extra rank-1 terms are redundant
+            raise self.rank_error(cfg, name, min(d_in, d_out), "min(d_in, d_out): the update cannot have a higher rank")
+
     def init(self, layer, cfg, gen):
         kaiming_uniform_(layer.adapter_A, gen)
         layer.adapter_B.zero_()

@@ -30,6 +30,7 @@ class OftConfig(AdapterConfig):
     """block_size b (must divide every target's d_in), use_cayley_neumann, num_neumann_terms t (≥ 2)."""
 
     variant = "oft"
+    unused = ("r", "alpha")  # block_size sets the size
     block_size: int = 16
     use_cayley_neumann: bool = False
     num_neumann_terms: int = 5

@@ -25,6 +25,7 @@ SIZE_FACTOR = {"road_1": 0.5, "road_2": 1, "road_4": 2}
 @dataclass(frozen=True)
 class RoadConfig(AdapterConfig):
     variant = "road"
+    unused = ("r", "alpha")
     road_variant: Literal["road_1", "road_2", "road_4"] = "road_1"
     group_size: int = 64
 

@@ -31,6 +31,7 @@ class VeraConfig(AdapterConfig):
     alpha is not used (VeRA has no scale); seed is the projection PRNG key."""
 
     variant = "vera"
+    unused = ("alpha",)
     r: int = 256
     d_initial: float = 0.1
 
