@@ -90,7 +90,7 @@ class Cell:
         fields = {**method, **self.card.model_overrides.get(self.model_name, {}),
                   "dtype": "float32", "seed": self.seed, **overrides}
         schema = self.variant or variants.REGISTRY.get(self.card.name)
-        return schema.Config(**fields).to_dict() if schema is not None else fields
+        return schema.Config(**fields).to_dict(function_only=True) if schema is not None else fields
 
     def needs_calibration(self) -> bool:
         v = self.variant

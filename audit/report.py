@@ -34,6 +34,8 @@ from pathlib import Path
 
 import jinja2
 
+import variants
+
 from .checks import CHECK_ORDER
 from .checks.placement import FUSED_NOTE
 from .results import atomic_write
@@ -608,6 +610,8 @@ def config_audited(tgt, meta: dict) -> dict:
             return dict(fields)
         try:
             cfg = tgt.variant.Config(**fields)
+            if isinstance(cfg, variants.AdapterConfig):
+                return cfg.to_dict(function_only=True)  # as the subject was given it
             return cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
         except Exception:  # noqa: BLE001 - a user's Config: show what the card says instead
             return dict(fields)

@@ -67,6 +67,12 @@ def calibration_batches(model, n: int = 3) -> list[torch.Tensor]:
     return [models.example_inputs(model, seed=100 + i) for i in range(n)]
 
 
+def all_adapter_tensors(model) -> dict[str, torch.Tensor]:
+    """{'<module>.<tensor>': tensor} of every adapter tensor on the model, parameters and buffers."""
+    st = variants.state_of(model)
+    return {f"{name}.{t}": v for name, mod in st.targets.items() for t, v in variants.adapter_tensors(mod).items()}
+
+
 def attach(model, case: str, **over):
     """Attach ``case`` to ``model`` (passing calibration data where the case wants it); returns model."""
     cfg = config_of(case, **over)

@@ -13,7 +13,7 @@ from torch import nn
 
 import variants
 from audit import models
-from conftest import calibration_batches, fresh
+from conftest import all_adapter_tensors, calibration_batches, fresh
 
 VARIANTS_DIR = Path(variants.__file__).resolve().parent
 
@@ -142,13 +142,13 @@ def test_no_target_matched_lists_modules(qwen3):
 
 def test_attach_twice(qwen3):
     variants.attach(qwen3, variants.config("lora", r=4))
-    tensors = {k: v.clone() for k, v in variants.adapter_parameters(qwen3).items()}
+    tensors = {k: v.clone() for k, v in all_adapter_tensors(qwen3).items()}
     with pytest.raises(RuntimeError, match=r"already attached.*detach"):
         variants.attach(qwen3, variants.config("lora", r=4, seed=1))
     with pytest.raises(RuntimeError, match=r"already attached"):
         variants.attach(qwen3, variants.config("dora", r=4))
     # the first adapter is intact
-    after = variants.adapter_parameters(qwen3)
+    after = all_adapter_tensors(qwen3)
     assert after.keys() == tensors.keys()
     assert all(torch.equal(after[k], tensors[k]) for k in tensors)
 
@@ -294,10 +294,10 @@ def test_load_bare_model_with_more_targets_rolls_back(tmp_path):
 
 def test_load_mismatched_shapes(qwen3, lora_q_checkpoint):
     variants.attach(qwen3, variants.config("lora", r=8, target_roles=("q",)))
-    a = {k: v.clone() for k, v in variants.adapter_parameters(qwen3).items()}
+    a = {k: v.clone() for k, v in all_adapter_tensors(qwen3).items()}
     with pytest.raises(ValueError, match=r"tensor shapes do not match.*adapter_A: file \(4, 64\) vs model \(8, 64\)"):
         variants.load(qwen3, lora_q_checkpoint)
-    b = variants.adapter_parameters(qwen3)
+    b = all_adapter_tensors(qwen3)
     assert all(torch.equal(a[k], b[k]) for k in a)  # nothing half-loaded
 
 

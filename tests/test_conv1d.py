@@ -16,7 +16,7 @@ from torch import nn
 import variants
 from audit import models
 from audit.state import perturb
-from conftest import CASE_NAMES, attach, fresh
+from conftest import CASE_NAMES, all_adapter_tensors, attach, fresh
 
 GPT2_TARGETS = sorted(f"transformer.h.{i}.{leaf}" for i in (0, 1)
                       for leaf in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
@@ -58,9 +58,9 @@ def test_conv1d_adapter_equals_the_linear_one(case):
             assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), (case, n, k)
         assert torch.allclose(canonical(tc[n]), tl[n].weight, rtol=1e-5, atol=1e-6), (case, n)  # W_res alike
     with torch.no_grad():
-        for k, v in variants.adapter_parameters(conv).items():
+        for k, v in all_adapter_tensors(conv).items():
             v.add_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.05)
-            variants.adapter_parameters(lin)[k].copy_(v)
+            all_adapter_tensors(lin)[k].copy_(v)
         # away from init: a norm over the wrong axis hides at init (m / ‖W‖ = 1), not here
         assert torch.allclose(models.logits(conv, ids), models.logits(lin, ids), rtol=1e-4, atol=1e-5)
 

@@ -103,9 +103,10 @@ def test_mlp_zoo_roles():
 def test_mlp_zoo_adapter_shapes_follow_non_square_layers():
     mlp = fresh("mlp")
     variants.attach(mlp, variants.config("lora", r=4, target_roles=("up", "down")))
-    p = variants.adapter_parameters(mlp)
-    assert p["layers.0.up_proj.A"].shape == (4, 48) and p["layers.0.up_proj.B"].shape == (80, 4)
-    assert p["layers.0.down_proj.A"].shape == (4, 80) and p["layers.0.down_proj.B"].shape == (48, 4)
+    p = variants.named_adapter_parameters(mlp)  # keyed as in the state dict
+    assert p["layers.0.up_proj.adapter_A"].shape == (4, 48) and p["layers.0.up_proj.adapter_B"].shape == (80, 4)
+    assert p["layers.0.down_proj.adapter_A"].shape == (4, 80) and p["layers.0.down_proj.adapter_B"].shape == (48, 4)
+    assert set(p) <= set(mlp.state_dict())
 
 
 def test_role_of():

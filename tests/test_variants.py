@@ -10,7 +10,7 @@ import torch
 
 import variants
 from audit import models
-from conftest import ARCHS, CASE_NAMES, attach, build, calibration_batches, config_of, fresh, variant_of
+from conftest import ARCHS, all_adapter_tensors, CASE_NAMES, attach, build, calibration_batches, config_of, fresh, variant_of
 
 LR = 1e-2
 IDENTITY_TOL = 1e-5
@@ -164,7 +164,7 @@ def test_detach_restores_model(run):
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_same_seed_same_adapter(case):
     a, b = attach(fresh("qwen2"), case), attach(fresh("qwen2"), case)
-    ta, tb = variants.adapter_parameters(a), variants.adapter_parameters(b)
+    ta, tb = all_adapter_tensors(a), all_adapter_tensors(b)
     assert ta.keys() == tb.keys() and ta
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
@@ -173,7 +173,7 @@ def test_same_seed_same_adapter(case):
 def test_different_seed_different_adapter():
     a = variants.attach(fresh("qwen3"), config_of("lora", seed=0))
     b = variants.attach(fresh("qwen3"), config_of("lora", seed=1))
-    ta, tb = variants.adapter_parameters(a), variants.adapter_parameters(b)
+    ta, tb = all_adapter_tensors(a), all_adapter_tensors(b)
     assert any(not torch.equal(ta[k], tb[k]) for k in ta)
 
 
@@ -369,7 +369,7 @@ def test_eva_rank_zero_layer_round_trip(tmp_path):
         assert not [k for k, _ in mods[n].named_parameters() if "adapter_" in k]
     ids = models.example_inputs(model, seed=0)
     with torch.no_grad():
-        for p in variants.adapter_parameters(model).values():
+        for p in all_adapter_tensors(model).values():
             p.add_(0.01)
         y = models.logits(model, ids)
     variants.save(model, tmp_path / "eva.safetensors")
@@ -389,7 +389,7 @@ def test_bf16_identity(case, tol):
         y0 = models.logits(model, ids).float()
         attach(model, case)
         y1 = models.logits(model, ids).float()
-    for n, p in variants.adapter_parameters(model).items():
+    for n, p in all_adapter_tensors(model).items():
         assert p.dtype == torch.float32, n  # adapters default to fp32 on a bf16 base
     err = rel(y1, y0)
     assert err <= tol, f"{case} on bf16: relative identity error {err}"

@@ -3,7 +3,11 @@
     import variants
     cfg = variants.config("lora", r=8, alpha=16, target_roles=("q", "v"))
     variants.attach(model, cfg)            # base frozen, adapter trainable
+    opt = torch.optim.AdamW(variants.adapter_parameters(model), lr=1e-4)
+    print(variants.summary(model))         # trainable params of all
     variants.save(model, "adapter.safetensors")
+    with variants.disabled(model): ...     # the base model's outputs
+    variants.merge(model); variants.unmerge(model)   # into the weights and back, exactly
     variants.detach(model)
     variants.load(fresh_model, "adapter.safetensors")
 """
@@ -16,12 +20,14 @@ from ._base import PREFIX, ParamSpec, Variant
 from ._config import DTYPES, ROLES, AdapterConfig
 from ._io import load, read_config, save
 from ._registry import REGISTRY
-from ._runtime import adapter_parameters, adapter_tensors, attach, detach, state_of
+from ._control import disable, disabled, effective_affine, enable, is_merged, merge, summary, unmerge
+from ._runtime import adapter_parameters, adapter_tensors, attach, detach, named_adapter_parameters, state_of
 from ._targets import role_of, roles_of, select_targets
 
 __all__ = ["REGISTRY", "config", "attach", "detach", "save", "load", "read_config", "Variant", "ParamSpec",
-           "AdapterConfig", "adapter_parameters", "adapter_tensors", "state_of", "role_of", "roles_of",
-           "select_targets", "PREFIX", "DTYPES", "ROLES"]
+           "AdapterConfig", "adapter_parameters", "named_adapter_parameters", "adapter_tensors", "state_of",
+           "role_of", "roles_of", "select_targets", "PREFIX", "DTYPES", "ROLES", "merge", "unmerge", "is_merged",
+           "disable", "enable", "disabled", "summary", "effective_affine"]
 
 
 def config(name: str, **fields: Any) -> AdapterConfig:

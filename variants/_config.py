@@ -35,6 +35,7 @@ class AdapterConfig:
 
     variant: ClassVar[str] = ""
     unused: ClassVar[tuple[str, ...]] = ()  # common fields the variant ignores: a value other than the default is refused
+    training_only: ClassVar[tuple[str, ...]] = ()  # fields that change training, not the function (LoRA's dropout)
 
     r: int = 8
     alpha: float = 8.0
@@ -83,8 +84,14 @@ class AdapterConfig:
         return _fail(type(self).__name__, field, msg)
 
     # -- serialisation -------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, function_only: bool = False) -> dict[str, Any]:
+        """Every field (tuples as lists); ``function_only``: without the ``training_only`` fields at their
+        defaults, i.e. the fields that define the function the adapter computes (the audit's canonical
+        config: a subject's driver need not know a training option it is never given)."""
         d = dataclasses.asdict(self)
+        if function_only:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            d = {k: v for k, v in d.items() if not (k in self.training_only and v == defaults[k])}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def to_json(self) -> str:

@@ -67,6 +67,11 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the attached adapter (and any base weight it mutated) to ``path`` atomically; a tensor
     shared by several layers is stored once (metadata ``shared``: {key: the key holding it})."""
     st = state_of(model)
+    if st.merged or (st.disabled and st.original_weights):
+        what = "merged into the weights" if st.merged else "disabled (the layers hold the base weights, not W_res)"
+        undo = "variants.unmerge(model)" if st.merged else "variants.enable(model)"
+        raise RuntimeError(f"the adapter is {what}: call {undo} before saving it (a checkpoint holds the adapter "
+                           "tensors and the base weights the adapter rewrote)")
     live = _checkpoint_tensors(model)
     shared = _shared_keys(live)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in live.items() if k not in shared}

@@ -28,6 +28,8 @@ class AdapterState:
     dropped: list[str] = field(default_factory=list)  # selected, then removed by group_init (EVA rank 0)
     requires_grad: dict[str, bool] = field(default_factory=dict)
     fused_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fused targets: roles adapted beyond those asked
+    disabled: bool = False  # variants.disable: every hook passes the base output through
+    merged: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)  # name: (weight, bias) before merge
 
     def original_weight(self, name: str) -> torch.Tensor:
         """The base weight of target ``name`` before a mutating init, canonical (d_out, d_in) layout."""
@@ -65,6 +67,55 @@ def remove_tensors(layer: nn.Module) -> None:
     for bname in [n for n, _ in layer.named_buffers(recurse=False) if n.startswith(PREFIX)]:
         delattr(layer, bname)
     layer.__dict__.pop("adapter_rank", None)
+
+
+ACTIVE_ATTR = "adapter_active"  # per adapted layer: False while the adapter is disabled or merged
+
+
+def refresh_active(st: AdapterState) -> None:
+    """Set each adapted layer's flag: the hooks act only while not disabled and not merged. The flag
+    lives on the layer (a plain bool), so a deep copy of the model carries its own."""
+    for name, mod in st.targets.items():
+        mod.__dict__[ACTIVE_ATTR] = not st.disabled and name not in st.merged
+
+
+class _OutputHook:
+    """The forward hook ``attach`` registers: y ← variant.forward(layer, x, y) while the layer's
+    adapter is active. A class rather than a closure so that an adapted model pickles."""
+
+    def __init__(self, variant: Variant):
+        self.variant = variant
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor):
+        if module.__dict__.get(ACTIVE_ATTR, True):
+            return self.variant.forward(module, args[0], out)
+        return None
+
+
+class _InputHook:
+    """The forward pre-hook ``attach`` registers for input-side variants: x ← variant.forward_input."""
+
+    def __init__(self, variant: Variant):
+        self.variant = variant
+
+    def __call__(self, module: nn.Module, args: tuple):
+        if module.__dict__.get(ACTIVE_ATTR, True):
+            return (self.variant.forward_input(module, args[0]), *args[1:])
+        return None
+
+
+class _AdapterRepr:
+    """An adapted layer's ``extra_repr``: the layer's own, then the adapter (variant, rank, state)."""
+
+    def __init__(self, layer: nn.Module, variant: Variant):
+        self.layer, self.variant = layer, variant
+
+    def __call__(self) -> str:
+        layer = self.layer
+        own = type(layer).extra_repr(layer)
+        rank = getattr(layer, "adapter_rank", None)
+        state = "" if layer.__dict__.get(ACTIVE_ATTR, True) else ", inactive (disabled or merged)"
+        return f"{own + ', ' if own else ''}adapter={self.variant.name}(r={rank}{state})"
 
 
 def adapter_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
@@ -143,6 +194,8 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
             st.dropped = [n for n in selected if n not in targets]
         for mod in targets.values():
             st.handles.append(_register_hook(mod, v))
+            mod.__dict__["extra_repr"] = _AdapterRepr(mod, v)
+        refresh_active(st)
     except BaseException:
         detach(model)
         raise
@@ -151,20 +204,30 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
 
 def _register_hook(mod: nn.Module, v: Variant):
     if v.hook == "output":
-        return mod.register_forward_hook(lambda m, args, out: v.forward(m, args[0], out))
+        return mod.register_forward_hook(_OutputHook(v))
     if v.hook == "input":
-        return mod.register_forward_pre_hook(lambda m, args: (v.forward_input(m, args[0]), *args[1:]))
+        return mod.register_forward_pre_hook(_InputHook(v))
     raise ValueError(f"variant {v.name!r}: hook must be 'output' or 'input', got {v.hook!r}")
 
 
 def detach(model: nn.Module) -> nn.Module:
     """Remove the adapter: hooks, adapter tensors; restore mutated base weights and requires_grad."""
     st = state_of(model)
+    if st.disabled:  # a rewritten weight holds the original while disabled: put W_res back first
+        from ._control import enable
+        enable(model)
     for h in st.handles:
         h.remove()
     with torch.no_grad():
         for name, mod in st.targets.items():
             remove_tensors(mod)
+            for attr in (ACTIVE_ATTR, "extra_repr"):
+                mod.__dict__.pop(attr, None)
+            if name in st.merged:  # the weights before the merge (W_res for a mutating variant)
+                weight, bias = st.merged[name]
+                mod.weight.copy_(weight)
+                if bias is not None:
+                    mod.bias.copy_(bias)
             if name in st.original_weights:
                 mod.weight.copy_(st.original_weights[name])
     params = dict(model.named_parameters())
@@ -175,7 +238,19 @@ def detach(model: nn.Module) -> nn.Module:
     return model
 
 
-def adapter_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{'<module>.<tensor>': tensor} of every adapter tensor (parameters and buffers) on the model."""
-    st = state_of(model)
-    return {f"{name}.{t}": v for name, mod in st.targets.items() for t, v in adapter_tensors(mod).items()}
+def named_adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{state-dict name: parameter} of every trainable adapter tensor ('…q_proj.adapter_A'); frozen
+    adapter tensors (buffers: VeRA's shared projections, DeLoRA's frozen copies) are not included."""
+    adapted = {id(m) for m in state_of(model).targets.values()}
+    out: dict[str, nn.Parameter] = {}
+    for mname, mod in model.named_modules():
+        if id(mod) in adapted:
+            for pname, p in mod.named_parameters(recurse=False):
+                if pname.startswith(PREFIX) and p.requires_grad:
+                    out[f"{mname}.{pname}" if mname else pname] = p
+    return out
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable adapter parameters, what an optimiser takes: ``AdamW(adapter_parameters(model))``."""
+    return list(named_adapter_parameters(model).values())

@@ -23,6 +23,12 @@ from .lora import Lora, LoraConfig, add_lowrank
 class DoraConfig(LoraConfig):
     variant = "dora"
 
+    def check(self):
+        super().check()
+        if self.dropout:
+            raise self.fail("dropout", "is not supported for DoRA here (its magnitude term would need the base "
+                                       f"output of the dropped input, as peft computes it); got {self.dropout}")
+
 
 class Dora(Lora):
     name = "dora"

@@ -67,7 +67,7 @@ class Eva(Lora):
     def forward(self, layer, x, y):
         # s = alpha / r with the config's r on every layer, also where rank redistribution gave the
         # layer r_l ≠ r (peft's adjust_scaling_factors: alpha_l = alpha·r_l/r, so alpha_l/r_l = alpha/r)
-        return lora_delta(layer, x, y, self.scale(self.cfg, self.cfg.r))
+        return lora_delta(layer, x, y, self.scale(self.cfg, self.cfg.r), self.cfg.dropout)
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if cfg.r > d_in:

@@ -22,8 +22,17 @@ from ._tensor_init import kaiming_uniform_
 
 @dataclass(frozen=True)
 class LoraConfig(AdapterConfig):
+    """use_rslora: s = alpha/√r; dropout: p of the dropout on the adapter branch's input, in training
+    only (the LoRA paper's and peft's lora_dropout; 0 = none)."""
+
     variant = "lora"
+    training_only = ("dropout",)
     use_rslora: bool = False
+    dropout: float = 0.0
+
+    def check(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise self.fail("dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:
@@ -49,9 +58,12 @@ def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, layer: nn.Mod
     return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), bt).view(y.shape)
 
 
-def lora_delta(layer, x: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
-    """y + s·(x Aᵀ)Bᵀ in the adapter dtype; s is applied to the rank-r activations (cheapest place)."""
+def lora_delta(layer, x: torch.Tensor, y: torch.Tensor, s: float, dropout: float = 0.0) -> torch.Tensor:
+    """y + s·(drop(x) Aᵀ)Bᵀ in the adapter dtype; s is applied to the rank-r activations (cheapest
+    place); drop is dropout with p = ``dropout`` while the layer is in training mode."""
     a, b = layer.adapter_A, layer.adapter_B
+    if dropout and layer.training:
+        x = torch.nn.functional.dropout(x, dropout, training=True)
     return add_lowrank(y, (x.to(a.dtype) @ a.t()) * s, b, layer)
 
 
@@ -75,4 +87,4 @@ class Lora(Variant):
         layer.adapter_B.zero_()
 
     def forward(self, layer, x, y):
-        return lora_delta(layer, x, y, self.scale(self.cfg, layer.adapter_rank))
+        return lora_delta(layer, x, y, self.scale(self.cfg, layer.adapter_rank), self.cfg.dropout)

@@ -34,7 +34,7 @@ class Ours(Subject):
     def default_config(self, method: str) -> dict:
         """The Config class's own defaults for the method's fields (targeting, dtype and seed left out)."""
         common = ("dtype", "target_names", "target_roles", "exclude_names", "layers", "seed")
-        return {k: v for k, v in self.variant_for(method).Config().to_dict().items() if k not in common}
+        return {k: v for k, v in self.variant_for(method).Config().to_dict(function_only=True).items() if k not in common}
 
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
         return variants.attach(model, self.config(method, cfg), calibration_data=calibration,
@@ -63,4 +63,4 @@ def ours_handle(model: nn.Module):
     """The canonical handle on a model our runtime adapted (variants.attach already called)."""
     from .handle import Adapted
     st = variants.state_of(model)
-    return Adapted(Ours(variant=type(st.variant)), model, st.variant.name, st.cfg.to_dict())
+    return Adapted(Ours(variant=type(st.variant)), model, st.variant.name, st.cfg.to_dict(function_only=True))

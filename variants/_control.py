@@ -1,0 +1,164 @@
+"""Using an attached adapter: merge it into the weights and back, switch it off and on, and count it.
+
+    variants.merge(model)      # W ← W_eff, b ← b_eff of every adapted layer; the hooks stand aside
+    variants.unmerge(model)    # the weights before the merge, bit for bit
+    with variants.disabled(model): ...   # the base model's outputs, the adapter kept
+    print(variants.summary(model))
+
+The merged weights are read off the hooked layer itself: every variant here is affine in the layer
+input (y = x W_effᵀ + b_eff), so W_effᵀ is the layer's output on the identity matrix with the bias
+set to zero, and b_eff its output on a zero input. One code path merges every variant (a paper-specific
+merge formula per method would be sixteen places for the bugs peft's history shows: a bias merged
+without its scale, a transposed ΔW); the audit's ``merge`` check compares the result with the paper's
+merged weights. Unmerge restores the weights saved at merge time, so it is exact (W_eff − ΔW rounds).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ._layers import dense_weight, features
+from ._runtime import PREFIX, refresh_active, state_of
+
+CHUNK = 1024  # identity rows per probe forward: bounds the probe's memory on wide layers
+
+
+def effective_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W_eff in canonical (d_out, d_in) layout, b_eff or None) of one adapted layer as its hooks
+    compute it, in eval mode (no dropout), in the layer's dtype."""
+    d_in, d_out = features(layer)
+    w = dense_weight(layer)
+    bias = getattr(layer, "bias", None)
+    training = layer.training
+    layer.eval()
+    saved = None if bias is None else bias.detach().clone()
+    try:
+        with torch.no_grad():
+            if bias is not None:
+                bias.zero_()
+            rows = []
+            for start in range(0, d_in, CHUNK):
+                n = min(CHUNK, d_in - start)
+                probe = torch.zeros(n, d_in, dtype=w.dtype, device=w.device)
+                probe[torch.arange(n), torch.arange(start, start + n)] = 1
+                rows.append(layer(probe))
+            w_eff = torch.cat(rows).t().contiguous()
+            if bias is not None:
+                bias.copy_(saved)
+            b_eff = layer(torch.zeros(1, d_in, dtype=w.dtype, device=w.device))[0]
+    finally:
+        if bias is not None:
+            with torch.no_grad():
+                bias.copy_(saved)
+        layer.train(training)
+    if bias is None:
+        if b_eff.any():
+            raise RuntimeError(f"the adapter adds a bias to a layer without one ({type(layer).__name__}, "
+                               f"{d_in}→{d_out}): it cannot be merged into the layer's weights")
+        return w_eff, None
+    return w_eff, b_eff
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Write each adapted layer's effective weight and bias into the layer (the hooks then stand aside):
+    inference at the base model's cost. Refused when already merged (merging twice would add ΔW twice)
+    or disabled; ``save`` is refused while merged (the stored weights would be the merged ones)."""
+    st = state_of(model)
+    if st.merged:
+        raise RuntimeError("the adapter is already merged; call variants.unmerge(model) first")
+    if st.disabled:
+        raise RuntimeError("the adapter is disabled: there is nothing to merge; call variants.enable(model) first")
+    effective = {name: effective_affine(mod) for name, mod in st.targets.items()}
+    with torch.no_grad():
+        for name, mod in st.targets.items():
+            w_eff, b_eff = effective[name]
+            st.merged[name] = (mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone())
+            dense_weight(mod).copy_(w_eff)
+            if b_eff is not None:
+                mod.bias.copy_(b_eff)
+    refresh_active(st)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Put back the weights and biases saved by ``merge``, bit for bit, and the hooks to work."""
+    st = state_of(model)
+    if not st.merged:
+        raise RuntimeError("the adapter is not merged (variants.merge(model) merges it)")
+    with torch.no_grad():
+        for name, (weight, bias) in st.merged.items():
+            mod = st.targets[name]
+            mod.weight.copy_(weight)
+            if bias is not None:
+                mod.bias.copy_(bias)
+    st.merged.clear()
+    refresh_active(st)
+    return model
+
+
+def is_merged(model: nn.Module) -> bool:
+    return bool(state_of(model).merged)
+
+
+def disable(model: nn.Module) -> nn.Module:
+    """The base model's outputs until ``enable``: every hook passes the base output through (the
+    adapter tensors are kept). Refused while merged: the weights themselves hold the adapter."""
+    st = state_of(model)
+    if st.merged:
+        raise RuntimeError("the adapter is merged into the weights; call variants.unmerge(model) before disabling it")
+    if not st.disabled:
+        _swap_original_weights(st)  # a variant that rewrote W (PiSSA's W_res): the base's own W while disabled
+        st.disabled = True
+    refresh_active(st)
+    return model
+
+
+def enable(model: nn.Module) -> nn.Module:
+    st = state_of(model)
+    if st.disabled:
+        _swap_original_weights(st)
+        st.disabled = False
+    refresh_active(st)
+    return model
+
+
+def _swap_original_weights(st) -> None:
+    """Exchange each rewritten layer weight with the original kept at attach (both in stored layout)."""
+    with torch.no_grad():
+        for name, original in st.original_weights.items():
+            w = st.targets[name].weight
+            live = w.detach().clone()
+            w.copy_(original)
+            original.copy_(live)
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``with variants.disabled(model):`` the base model's outputs inside, the adapter's after (also
+    when the block raises); a model that was disabled before stays disabled."""
+    was = state_of(model).disabled
+    disable(model)
+    try:
+        yield model
+    finally:
+        if not was:
+            enable(model)
+
+
+def summary(model: nn.Module) -> str:
+    """One line: the variant and its size, trainable parameters against all, and whether it is merged
+    or disabled (peft's print_trainable_parameters, plus what is attached)."""
+    st = state_of(model)
+    params = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    frozen_adapter = sum(b.numel() for mod in st.targets.values() for n, b in mod.named_buffers(recurse=False)
+                         if n.startswith(PREFIX))
+    ranks = sorted({getattr(m, "adapter_rank", None) for m in st.targets.values()} - {None})
+    state = " (merged)" if st.merged else " (disabled)" if st.disabled else ""
+    return (f"{st.variant.name}{state} on {len(st.targets)} layers, rank {'/'.join(map(str, ranks)) or '-'}: "
+            f"trainable params {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)"
+            + (f"; {frozen_adapter:,} frozen adapter values in buffers" if frozen_adapter else ""))
