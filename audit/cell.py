@@ -38,6 +38,7 @@ class Cell:
     rows: list[Row] = field(default_factory=list)
     _base_cache: dict[str, Any] = field(default_factory=dict)
     _lent: dict[tuple, "_Lent"] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)  # results several checks of this cell share
 
     def __post_init__(self):
         self.subject = as_subject(self.subject)

@@ -44,7 +44,7 @@ from .verdict import fmt_number
 
 SEVERITY = ("error", "fail", "xpass", "xfail", "pass", "n/a")
 SUMMARY_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
-                  "placement", "save_load", "training", "robustness")
+                  "placement", "save_load", "merge", "training", "robustness")
 CHECK_LABELS = {"identity_at_init": "identity", "grad_flow": "grad flow", "paper_parity": "paper parity",
                 "peft_parity": "peft parity", "save_load": "save/load"}
 DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}

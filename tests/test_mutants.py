@@ -39,11 +39,12 @@ BUG_CLASSES = (
     "custom backward drops the scale (forward exact)",
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",
+    "merge: bias merged without its scale",
 )
 
 
 def test_corpus_covers_every_bug_class():
-    assert len(CORPUS) >= 29
+    assert len(CORPUS) >= 30
     assert sorted({m.bug_class for m in CORPUS}) == sorted(BUG_CLASSES)
     assert len({m.name for m in CORPUS}) == len(CORPUS)
 

@@ -64,6 +64,14 @@ class Variant:
     def forward_input(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # -- merge -----------------------------------------------------------------------------------
+    def merged_weights(self, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W_eff in canonical (d_out, d_in) layout, b_eff or None) that ``variants.merge`` writes into
+        the layer. Default: read off the hooked layer itself (``variants.effective_affine``), right for
+        any variant affine in the layer input; a variant may give a closed form instead."""
+        from ._control import effective_affine
+        return effective_affine(layer)
+
     # -- helpers for implementations ---------------------------------------------------------------
     @staticmethod
     def p(layer: nn.Module, name: str) -> torch.Tensor:

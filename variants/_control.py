@@ -71,7 +71,7 @@ def merge(model: nn.Module) -> nn.Module:
         raise RuntimeError("the adapter is already merged; call variants.unmerge(model) first")
     if st.disabled:
         raise RuntimeError("the adapter is disabled: there is nothing to merge; call variants.enable(model) first")
-    effective = {name: effective_affine(mod) for name, mod in st.targets.items()}
+    effective = {name: st.variant.merged_weights(mod) for name, mod in st.targets.items()}
     with torch.no_grad():
         for name, mod in st.targets.items():
             w_eff, b_eff = effective[name]

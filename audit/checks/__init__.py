@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 CHECK_ORDER = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
-               "placement", "save_load", "training", "robustness", "timing")
+               "placement", "save_load", "merge", "training", "robustness", "timing")
 
 
 def dtype_independent(name: str) -> bool:

@@ -128,6 +128,19 @@ def _merged_logits(cell: Cell, adapted, ref, cfg: dict, dtype: torch.dtype | Non
         return cell.logits(merged_model(cell, adapted, ref, cfg, dtype, gen, into=base))
 
 
+def merged_reference(cell: Cell, adapted, ref, cfg: dict) -> tuple[torch.Tensor, list[float]]:
+    """(logits of the paper's merged model in float64, [its errors in the run's dtype, as is and with the
+    merged weights jittered by one unit round-off]) for ``adapted`` at the cell's perturbed state (the
+    state every cell.shared(perturbed=True) holds): computed once per cell."""
+    if "merged_reference" not in cell.memo:
+        gen = torch.Generator().manual_seed(cell.seed + 19)
+        with torch.no_grad():
+            truth = _merged_logits(cell, adapted, ref, cfg, torch.float64)
+            spreads = [rel_err(_merged_logits(cell, adapted, ref, cfg, gen=gn), truth) for gn in (None, gen)]
+        cell.memo["merged_reference"] = (truth, spreads)
+    return cell.memo["merged_reference"]
+
+
 def worst_layer_rows(cell: Cell, adapted, ref, reference: str, note: str = "", spread_ref=None):
     """Run ``layer_parity`` against ``ref`` on every layer of ``adapted`` (at the cell's perturbed
     state) and append one row per metric for the layer with the largest error/tolerance. Returns
@@ -152,10 +165,7 @@ def run(cell: Cell) -> None:
 def _run(cell: Cell, adapted) -> None:
     ref = paper.get(cell.card.name)
     cfg, logits = worst_layer_rows(cell, adapted, ref, "paper")
-    gen = torch.Generator().manual_seed(cell.seed + 19)
-    with torch.no_grad():
-        truth = _merged_logits(cell, adapted, ref, cfg, torch.float64)
-        spreads = [rel_err(_merged_logits(cell, adapted, ref, cfg, gen=gn), truth) for gn in (None, gen)]
-        err = rel_err(logits, truth)
+    truth, spreads = merged_reference(cell, adapted, ref, cfg)
+    err = rel_err(logits, truth)
     cell.row("logits_rel_err_vs_merged", err, spread_tolerance(spreads, cell.dtype), reference="paper",
              message="hooked model vs the model with the paper's merged weights; " + describe(spreads, cell.dtype))

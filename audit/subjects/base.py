@@ -123,13 +123,21 @@ class Subject:
     def detach(self, model: nn.Module) -> nn.Module:
         raise NotSupported(f"{self.describe()} has no detach")
 
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Write the adapter into the base weights (inference at the base's cost). Optional."""
+        raise NotSupported(f"{self.describe()} has no merge")
+
+    def unmerge(self, model: nn.Module) -> nn.Module:
+        """Undo ``merge``: the base weights back, the adapter acting again. Optional."""
+        raise NotSupported(f"{self.describe()} has no unmerge")
+
     def default_config(self, method: str) -> dict:
         """The method's fields (canonical names: r, alpha, ...) as this subject sets them when a user
         gives none: the "subject defaults" config a card may audit. Optional."""
         raise NotSupported(f"{self.describe()} declares no default config")
 
     def can(self, part: str) -> bool:
-        """Does this subject implement the optional ``part`` ("save", "load" or "detach")?"""
+        """Does this subject implement the optional ``part`` ("save", "load", "detach", "merge", "unmerge")?"""
         return getattr(type(self), part) is not getattr(Subject, part)
 
     def describe(self) -> str:

@@ -58,6 +58,12 @@ class Ours(Subject):
     def detach(self, model: nn.Module) -> nn.Module:
         return variants.detach(model)
 
+    def merge(self, model: nn.Module) -> nn.Module:
+        return variants.merge(model)
+
+    def unmerge(self, model: nn.Module) -> nn.Module:
+        return variants.unmerge(model)
+
 
 def ours_handle(model: nn.Module):
     """The canonical handle on a model our runtime adapted (variants.attach already called)."""

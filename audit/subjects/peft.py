@@ -200,3 +200,14 @@ class Peft(Subject):
 
     def detach(self, model: nn.Module) -> nn.Module:
         return model.unload()
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        try:
+            model.merge_adapter()
+        except (NotImplementedError, AttributeError, ValueError, TypeError) as e:
+            raise NotSupported(f"peft {self.version} cannot merge this adapter: {str(e)[:200]}") from None
+        return model
+
+    def unmerge(self, model: nn.Module) -> nn.Module:
+        model.unmerge_adapter()
+        return model

@@ -1,0 +1,99 @@
+"""merge: the adapter merged into the weights computes what it computed unmerged, merging twice does not
+add it twice, and unmerging gives the base weights and biases back.
+
+peft's history has shipped merges that were wrong while the forward was right (a bias merged without
+its scale; merging twice adding ΔW twice), which no forward check sees. At the cell's perturbed state
+(the main config: alpha ≠ r where the method has a scale), on the subject's own merge:
+
+- merged_vs_unmerged_logits_rel_err: the merged model's logits against the unmerged one's. Merging
+  rounds W_eff to the run's dtype once, so the tolerance is the spread of the paper's merged model in
+  that dtype (as is and jittered by one unit round-off) against its float64 truth, the same
+  numbers paper_parity's logits_rel_err_vs_merged uses; a wrong merge is off by the size of ΔW.
+- merge_twice: a second merge is refused (raises) or changes nothing (bit-identical logits): 1.
+- unmerge_weight_rel_err / unmerge_bias_rel_err: the adapted layers' weights and biases after
+  unmerge against those before the merge (worst layer). Exact for a merge that keeps the originals;
+  an unmerge that subtracts ΔW again or applies the inverse transform (peft) rounds: the tolerance is
+  the spread of those round trips in the run's dtype (fl(fl(W + ΔW) − ΔW) with the subject's own ΔW,
+  and fl(fl(W Q) Qᵀ) for an orthogonal Q), as is and jittered.
+"""
+from __future__ import annotations
+
+import torch
+
+from references import paper
+
+from ..cell import Cell, NotApplicable, rel_err
+from ..numerics import describe, jitter, keep_worst, spread_tolerance
+from ..state import perturb
+from ..subjects import NotSupported
+from .paper_parity import merged_reference
+
+
+def _weights(adapted) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """{layer: (canonical base weight, bias)} copies of the adapted layers' live base tensors."""
+    out = {}
+    for n in adapted.names:
+        b = adapted.bias(n)
+        out[n] = (adapted.weight(n).detach().clone(), None if b is None else b.detach().clone())
+    return out
+
+
+def _round_trip_spread(before: torch.Tensor, merged: torch.Tensor, dtype: torch.dtype, gen) -> list[float]:
+    """How far the two correct ways to unmerge without a saved copy land from W in ``dtype``, as is and
+    from a W jittered by one unit round-off: subtracting ΔW again, fl(fl(W + ΔW) − ΔW) (ΔW = merged −
+    before, LoRA-like), and undoing a transform by its inverse, fl(fl(W Q) Qᵀ) for a seeded orthogonal
+    Q of the row length (HRA, OFT: two products of that length). A bias is one row."""
+    w, delta = before.double(), merged.double() - before.double()
+    q, _ = torch.linalg.qr(torch.randn(w.shape[-1], w.shape[-1], generator=gen, dtype=torch.float64))
+    out = []
+    for start in (w, jitter(w, dtype, gen)):
+        d = delta.to(dtype)
+        out.append(rel_err(((start.to(dtype) + d) - d).double(), start))
+        rows = start.reshape(-1, start.shape[-1])
+        out.append(rel_err(((rows.to(dtype) @ q.to(dtype)) @ q.t().to(dtype)).double(), rows))
+    return out
+
+
+def run(cell: Cell) -> None:
+    subject = cell.subject
+    if not (subject.can("merge") and subject.can("unmerge")):
+        raise NotApplicable(f"{subject.describe()} has no merge/unmerge")
+    adapted = cell.adapted()  # its own copy: a broken unmerge must not reach another check
+    perturb(adapted, cell.seed, cell.card.perturb)
+    ref = paper.get(cell.card.name)
+    truth, spreads = merged_reference(cell, adapted, ref, adapted.cfg)
+    before = _weights(adapted)
+    with torch.no_grad():
+        y = cell.logits(adapted)
+        try:
+            subject.merge(adapted.model)
+        except NotSupported as e:
+            raise NotApplicable(str(e)) from None
+        merged = _weights(adapted)
+        y_merged = cell.logits(adapted)
+        cell.row("merged_vs_unmerged_logits_rel_err", rel_err(y_merged, y), spread_tolerance(spreads, cell.dtype),
+                 reference="paper", message=f"{subject.describe()}: merged model vs the same state unmerged; tolerance "
+                                            f"from the paper's merged model in this dtype: {describe(spreads, cell.dtype)}")
+        try:
+            subject.merge(adapted.model)
+            twice = float(torch.equal(cell.logits(adapted), y_merged))
+            how = "a second merge was accepted and " + ("changed nothing" if twice else "changed the outputs")
+        except Exception as e:  # noqa: BLE001 - a refusal (any clear exception) is the other right answer
+            twice, how = 1.0, f"a second merge was refused: {type(e).__name__}: {str(e)[:120]}"
+        cell.row("merge_twice", twice, 1.0, op="==", message=how)
+        subject.unmerge(adapted.model)
+    after = _weights(adapted)
+    gen = torch.Generator().manual_seed(cell.seed + 43)
+    worst: dict[str, tuple] = {}
+    for n, (w0, b0) in before.items():
+        for metric, t0, t_merged, t1 in (("unmerge_weight_rel_err", w0, merged[n][0], after[n][0]),
+                                         ("unmerge_bias_rel_err", b0, merged[n][1], after[n][1])):
+            if t0 is None:
+                continue
+            spread = _round_trip_spread(t0, t_merged, cell.dtype, gen)
+            keep_worst(worst, metric, (rel_err(t1, t0), spread_tolerance(spread, cell.dtype),
+                                       describe(spread, cell.dtype), n))
+    for metric, (err, tol, how, n) in sorted(worst.items()):
+        what = "weight" if "weight" in metric else "bias"
+        cell.row(metric, err, tol, message=f"{what} after merge + unmerge vs before, worst layer {n}; tolerance from "
+                                           f"the round trips fl(fl(W + ΔW) − ΔW), fl(fl(W Q) Qᵀ) in this dtype: {how}")
