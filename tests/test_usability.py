@@ -136,3 +136,65 @@ def test_dropout_acts_on_the_adapter_input_in_training_only():
         variants.config("lora", dropout=1.0)
     with pytest.raises(ValueError, match="dropout: is not supported for DoRA"):
         variants.config("dora", dropout=0.1)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+def _edited(src, dst, tensors=lambda t: t, meta=lambda m: m):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(src), "pt") as f:
+        md, ts = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors(ts), str(dst), metadata=meta(md))
+    return dst
+
+
+def test_load_refuses_what_it_used_to_accept_silently(tmp_path):
+    """NaN/Inf tensors, tensors of another dtype than the config's, metadata r that disagrees with the
+    tensors, and a PiSSA checkpoint made on another base model: each refused naming the problem, the
+    model left bare."""
+    import json
+    m, _ = _model()
+    variants.attach(m, variants.config("pissa", r=4))
+    perturb(m, 0)
+    good = variants.save(m, tmp_path / "good.safetensors")
+    nan = _edited(good, tmp_path / "nan.safetensors",
+                  lambda t: {k: v.clone().fill_(float("nan")) if k.endswith("adapter_A") else v for k, v in t.items()})
+    fp16 = _edited(good, tmp_path / "fp16.safetensors",
+                   lambda t: {k: v.half() if ".adapter_" in k else v for k, v in t.items()})
+
+    def r8(md):
+        cfg = json.loads(md["config"])
+        cfg["fields"]["r"] = 8
+        return {**md, "config": json.dumps(cfg)}
+    r8_file = _edited(good, tmp_path / "r8.safetensors", meta=r8)
+    cases = [(nan, "non-finite values \\(NaN/Inf\\) in \\['model.layers.0"),
+             (fp16, "adapter tensors of another dtype than the config's float32: \\[.*\\(float16\\)"),
+             (r8_file, "metadata disagrees with itself: config r=8, per-layer ranks \\['model.layers.0.*: 4")]
+    for path, msg in cases:
+        bare = models.build("qwen2")
+        with pytest.raises(ValueError, match=msg):
+            variants.load(bare, path)
+        assert not hasattr(bare, "_adapter_audit_state")
+    with pytest.raises(ValueError, match="made from another base model .* load it into the base model it was trained"):
+        variants.load(models.build("qwen2", seed=1), good)
+    variants.load(models.build("qwen2").to(torch.bfloat16), good)  # the same base in another dtype loads
+
+
+def test_save_pretrained_with_a_base_rewriting_adapter_is_refused_until_merged(tmp_path):
+    """PiSSA + save_pretrained used to write W_res without the adapter (a reloaded model 0.32 off both the
+    base and the adapted one); now it is refused saying what to do, and after a merge it writes the
+    adapted model as an ordinary checkpoint."""
+    from transformers import AutoModelForCausalLM
+    m, ids = _model("qwen3")
+    variants.attach(m, variants.config("pissa", r=4))
+    perturb(m, 0)
+    y = models.logits(m, ids).detach()
+    with pytest.raises(RuntimeError, match=r"variants.merge\(model\) first .* variants.save\(model, path\)"):
+        m.save_pretrained(tmp_path / "hf")
+    variants.merge(m)
+    m.save_pretrained(tmp_path / "hf")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert (models.logits(again, ids) - y).norm() / y.norm() < 1e-5
+    assert not any(".adapter_" in k for k in again.state_dict())
+    variants.detach(m)
+    assert "save_pretrained" not in m.__dict__

@@ -38,6 +38,7 @@ class Variant:
     needs_dense_weight: ClassVar[bool] = False  # reads/decomposes the base weight: nn.Linear or Conv1D only
     needs_calibration: ClassVar[bool] = False
     mutates_base_weight: ClassVar[bool] = False  # init overwrites layer.weight (PiSSA, AntiPaSTO)
+    per_layer_rank: ClassVar[bool] = False  # a data-driven init may give layers ranks other than r (EVA)
 
     def __init__(self, cfg: AdapterConfig):
         self.cfg = cfg

@@ -33,6 +33,10 @@ def _open(path, read):
         return read(f)
 
 
+def meta_of(path) -> dict[str, str]:
+    return _open(path, lambda f: f.metadata() or {})
+
+
 def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     st = state_of(model)
     out: dict[str, torch.Tensor] = {}
@@ -83,6 +87,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
                             sort_keys=True),
         "shared": json.dumps(shared, sort_keys=True),
     }
+    if st.original_weights:  # a rewritten base weight (PiSSA's W_res) only fits the base it was made from
+        meta["base_fingerprint"] = json.dumps({n: fingerprint(st.original_weight(n)) for n in st.targets},
+                                              sort_keys=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -95,6 +102,55 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+N_PROJECTIONS = 8
+FINGERPRINT_TOL = 2.0 ** -5  # of ‖W‖_F: the same base in another dtype moves each number by ~u‖W‖ (bf16:
+# 2^-8), another base by ~‖W‖ (a projection of unrelated weights is a draw of size ‖W‖_F)
+
+
+def fingerprint(weight: torch.Tensor) -> list[float]:
+    """[‖W‖_F, u_iᵀ W v_i for 8 seeded unit-variance random vector pairs] in float64, W canonical
+    (d_out, d_in): cheap (matrix-vector products), unchanged by the dtype up to rounding, and an
+    unrelated weight lands ~‖W‖_F away in every projection."""
+    w = weight.detach().to("cpu", torch.float64)
+    gen = torch.Generator().manual_seed(20240601)
+    out = [float(w.norm())]
+    for _ in range(N_PROJECTIONS):
+        u = torch.randn(w.shape[0], generator=gen, dtype=torch.float64)
+        v = torch.randn(w.shape[1], generator=gen, dtype=torch.float64)
+        out.append(float(u @ (w @ v)))  # ~N(0, ‖W‖_F²) over the draws: of size ‖W‖_F
+    return out
+
+
+def _check_base(path, model: nn.Module, st, stored: dict[str, list[float]]) -> None:
+    """Refuse a rewritten-weight checkpoint made on another base model (its W_res would replace this
+    model's weights: a model that is neither the base nor the adapted one)."""
+    for name, fp in stored.items():
+        if name not in st.targets:
+            continue
+        mine = fingerprint(st.original_weight(name))  # the base weight this model had before any W_res
+        scale = max(abs(fp[0]), 1e-30)
+        off = max(abs(a - b) for a, b in zip(mine, fp)) / scale
+        if off > FINGERPRINT_TOL:
+            raise ValueError(f"{path}: the checkpoint's rewritten base weights were made from another base model "
+                             f"(layer {name!r}: its fingerprint differs by {off:.2g} of ‖W‖, more than "
+                             f"{FINGERPRINT_TOL:g}); load it into the base model it was trained from")
+
+
+def _check_tensors(path, loaded: dict[str, torch.Tensor], cfg: AdapterConfig) -> list[str]:
+    """Problems of the stored tensors themselves: non-finite values, an adapter dtype other than the config's."""
+    problems = []
+    bad = sorted(k for k, t in loaded.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if bad:
+        problems.append(f"non-finite values (NaN/Inf) in {bad[:6]}")
+    if cfg.dtype is not None:
+        want = getattr(torch, cfg.dtype)
+        wrong = sorted(f"{k} ({str(t.dtype).removeprefix('torch.')})" for k, t in loaded.items()
+                       if ".adapter_" in k and t.dtype != want)
+        if wrong:
+            problems.append(f"adapter tensors of another dtype than the config's {cfg.dtype}: {wrong[:6]}")
+    return problems
 
 
 def read_config(path: str | os.PathLike, variant: type[Variant] | None = None) -> tuple[type[Variant], AdapterConfig, dict[str, int]]:
@@ -123,6 +179,10 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
     match exactly, else KeyError / ValueError naming them.
     """
     variant, cfg, ranks = read_config(path, variant)
+    if not variant.per_layer_rank:  # only a data-driven allocation (EVA) gives layers other ranks than r
+        off = sorted(f"{n}: {r}" for n, r in ranks.items() if r != cfg.r)
+        if off:
+            raise ValueError(f"{path}: metadata disagrees with itself: config r={cfg.r}, per-layer ranks {off[:6]}")
     st = getattr(model, STATE_ATTR, None)
     if st is None:
         attach(model, cfg, variant=variant, _init=False, _ranks=ranks)
@@ -146,11 +206,19 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
     loaded.update({k: loaded[v] for k, v in shared.items()})
     bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
            for k, t in loaded.items() if t.shape != expected[k].shape]
-    if bad:
+    problems = ([f"tensor shapes do not match the model (the metadata's r or config): {bad[:6]}"] if bad else []) + \
+        _check_tensors(path, loaded, cfg)
+    try:
+        if problems:
+            raise ValueError(f"{path}: " + "; ".join(problems))
+        fp = json.loads(meta_of(path).get("base_fingerprint", "{}"))
+        if fp:
+            _check_base(path, model, state_of(model), fp)
+    except ValueError:
         if st is None:
             from ._runtime import detach
             detach(model)
-        raise ValueError(f"{path}: tensor shapes do not match the model: {bad[:6]}")
+        raise
     with torch.no_grad():
         for k, t in loaded.items():
             if k not in shared:

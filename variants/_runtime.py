@@ -104,6 +104,28 @@ class _InputHook:
         return None
 
 
+class _GuardedSavePretrained:
+    """``model.save_pretrained`` while a base-rewriting adapter (PiSSA, OLoRA, AntiPaSTO) is attached and
+    not merged: the checkpoint would hold W_res, and the adapter keys a plain ``from_pretrained`` drops as
+    unexpected, so the reloaded model would be neither the base nor the adapted one. Refused, saying
+    what to do; merged, the weights are the adapted model's and it saves as usual."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        st = getattr(self.model, STATE_ATTR, None)
+        if st is not None and not st.merged:
+            raise RuntimeError(f"save_pretrained with {st.variant.name!r} attached would write its residual weights "
+                               "(W_res) without the adapter a plain from_pretrained can load: call "
+                               "variants.merge(model) first to save the adapted model as an ordinary checkpoint, or "
+                               "variants.save(model, path) to save the adapter (load it with variants.load)")
+        if "state_dict" not in kwargs:  # merged: the plain model's tensors, without the (now idle) adapter's
+            kwargs["state_dict"] = {k: v for k, v in self.model.state_dict().items()
+                                    if not k.rpartition(".")[2].startswith(PREFIX)}
+        return type(self.model).save_pretrained(self.model, *args, **kwargs)
+
+
 class _AdapterRepr:
     """An adapted layer's ``extra_repr``: the layer's own, then the adapter (variant, rank, state)."""
 
@@ -196,6 +218,8 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
             st.handles.append(_register_hook(mod, v))
             mod.__dict__["extra_repr"] = _AdapterRepr(mod, v)
         refresh_active(st)
+        if v.mutates_base_weight and callable(getattr(type(model), "save_pretrained", None)):
+            model.__dict__["save_pretrained"] = _GuardedSavePretrained(model)
     except BaseException:
         detach(model)
         raise
@@ -234,6 +258,7 @@ def detach(model: nn.Module) -> nn.Module:
     for pname, flag in st.requires_grad.items():
         if pname in params:
             params[pname].requires_grad_(flag)
+    model.__dict__.pop("save_pretrained", None)
     delattr(model, STATE_ATTR)
     return model
 

@@ -62,6 +62,7 @@ class _Moments:
 class Eva(Lora):
     name = "eva"
     Config = EvaConfig
+    per_layer_rank = True
     needs_calibration = True
 
     def forward(self, layer, x, y):
