@@ -80,7 +80,7 @@ def variant_config(name: str) -> dict:
     """Bench fields: rank 8 (AntiPaSTO: r divisible by its block size), RoAd group 64, and the card's
     peft-comparison overrides (DeLoRA runs peft's init) so ours and peft do the same work."""
     card = get(name)
-    fields = {k: v for k, v in CONFIG.items() if k in {f for f in variants.REGISTRY[name].Config.__dataclass_fields__}}
+    fields = {k: v for k, v in CONFIG.items() if k in variants.REGISTRY[name].Config.used_fields()}
     return {**fields, **(card.peft_config or {})}
 
 
