@@ -108,7 +108,7 @@ class Cell:
         return self.attach(self.fresh_model(), **overrides)
 
     @contextmanager
-    def shared(self, perturbed: bool = False, **overrides: Any) -> Iterator[Adapted]:
+    def shared(self, perturbed: bool = False, keep: bool = True, **overrides: Any) -> Iterator[Adapted]:
         """The cell's adapted model, attached once and lent to one check at a time: at init, or
         ``perturbed`` (state.perturb with the card's σ, as every check at a perturbed state uses).
 
@@ -117,7 +117,9 @@ class Cell:
         buffer, its gradient (none) and requires_grad flag and every module's training mode are put
         back bit for bit, so the next check sees what a fresh attach gives it; a check that changed
         the model's structure (a tensor replaced or added, a hook left behind) has the model dropped,
-        and the next borrower gets a fresh one (tests/test_lending.py: no audit row changes)."""
+        and the next borrower gets a fresh one (tests/test_lending.py: no audit row changes). ``keep``
+        False: the borrower changes what a restore cannot see (a merge's bookkeeping) and the model is
+        dropped after it, unconditionally."""
         from .state import perturb
 
         def make() -> Adapted:
@@ -125,7 +127,7 @@ class Cell:
             if perturbed:
                 perturb(adapted, self.seed, self.card.perturb)
             return adapted
-        with self._lend(("adapted", perturbed, tuple(sorted(overrides.items()))), make) as adapted:
+        with self._lend(("adapted", perturbed, tuple(sorted(overrides.items()))), make, keep=keep) as adapted:
             yield adapted
 
     @contextmanager
@@ -142,7 +144,7 @@ class Cell:
             yield model
 
     @contextmanager
-    def _lend(self, key: tuple, make: Callable[[], Any], store: dict | None = None) -> Iterator[Any]:
+    def _lend(self, key: tuple, make: Callable[[], Any], store: dict | None = None, keep: bool = True) -> Iterator[Any]:
         store = self._lent if store is None else store
         lent = store.pop(key, None)  # popped while lent: a nested borrow gets its own
         if lent is None:
@@ -150,7 +152,7 @@ class Cell:
         try:
             yield lent.obj
         finally:
-            if lent.restore():
+            if keep and lent.restore():
                 store[key] = lent
 
     def about(self, implementation: str) -> str:

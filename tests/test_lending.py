@@ -94,3 +94,14 @@ def test_lending_changes_no_audit_row(card, monkeypatch):
     monkeypatch.setattr(cell_module._Lent, "restore", lambda self: False)  # never lent twice
     assert rows() == shared
     assert any(r[0] == "peft_parity" and r[4] == "pass" for r in shared)  # the rows compared are measurements
+
+
+def test_a_model_lent_without_keep_is_never_lent_again():
+    """The merge check borrows with keep=False: whatever a merge leaves behind (bookkeeping a value
+    restore cannot see) goes with the model."""
+    cell = Cell(get("lora"), Ours(), "mlp", "float32")
+    with cell.shared(perturbed=True, keep=False) as a:
+        variants.merge(a.model)
+    with cell.shared(perturbed=True) as b:
+        assert b is not a and not variants.is_merged(b.model)
+        _assert_same_model(b, _fresh(cell, True))

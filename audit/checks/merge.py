@@ -24,7 +24,6 @@ from references import paper
 
 from ..cell import Cell, NotApplicable, rel_err
 from ..numerics import describe, jitter, keep_worst, spread_tolerance
-from ..state import perturb
 from ..subjects import NotSupported
 from .paper_parity import merged_reference
 
@@ -58,8 +57,13 @@ def run(cell: Cell) -> None:
     subject = cell.subject
     if not (subject.can("merge") and subject.can("unmerge")):
         raise NotApplicable(f"{subject.describe()} has no merge/unmerge")
-    adapted = cell.adapted()  # its own copy: a broken unmerge must not reach another check
-    perturb(adapted, cell.seed, cell.card.perturb)
+    # the cell's perturbed model, not given back: a broken unmerge (or its bookkeeping) must not reach
+    # another check
+    with cell.shared(perturbed=True, keep=False) as adapted:
+        _run(cell, subject, adapted)
+
+
+def _run(cell: Cell, subject, adapted) -> None:
     ref = paper.get(cell.card.name)
     truth, spreads = merged_reference(cell, adapted, ref, adapted.cfg)
     before = _weights(adapted)
