@@ -49,7 +49,7 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         _coerce_and_typecheck(self)
         name = type(self).__name__
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = _defaults(type(self))
         for fld in self.unused:
             if getattr(self, fld) != defaults[fld]:
                 raise _fail(name, fld, f"{self.variant} does not use {fld} (got {getattr(self, fld)!r}): leave it "
@@ -90,7 +90,7 @@ class AdapterConfig:
         config: a subject's driver need not know a training option it is never given)."""
         d = dataclasses.asdict(self)
         if function_only:
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            defaults = _defaults(type(self))
             d = {k: v for k, v in d.items() if not (k in self.training_only and v == defaults[k])}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -149,6 +149,12 @@ def _dtype_name(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("torch."):
         return value.removeprefix("torch.")
     return value
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(cls: type) -> dict[str, Any]:
+    """A config class's field defaults (read once per class)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 @functools.lru_cache(maxsize=None)

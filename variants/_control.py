@@ -37,6 +37,7 @@ def effective_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     saved = None if bias is None else bias.detach().clone()
     try:
         with torch.no_grad():
+            b_eff = layer(torch.zeros(1, d_in, dtype=w.dtype, device=w.device))[0]
             if bias is not None:
                 bias.zero_()
             rows = []
@@ -46,9 +47,6 @@ def effective_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
                 probe[torch.arange(n), torch.arange(start, start + n)] = 1
                 rows.append(layer(probe))
             w_eff = torch.cat(rows).t().contiguous()
-            if bias is not None:
-                bias.copy_(saved)
-            b_eff = layer(torch.zeros(1, d_in, dtype=w.dtype, device=w.device))[0]
     finally:
         if bias is not None:
             with torch.no_grad():

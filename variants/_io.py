@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._base import Variant
+from ._base import PREFIX, Variant
 from ._config import AdapterConfig
 from ._runtime import STATE_ATTR, adapter_tensors, attach, state_of
 
@@ -31,10 +31,6 @@ def _safe(path):
 def _open(path, read):
     with _safe(path) as f:
         return read(f)
-
-
-def meta_of(path) -> dict[str, str]:
-    return _open(path, lambda f: f.metadata() or {})
 
 
 def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -123,7 +119,7 @@ def fingerprint(weight: torch.Tensor) -> list[float]:
     return out
 
 
-def _check_base(path, model: nn.Module, st, stored: dict[str, list[float]]) -> None:
+def _check_base(path, st, stored: dict[str, list[float]]) -> None:
     """Refuse a rewritten-weight checkpoint made on another base model (its W_res would replace this
     model's weights: a model that is neither the base nor the adapted one)."""
     for name, fp in stored.items():
@@ -138,7 +134,7 @@ def _check_base(path, model: nn.Module, st, stored: dict[str, list[float]]) -> N
                              f"{FINGERPRINT_TOL:g}); load it into the base model it was trained from")
 
 
-def _check_tensors(path, loaded: dict[str, torch.Tensor], cfg: AdapterConfig) -> list[str]:
+def _check_tensors(loaded: dict[str, torch.Tensor], cfg: AdapterConfig) -> list[str]:
     """Problems of the stored tensors themselves: non-finite values, an adapter dtype other than the config's."""
     problems = []
     bad = sorted(k for k, t in loaded.items() if t.is_floating_point() and not torch.isfinite(t).all())
@@ -147,10 +143,39 @@ def _check_tensors(path, loaded: dict[str, torch.Tensor], cfg: AdapterConfig) ->
     if cfg.dtype is not None:
         want = getattr(torch, cfg.dtype)
         wrong = sorted(f"{k} ({str(t.dtype).removeprefix('torch.')})" for k, t in loaded.items()
-                       if ".adapter_" in k and t.dtype != want)
+                       if f".{PREFIX}" in k and t.dtype != want)
         if wrong:
             problems.append(f"adapter tensors of another dtype than the config's {cfg.dtype}: {wrong[:6]}")
     return problems
+
+
+def _checked_tensors(path, model: nn.Module, cfg: AdapterConfig):
+    """(the model's checkpoint tensors, the file's, its shared keys) once every check passed: keys,
+    shapes, finite values, dtypes, and for a rewritten base weight the base it was made from."""
+    expected = _checkpoint_tensors(model)
+    with _safe(path) as f:
+        meta = f.metadata() or {}
+        shared = json.loads(meta.get("shared", "{}"))
+        keys = set(f.keys())
+        bad_alias = sorted(k for k, v in shared.items() if k not in expected or v not in keys or k in keys)
+        if bad_alias:
+            raise ValueError(f"{path}: metadata 'shared' names keys the checkpoint cannot share: {bad_alias[:6]}")
+        missing, extra = sorted(set(expected) - keys - set(shared)), sorted(keys - set(expected))
+        if missing or extra:
+            raise KeyError(f"{path}: checkpoint keys do not match the model: missing {missing[:6]}, "
+                           f"unexpected {extra[:6]}")
+        loaded = {k: f.get_tensor(k) for k in sorted(keys)}
+    loaded.update({k: loaded[v] for k, v in shared.items()})
+    bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
+           for k, t in loaded.items() if t.shape != expected[k].shape]
+    problems = ([f"tensor shapes do not match the model (the metadata's r or config): {bad[:6]}"] if bad else []) + \
+        _check_tensors(loaded, cfg)
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    fp = json.loads(meta.get("base_fingerprint", "{}"))
+    if fp:
+        _check_base(path, state_of(model), fp)
+    return expected, loaded, shared
 
 
 def read_config(path: str | os.PathLike, variant: type[Variant] | None = None) -> tuple[type[Variant], AdapterConfig, dict[str, int]]:
@@ -188,33 +213,9 @@ def load(model: nn.Module, path: str | os.PathLike, *, variant: type[Variant] | 
         attach(model, cfg, variant=variant, _init=False, _ranks=ranks)
     elif st.variant.name != variant.name:
         raise ValueError(f"model carries variant {st.variant.name!r}, checkpoint holds {variant.name!r}")
-    expected = _checkpoint_tensors(model)
-    with _safe(path) as f:
-        shared = json.loads((f.metadata() or {}).get("shared", "{}"))
-        keys = set(f.keys())
-        bad_alias = sorted(k for k, v in shared.items() if k not in expected or v not in keys or k in keys)
-        if bad_alias:
-            raise ValueError(f"{path}: metadata 'shared' names keys the checkpoint cannot share: {bad_alias[:6]}")
-        missing, extra = sorted(set(expected) - keys - set(shared)), sorted(keys - set(expected))
-        if missing or extra:
-            if st is None:
-                from ._runtime import detach
-                detach(model)
-            raise KeyError(f"{path}: checkpoint keys do not match the model: missing {missing[:6]}, "
-                           f"unexpected {extra[:6]}")
-        loaded = {k: f.get_tensor(k) for k in sorted(keys)}
-    loaded.update({k: loaded[v] for k, v in shared.items()})
-    bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
-           for k, t in loaded.items() if t.shape != expected[k].shape]
-    problems = ([f"tensor shapes do not match the model (the metadata's r or config): {bad[:6]}"] if bad else []) + \
-        _check_tensors(path, loaded, cfg)
-    try:
-        if problems:
-            raise ValueError(f"{path}: " + "; ".join(problems))
-        fp = json.loads(meta_of(path).get("base_fingerprint", "{}"))
-        if fp:
-            _check_base(path, model, state_of(model), fp)
-    except ValueError:
+    try:  # every refusal below leaves a model that came in bare bare again
+        expected, loaded, shared = _checked_tensors(path, model, cfg)
+    except (KeyError, ValueError):
         if st is None:
             from ._runtime import detach
             detach(model)

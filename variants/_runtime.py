@@ -237,8 +237,10 @@ def _register_hook(mod: nn.Module, v: Variant):
 def detach(model: nn.Module) -> nn.Module:
     """Remove the adapter: hooks, adapter tensors; restore mutated base weights and requires_grad."""
     st = state_of(model)
+    from ._control import enable, unmerge
+    if st.merged:  # the weights before the merge (W_res for a mutating variant) first
+        unmerge(model)
     if st.disabled:  # a rewritten weight holds the original while disabled: put W_res back first
-        from ._control import enable
         enable(model)
     for h in st.handles:
         h.remove()
@@ -247,11 +249,6 @@ def detach(model: nn.Module) -> nn.Module:
             remove_tensors(mod)
             for attr in (ACTIVE_ATTR, "extra_repr"):
                 mod.__dict__.pop(attr, None)
-            if name in st.merged:  # the weights before the merge (W_res for a mutating variant)
-                weight, bias = st.merged[name]
-                mod.weight.copy_(weight)
-                if bias is not None:
-                    mod.bias.copy_(bias)
             if name in st.original_weights:
                 mod.weight.copy_(st.original_weights[name])
     params = dict(model.named_parameters())

@@ -44,9 +44,9 @@ def _round_trip_spread(before: torch.Tensor, merged: torch.Tensor, dtype: torch.
     Q of the row length (HRA, OFT: two products of that length). A bias is one row."""
     w, delta = before.double(), merged.double() - before.double()
     q, _ = torch.linalg.qr(torch.randn(w.shape[-1], w.shape[-1], generator=gen, dtype=torch.float64))
+    d = delta.to(dtype)
     out = []
     for start in (w, jitter(w, dtype, gen)):
-        d = delta.to(dtype)
         out.append(rel_err(((start.to(dtype) + d) - d).double(), start))
         rows = start.reshape(-1, start.shape[-1])
         out.append(rel_err(((rows.to(dtype) @ q.to(dtype)) @ q.t().to(dtype)).double(), rows))

@@ -13,6 +13,7 @@ drop of an adapter with few parameters), and SPREAD_FACTOR times it is allowed o
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -48,17 +49,14 @@ def reference_model(cell: Cell, adapted):
     return clone, params
 
 
-def _train(cell: Cell, model, params, labels) -> tuple[list[float], float, int]:
-    """(losses per step, final eval loss, non-finite steps) of STEPS Adam steps on the task.
-    ``labels``: the target token ids, or a function of the vocabulary size (the logits' width) giving them."""
+def _train(cell: Cell, model, params, labels_for) -> tuple[list[float], float, int]:
+    """(losses per step, final eval loss, non-finite steps) of STEPS Adam steps on the task;
+    ``labels_for(vocab)``: the target token ids for the logits' width."""
     opt = torch.optim.Adam(params, lr=LR)
 
     def loss_of():
-        nonlocal labels
         y = cell.logits(model).double()
-        if callable(labels):
-            labels = labels(y.shape[-1])
-        return torch.nn.functional.cross_entropy(y.reshape(-1, y.shape[-1]), labels.reshape(-1))
+        return torch.nn.functional.cross_entropy(y.reshape(-1, y.shape[-1]), labels_for(y.shape[-1]).reshape(-1))
 
     losses, nonfinite = [], 0
     model.train()
@@ -85,13 +83,11 @@ def _run(cell: Cell, adapted) -> None:
     model = adapted.model
     reference, ref_params = reference_model(cell, adapted)
     params = adapted.parameters()
-    drawn = []
 
+    @functools.cache
     def labels(vocab: int) -> torch.Tensor:  # drawn at the first forward, once the logits' width is known
-        if not drawn:
-            g = torch.Generator().manual_seed(cell.seed + 3)
-            drawn.append(torch.randint(0, vocab, cell.inputs.shape, generator=g).to(cell.inputs.device))
-        return drawn[0]
+        g = torch.Generator().manual_seed(cell.seed + 3)
+        return torch.randint(0, vocab, cell.inputs.shape, generator=g).to(cell.inputs.device)
     ref_losses, ref_final, _ = _train(cell, reference, ref_params, labels)
     losses, final, nonfinite = _train(cell, model, params, labels)
     ref_drop, drop = ref_losses[0] - ref_final, losses[0] - final
