@@ -19,4 +19,5 @@ def test_library_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     code = _block("## Quick start: the library")
     exec(compile(code, "README.md quick start", "exec"), {"__name__": "__readme__"})
     assert (tmp_path / "dora.safetensors").is_file()
+    assert (tmp_path / "dora-peft" / "adapter_config.json").is_file()
     assert "dora on 4 layers, rank 8: trainable params" in capsys.readouterr().out

@@ -10,6 +10,8 @@
     variants.merge(model); variants.unmerge(model)   # into the weights and back, exactly
     variants.detach(model)
     variants.load(fresh_model, "adapter.safetensors")
+    variants.save_peft(model, "folder")    # peft's adapter folder: PeftModel.from_pretrained(base, "folder")
+    variants.load_peft(fresh_model, "folder")        # and a folder peft saved, into ours
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 from ._base import PREFIX, ParamSpec, Variant
 from ._config import DTYPES, ROLES, AdapterConfig
 from ._io import load, read_config, save
+from ._peft_io import load_peft, read_peft_config, save_peft
 from ._registry import REGISTRY
 from ._control import disable, disabled, effective_affine, enable, is_merged, merge, summary, unmerge
 from ._runtime import adapter_parameters, adapter_tensors, attach, detach, named_adapter_parameters, state_of
@@ -27,7 +30,8 @@ from ._targets import role_of, roles_of, select_targets
 __all__ = ["REGISTRY", "config", "attach", "detach", "save", "load", "read_config", "Variant", "ParamSpec",
            "AdapterConfig", "adapter_parameters", "named_adapter_parameters", "adapter_tensors", "state_of",
            "role_of", "roles_of", "select_targets", "PREFIX", "DTYPES", "ROLES", "merge", "unmerge", "is_merged",
-           "disable", "enable", "disabled", "summary", "effective_affine"]
+           "disable", "enable", "disabled", "summary", "effective_affine", "save_peft", "load_peft",
+           "read_peft_config"]
 
 
 def config(name: str, **fields: Any) -> AdapterConfig:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ._config import AdapterConfig
 from ._layers import dense_weight
+from ._peft_format import PeftFormat
 
 PREFIX = "adapter_"
 
@@ -39,6 +40,7 @@ class Variant:
     needs_calibration: ClassVar[bool] = False
     mutates_base_weight: ClassVar[bool] = False  # init overwrites layer.weight (PiSSA, AntiPaSTO)
     per_layer_rank: ClassVar[bool] = False  # a data-driven init may give layers ranks other than r (EVA)
+    peft_format: ClassVar[PeftFormat | None] = None  # how peft stores it (variants.save_peft / load_peft)
 
     def __init__(self, cfg: AdapterConfig):
         self.cfg = cfg

@@ -20,6 +20,8 @@ FORMAT = "adapter-audit/1"
 
 def _safe(path):
     """safe_open, with unreadable files (a pickle, a .pt, garbage) reported as ValueError."""
+    if Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file():
+        raise IsADirectoryError(f"{path} is a peft adapter folder: load it with variants.load_peft(model, folder)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"adapter checkpoint not found: {path}")
     try:
@@ -67,11 +69,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the attached adapter (and any base weight it mutated) to ``path`` atomically; a tensor
     shared by several layers is stored once (metadata ``shared``: {key: the key holding it})."""
     st = state_of(model)
-    if st.merged or (st.disabled and st.original_weights):
-        what = "merged into the weights" if st.merged else "disabled (the layers hold the base weights, not W_res)"
-        undo = "variants.unmerge(model)" if st.merged else "variants.enable(model)"
-        raise RuntimeError(f"the adapter is {what}: call {undo} before saving it (a checkpoint holds the adapter "
-                           "tensors and the base weights the adapter rewrote)")
+    check_saveable(st)
     live = _checkpoint_tensors(model)
     shared = _shared_keys(live)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in live.items() if k not in shared}
@@ -86,18 +84,33 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     if st.original_weights:  # a rewritten base weight (PiSSA's W_res) only fits the base it was made from
         meta["base_fingerprint"] = json.dumps({n: fingerprint(st.original_weight(n)) for n in st.targets},
                                               sort_keys=True)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """``write(tmp)`` into a fresh temporary file beside ``path``, then rename it over ``path``: a reader
+    never sees a half-written file, and a failed write leaves nothing behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # never over another file
     try:
-        save_file(tensors, tmp, metadata=meta)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # the usual permissions, as open() would give (safetensors writes 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_saveable(st) -> None:
+    """Refuse to save an adapter that is merged, or disabled with its base weights swapped in."""
+    if st.merged or (st.disabled and st.original_weights):
+        what = "merged into the weights" if st.merged else "disabled (the layers hold the base weights, not W_res)"
+        undo = "variants.unmerge(model)" if st.merged else "variants.enable(model)"
+        raise RuntimeError(f"the adapter is {what}: call {undo} before saving it (a checkpoint holds the adapter "
+                           "tensors and the base weights the adapter rewrote)")
 
 
 N_PROJECTIONS = 8
@@ -182,7 +195,10 @@ def read_config(path: str | os.PathLike, variant: type[Variant] | None = None) -
     """Variant class, config and per-layer ranks stored in a checkpoint's metadata."""
     meta = _open(path, lambda f: f.metadata() or {})
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an adapter-audit checkpoint (metadata format={meta.get('format')!r})")
+        peft = (Path(path).parent / "adapter_config.json").is_file()
+        raise ValueError(f"{path}: not an adapter-audit checkpoint (metadata format={meta.get('format')!r})"
+                         + ("; it sits in a peft adapter folder: load the folder with variants.load_peft(model, folder)"
+                            if peft else ""))
     name = meta["variant"]
     if variant is None:
         from ._registry import REGISTRY

@@ -21,6 +21,7 @@ from torch import nn
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, conv1d_targets, peft_type_is
 from ._runtime import state_of
 from ._tensor_init import normal_
 from .lora import add_lowrank
@@ -69,9 +70,41 @@ class AdaloraConfig(AdapterConfig):
                                          "the schedule leaves no budget phase (§3.3)")
 
 
+_ADALORA_SCHEDULE = ("target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
+
+
+PEFT_EPS = 1e-5  # peft's AdaLoRA divides by ranknum + 1e-5
+
+
+def _alpha_from_peft(lora_alpha: float, r: int) -> float:
+    """Our alpha for peft's lora_alpha: the same scale; rounded to 12 digits so that a value we wrote
+    comes back as it was (the rounding is 1e-12 of the scale, far below any adapter dtype's)."""
+    return float(f"{lora_alpha * r / (r + PEFT_EPS):.12g}")
+
+
+def _peft_adalora_config(cfg, st) -> dict:
+    if cfg.total_step is None:
+        raise ValueError("peft's AdaLoraConfig requires total_step (the budget schedule's length): set total_step "
+                         "in the config before variants.save_peft")
+    return {"init_r": cfg.r, "lora_alpha": cfg.alpha * (cfg.r + PEFT_EPS) / cfg.r, "lora_dropout": 0.0, "bias": "none", "init_lora_weights": True,
+            "fan_in_fan_out": conv1d_targets(st), **{k: getattr(cfg, k) for k in _ADALORA_SCHEDULE}}
+
+
 class Adalora(Variant):
     name = "adalora"
     Config = AdaloraConfig
+    # peft's AdaLoraConfig, lora_A (r, d_in) / lora_E (r, 1) / lora_B (d_out, r) as ours. Its scale is
+    # lora_alpha / (ranknum + 1e-5), ranknum = init_r, ours alpha / r: lora_alpha = alpha·(r + 1e-5)/r both ways.
+    # A pruned checkpoint (rank_pattern set) is refused: peft rescales each layer by its kept rank on load.
+    peft_format = PeftFormat(
+        peft_type="ADALORA", tensors={"A": "lora_A", "E": "lora_E", "B": "lora_B"}, claims=peft_type_is("ADALORA"),
+        to_config=_peft_adalora_config,
+        from_config=lambda pcfg, shapes: {"r": int(pcfg["init_r"]),
+                                          "alpha": _alpha_from_peft(float(pcfg["lora_alpha"]), int(pcfg["init_r"])),
+                                          **{k: pcfg[k] for k in _ADALORA_SCHEDULE if pcfg.get(k) is not None}},
+        reads=("init_r", "lora_alpha") + _ADALORA_SCHEDULE, fixed={"bias": ("none",), "rank_pattern": (None, {})},
+        inert=("r", "init_lora_weights", "qalora_group_size", "loftq_config", "eva_config", "corda_config"),
+        training_only=("lora_dropout",), conv1d=None)
 
     def param_specs(self, d_in, d_out, r, cfg):
         return {"A": ParamSpec((r, d_in)), "E": ParamSpec((r, 1)), "B": ParamSpec((d_out, r))}

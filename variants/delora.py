@@ -21,6 +21,7 @@ import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, peft_type_is
 from ._tensor_init import kaiming_uniform_
 from .lora import add_lowrank
 
@@ -43,9 +44,25 @@ def _coef(a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, r: int) -> torch.
     return (lam / r) / (b.norm(dim=0).clamp(min=NORM_CLAMP) * a.norm(dim=1).clamp(min=NORM_CLAMP))
 
 
+def _peft_delora_config(cfg) -> dict:
+    if cfg.init_style != "peft":
+        raise ValueError("delora: init_style='paper' keeps frozen copies C, D that peft's DeLoRA has no place for; "
+                         "only an adapter made with init_style='peft' can be written for peft")
+    return {"r": cfg.r, "delora_lambda": cfg.lambda0, "module_dropout": 0.0, "init_weights": True, "bias": "none"}
+
+
 class Delora(Variant):
     name = "delora"
     Config = DeloraConfig
+    # peft's DeloraConfig holds the peft init only: the paper init's frozen C, D have no place there
+    peft_format = PeftFormat(
+        peft_type="DELORA", claims=peft_type_is("DELORA"),
+        tensors={"A": "delora_A", "B": "delora_B", "lam": "delora_lambda", "w_norm": "delora_w_norm"},
+        to_config=lambda cfg, st: _peft_delora_config(cfg),
+        from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 8)), "init_style": "peft",
+                                          "lambda0": float(pcfg.get("delora_lambda", 15.0))},
+        reads=("r", "delora_lambda"), fixed={"bias": ("none",)}, inert=("init_weights",),
+        training_only=("module_dropout",))
     needs_dense_weight = True
 
     def param_specs(self, d_in, d_out, r, cfg):

@@ -16,7 +16,7 @@ import torch
 
 from ._base import ParamSpec
 from ._tensor_init import kaiming_uniform_
-from .lora import Lora, LoraConfig, add_lowrank
+from .lora import _PLAIN_INITS, Lora, LoraConfig, _peft_lora_fields, add_lowrank, peft_lora_format
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Dora(Lora):
     name = "dora"
     Config = DoraConfig
     needs_dense_weight = True
+    peft_format = peft_lora_format(True, claim=_PLAIN_INITS, dora=True, training_only=("lora_dropout",),
+                                   fields=lambda pcfg, shapes: {**_peft_lora_fields(pcfg, shapes), "dropout": 0.0})
 
     def param_specs(self, d_in, d_out, r, cfg):
         return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r)), "m": ParamSpec((d_out,))}

@@ -20,7 +20,8 @@ import torch
 
 from ._layers import features
 from ._runtime import allocate, remove_tensors
-from .lora import Lora, LoraConfig, lora_delta
+from ._peft_format import exact_key
+from .lora import Lora, LoraConfig, lora_delta, peft_lora_config, peft_lora_format, peft_lora_scales
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,27 @@ class _Moments:
         return vals, vecs * sign[:, None]
 
 
+def _peft_eva_config(cfg, st) -> dict:
+    """Each layer's rank in rank_pattern and alpha_l = s·r_l in alpha_pattern, so that peft's scaling
+    alpha_l / r_l is our s = alpha / r everywhere (peft's EVA: adjust_scaling_factors=True)."""
+    ranks = {n: m.adapter_rank for n, m in st.targets.items()}
+    s = cfg.alpha / cfg.r
+    return peft_lora_config(cfg, st, "eva", eva_config={"rho": cfg.rho},
+                            rank_pattern={exact_key(n): r for n, r in ranks.items()},
+                            alpha_pattern={exact_key(n): s * r for n, r in ranks.items()})
+
+
+def _peft_eva_fields(pcfg, shapes) -> dict:
+    _, s = peft_lora_scales(pcfg, shapes)
+    r = int(pcfg["r"])
+    return {"r": r, "alpha": s * r, "dropout": float(pcfg.get("lora_dropout") or 0.0)}
+
+
 class Eva(Lora):
     name = "eva"
     Config = EvaConfig
     per_layer_rank = True
+    peft_format = peft_lora_format("eva", to_config=_peft_eva_config, fields=_peft_eva_fields, per_layer_rank="A")
     needs_calibration = True
 
     def forward(self, layer, x, y):

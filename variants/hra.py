@@ -18,6 +18,7 @@ import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, peft_type_is
 from ._tensor_init import kaiming_uniform_
 
 
@@ -34,6 +35,12 @@ class HraConfig(AdapterConfig):
 class Hra(Variant):
     name = "hra"
     Config = HraConfig
+    # peft's HRAConfig: hra_u is (d_in, r), the Householder vectors as columns (ours as rows)
+    peft_format = PeftFormat(
+        peft_type="HRA", tensors={"u": "hra_u"}, transforms={"u": "transpose"}, claims=peft_type_is("HRA"),
+        to_config=lambda cfg, st: {"r": cfg.r, "apply_GS": False, "init_weights": True, "bias": "none"},
+        from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 8))}, reads=("r",),
+        fixed={"apply_GS": (False, None), "bias": ("none",)}, inert=("init_weights",))
     hook = "input"
 
     def param_specs(self, d_in, d_out, r, cfg):

@@ -8,10 +8,12 @@ step 0. Like the paper and peft, the bias is scaled too. ``r`` and ``alpha`` are
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, conv1d_targets
 from ._inplace import as_operand, owns_output, recording
 
 
@@ -21,9 +23,30 @@ class Ia3Config(AdapterConfig):
     unused = ("r", "alpha")
 
 
+def peft_feedforward(pcfg, name: str) -> bool:
+    """peft's IA3 input-scaling test for module ``name`` (peft.tuners.ia3.model._check_target_module_feedforward):
+    a string feedforward_modules is fullmatched as a regex, a list matched as name suffixes."""
+    ff = pcfg.get("feedforward_modules") or []
+    if isinstance(ff, str):
+        return re.fullmatch(ff, name) is not None
+    return any(name.endswith(k) for k in ff)
+
+
+def peft_ia3_format(feedforward: bool) -> PeftFormat:
+    """peft's IA3Config: ia3_l is (d_out, 1) for output scaling, (1, d_in) for input scaling (feedforward)."""
+    return PeftFormat(
+        peft_type="IA3", tensors={"l": "ia3_l"}, transforms={"l": "row" if feedforward else "column"},
+        claims=lambda pcfg, names: pcfg.get("peft_type") == "IA3" and bool(names)
+        and all(peft_feedforward(pcfg, n) == feedforward for n in names),
+        to_config=lambda cfg, st: {"feedforward_modules": sorted(st.targets) if feedforward else [],
+                                   "init_ia3_weights": True, "fan_in_fan_out": conv1d_targets(st)},
+        from_config=lambda pcfg, shapes: {}, reads=("feedforward_modules",), inert=("init_ia3_weights",), conv1d=None)
+
+
 class Ia3(Variant):
     name = "ia3"
     Config = Ia3Config
+    peft_format = peft_ia3_format(feedforward=False)
     default_roles = ("k", "v")
 
     def param_specs(self, d_in, d_out, r, cfg):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
 from ._inplace import as_operand
+from .ia3 import peft_ia3_format
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Ia3FFConfig(AdapterConfig):
 class Ia3FF(Variant):
     name = "ia3_ff"
     Config = Ia3FFConfig
+    peft_format = peft_ia3_format(feedforward=True)
     hook = "input"
     default_roles = ("down",)
 

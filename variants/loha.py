@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, peft_type_is
 from ._inplace import recording
 from ._tensor_init import kaiming_uniform_
 from .lora import add_lowrank
@@ -87,6 +88,14 @@ def factored(d_in: int, d_out: int, r: int) -> bool:
 class Loha(Variant):
     name = "loha"
     Config = LohaConfig
+    peft_format = PeftFormat(
+        peft_type="LOHA", claims=peft_type_is("LOHA"),
+        tensors={t: f"hada_{t}" for t in ("w1_a", "w1_b", "w2_a", "w2_b")},
+        to_config=lambda cfg, st: {"r": cfg.r, "alpha": cfg.alpha, "rank_dropout": 0.0, "module_dropout": 0.0,
+                                   "init_weights": True},
+        from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 8)), "alpha": float(pcfg.get("alpha", 8.0))},
+        reads=("r", "alpha"), inert=("init_weights", "use_effective_conv2d"),
+        training_only=("rank_dropout", "module_dropout"))
     delta = HadamardDelta  # the autograd Function building ΔW in training
 
     def param_specs(self, d_in, d_out, r, cfg):

@@ -20,6 +20,7 @@ import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, exact_key, pattern_key, peft_type_is
 from ._tensor_init import kaiming_uniform_
 
 
@@ -66,9 +67,45 @@ def shapes(d_in: int, d_out: int, r: int, cfg: LokrConfig) -> tuple[tuple[int, i
     return (out_l, out_k, in_m, in_n), full1, full2
 
 
+# peft scales ΔW by alpha/r on every layer; LyCORIS (ours) by 1 where both factors are full (w1 and w2)
+def _peft_full_full(cfg, st) -> dict:
+    """alpha_pattern giving peft's alpha_l / r = 1 on our full-full layers (empty when alpha = r)."""
+    return {exact_key(n): float(cfg.r) for n, m in st.targets.items()
+            if hasattr(m, "adapter_w1") and hasattr(m, "adapter_w2") and cfg.alpha != cfg.r}
+
+
+def _peft_lokr_fields(pcfg, shapes) -> dict:
+    r, alpha = int(pcfg.get("r", 8)), float(pcfg.get("alpha", 8.0))
+    pattern = pcfg.get("alpha_pattern") or {}
+    off = []
+    for m, sh in shapes.items():
+        key = pattern_key(pattern, m)
+        a = float(pattern[key]) if key is not None else alpha
+        want = float(r) if "w1" in sh and "w2" in sh else alpha  # peft's alpha_l / r must be ours: 1 or alpha / r
+        if abs(a - want) > 1e-12 * abs(want):
+            off.append(f"{m}: {a / r:g} (ours {want / r:g})")
+    if off:
+        raise ValueError("peft scales kron(w1, w2) by alpha/r on every layer, LyCORIS (ours) by 1 where both factors "
+                         f"are full and by one alpha/r elsewhere; this adapter's scales cannot be ours: {off[:4]}")
+    return {"r": r, "alpha": alpha, "decompose_both": bool(pcfg.get("decompose_both", False)),
+            "decompose_factor": int(pcfg.get("decompose_factor", -1))}
+
+
 class Lokr(Variant):
     name = "lokr"
     Config = LokrConfig
+    # peft's LoKrConfig: lokr_w1 / lokr_w1_a / lokr_w1_b / lokr_w2 / lokr_w2_a / lokr_w2_b as ours (which of
+    # them a layer has follows from its shape, r and decompose_both, the same rule in both)
+    peft_format = PeftFormat(
+        peft_type="LOKR", claims=peft_type_is("LOKR"),
+        tensors={t: f"lokr_{t}" for t in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")},
+        to_config=lambda cfg, st: {"r": cfg.r, "alpha": cfg.alpha, "alpha_pattern": _peft_full_full(cfg, st),
+                                   "decompose_both": cfg.decompose_both,
+                                   "decompose_factor": cfg.decompose_factor, "rank_dropout": 0.0,
+                                   "module_dropout": 0.0, "init_weights": True},
+        from_config=lambda pcfg, shapes: _peft_lokr_fields(pcfg, shapes),
+        reads=("r", "alpha", "alpha_pattern", "decompose_both", "decompose_factor"),
+        inert=("init_weights", "use_effective_conv2d"), training_only=("rank_dropout", "module_dropout"))
 
     def param_specs(self, d_in, d_out, r, cfg):
         (out_l, out_k, in_m, in_n), full1, full2 = shapes(d_in, d_out, r, cfg)

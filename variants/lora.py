@@ -17,6 +17,7 @@ from torch import nn
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
 from ._inplace import owns_output, recording
+from ._peft_format import PeftFormat, conv1d_targets, exact_key, pattern_key
 from ._tensor_init import kaiming_uniform_
 
 
@@ -67,9 +68,70 @@ def lora_delta(layer, x: torch.Tensor, y: torch.Tensor, s: float, dropout: float
     return add_lowrank(y, (x.to(a.dtype) @ a.t()) * s, b, layer)
 
 
+# -- peft's LoraConfig (peft.tuners.lora): lora_A.weight (r, d_in), lora_B.weight (d_out, r) as ours ----------
+_LORA_READS = ("r", "lora_alpha", "use_rslora", "lora_dropout", "rank_pattern", "alpha_pattern",
+               "init_lora_weights", "use_dora")
+# LoRA inits that only draw A and B (which the file's tensors replace); the others rewrite the base
+# weight (pissa*, olora, corda, loftq, lora_ga) or change the forward (mica) and belong to their variant
+_PLAIN_INITS = (True, False, "gaussian", "orthogonal")
+
+
+def peft_lora_scales(pcfg, shapes) -> tuple[dict[str, int], float]:
+    """({module: rank from its lora_A}, the one scaling every layer has) of a peft LoRA config: peft's
+    scaling is lora_alpha (or its alpha_pattern entry) / r_l, or / √r_l with use_rslora. Layers with
+    different scalings cannot be one config here: refused naming them."""
+    pattern = pcfg.get("alpha_pattern") or {}
+    ranks, scales = {}, {}
+    for m, sh in shapes.items():
+        ranks[m] = int(sh["A"][0])
+        key = pattern_key(pattern, m)
+        a = float(pattern[key]) if key is not None else float(pcfg.get("lora_alpha", 8))
+        scales[m] = a / (math.sqrt(ranks[m]) if pcfg.get("use_rslora") else ranks[m])
+    s = next(iter(scales.values()))
+    if any(abs(v - s) > 1e-6 * abs(s) for v in scales.values()):
+        raise ValueError(f"the layers of this peft LoRA adapter have different scalings (alpha_l / r_l): "
+                         f"{dict(list(scales.items())[:4])}; one adapter here has one scale")
+    return ranks, s
+
+
+def _peft_lora_fields(pcfg, shapes):
+    ranks, s = peft_lora_scales(pcfg, shapes)
+    if len(set(ranks.values())) != 1:
+        raise ValueError(f"the layers of this peft LoRA adapter have different ranks {sorted(set(ranks.values()))} "
+                         "(rank_pattern): only EVA (init_lora_weights='eva') loads per-layer ranks here")
+    r = next(iter(ranks.values()))
+    rs = bool(pcfg.get("use_rslora"))
+    return {"r": r, "alpha": s * (math.sqrt(r) if rs else r), "use_rslora": rs,
+            "dropout": float(pcfg.get("lora_dropout") or 0.0)}
+
+
+def peft_lora_config(cfg, st, init, **extra) -> dict:
+    """peft LoraConfig fields of one of our LoRA-family adapters."""
+    return {"r": cfg.r, "lora_alpha": cfg.alpha, "use_rslora": cfg.use_rslora, "lora_dropout": cfg.dropout,
+            "bias": "none", "init_lora_weights": init, "fan_in_fan_out": conv1d_targets(st), **extra}
+
+
+def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, dora=False, **kw) -> PeftFormat:
+    """The PeftFormat of a LoRA-family variant written with ``init_lora_weights=init`` (claimed for any
+    init in ``claim``, default just ``init``)."""
+    claim = (init,) if claim is None else claim
+    tensors = {"A": "lora_A.weight", "B": "lora_B.weight"}
+    if dora:
+        tensors["m"] = "lora_magnitude_vector"  # peft saves DoraLinearLayer.weight under the module's own name
+    to_config = kw.pop("to_config", lambda cfg, st: peft_lora_config(cfg, st, init, **({"use_dora": True} if dora else {})))
+    return PeftFormat(
+        peft_type="LORA", tensors=tensors, to_config=to_config, from_config=fields, reads=_LORA_READS,
+        claims=lambda pcfg, names: (pcfg.get("peft_type") == "LORA" and bool(pcfg.get("use_dora")) == dora
+                                    and any(pcfg.get("init_lora_weights", True) is c if isinstance(c, bool)
+                                            else pcfg.get("init_lora_weights") == c for c in claim)),
+        fixed={"bias": ("none",)}, inert=("qalora_group_size", "loftq_config", "eva_config", "corda_config"),
+        **{"conv1d": None, **kw})
+
+
 class Lora(Variant):
     name = "lora"
     Config = LoraConfig
+    peft_format = peft_lora_format(True, claim=_PLAIN_INITS)
 
     def param_specs(self, d_in, d_out, r, cfg):
         return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}

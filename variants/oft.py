@@ -17,12 +17,14 @@ is refused naming ``block_size`` (peft silently picks a nearby divisor).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, peft_type_is
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,35 @@ def rotation_blocks(q: torch.Tensor, cfg: OftConfig) -> torch.Tensor:
     return rot.add_(power @ s)
 
 
+def _peft_oft_fields(pcfg, shapes) -> dict:
+    """The block size from the stored skew parameters (b(b−1)/2 per block): peft sets it by
+    oft_block_size or by r = d_in / b, and one config here has one b. A config without
+    use_cayley_neumann predates it: the exact Cayley transform."""
+    sizes = {m: round((1 + math.sqrt(1 + 8 * sh["Q"][1])) / 2) for m, sh in shapes.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"this peft OFT adapter has several block sizes {sorted(set(sizes.values()))}; one config "
+                         "here has one block_size")
+    return {"block_size": next(iter(sizes.values())), "use_cayley_neumann": bool(pcfg.get("use_cayley_neumann", False)),
+            "num_neumann_terms": int(pcfg.get("num_cayley_neumann_terms", 5))}
+
+
 class Oft(Variant):
     name = "oft"
     Config = OftConfig
+    # peft's OFTConfig (≥ 0.15 layout): oft_R.weight (d_in/b, b(b−1)/2), the skew parameters as our Q
+    # and peft's exact branch (use_cayley_neumann=False) computes (I − Q)(I + Q)⁻¹ = R(−Q), the transpose of the
+    # paper's R (reports/oft.md): that branch stores −Q, so peft's function is ours both ways
+    peft_format = PeftFormat(
+        peft_type="OFT", tensors={"Q": "oft_R.weight"}, claims=peft_type_is("OFT"),
+        transforms=lambda cfg: {} if cfg.use_cayley_neumann else {"Q": "negate"},
+        # peft_version: the first release whose Neumann coefficients are ours (older ones: 2 on every term)
+        to_config=lambda cfg, st: {"peft_version": "0.18.0", "r": 0, "oft_block_size": cfg.block_size, "use_cayley_neumann": cfg.use_cayley_neumann,
+                                   "num_cayley_neumann_terms": cfg.num_neumann_terms, "coft": False,
+                                   "block_share": False, "module_dropout": 0.0, "init_weights": True, "bias": "none"},
+        from_config=lambda pcfg, shapes: _peft_oft_fields(pcfg, shapes),
+        reads=("r", "oft_block_size", "use_cayley_neumann", "num_cayley_neumann_terms"),
+        fixed={"coft": (False, None), "block_share": (False, None), "bias": ("none",)},
+        inert=("init_weights", "eps"), training_only=("module_dropout",))
     hook = "input"
 
     def param_specs(self, d_in, d_out, r, cfg):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lora import Lora, LoraConfig
+from .lora import Lora, LoraConfig, peft_lora_format
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Olora(Lora):
     Config = OloraConfig
     needs_dense_weight = True
     mutates_base_weight = True
+    # as PiSSA: init_lora_weights="olora", re-run on the original base (W_res = W − s·Q_r R_r, whatever signs)
+    peft_format = peft_lora_format("olora", reinit=True, conv1d=(
+        "peft's OLoRA init takes the QR of a Conv1D's stored (d_in, d_out) weight without transposing it "
+        "(peft/tuners/lora/layer.py olora_init; reports/peft/olora.md), so peft would rebuild another W_res"))
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if cfg.r > min(d_in, d_out):

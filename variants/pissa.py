@@ -17,7 +17,7 @@ import math
 import torch
 
 from ._tensor_init import top_r_svd
-from .lora import Lora, LoraConfig
+from .lora import Lora, LoraConfig, peft_lora_format
 from dataclasses import dataclass
 
 
@@ -35,6 +35,10 @@ class Pissa(Lora):
     Config = PissaConfig
     needs_dense_weight = True
     mutates_base_weight = True
+    # written as peft writes PiSSA: A, B and init_lora_weights="pissa", which peft (and load_peft) re-run on
+    # the original base to rebuild W_res = W − U_r S_r V_rᵀ before loading A, B (the top-r SVD of W; not
+    # pissa_niter_k, whose randomised SVD gives another W_res)
+    peft_format = peft_lora_format("pissa", reinit=True)
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if cfg.r > min(d_in, d_out):

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, peft_type_is
 
 SIZE_FACTOR = {"road_1": 0.5, "road_2": 1, "road_4": 2}
 
@@ -49,6 +50,12 @@ def road_columns(variant: str, g: int, theta: torch.Tensor, alpha: torch.Tensor)
 class Road(Variant):
     name = "road"
     Config = RoadConfig
+    peft_format = PeftFormat(
+        peft_type="ROAD", tensors={"theta": "road_theta", "alpha": "road_alpha"}, claims=peft_type_is("ROAD"),
+        to_config=lambda cfg, st: {"variant": cfg.road_variant, "group_size": cfg.group_size, "init_weights": True},
+        from_config=lambda pcfg, shapes: {"road_variant": pcfg.get("variant", "road_1"),
+                                          "group_size": int(pcfg.get("group_size", 64))},
+        reads=("variant", "group_size"), inert=("init_weights",))
 
     def param_specs(self, d_in, d_out, r, cfg):
         n = int(d_out * SIZE_FACTOR[cfg.road_variant])

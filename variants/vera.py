@@ -22,6 +22,7 @@ import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._peft_format import PeftFormat, conv1d_targets, peft_type_is
 from .lora import add_lowrank
 
 
@@ -53,6 +54,18 @@ def draw_projections(r: int, d_in: int, d_out: int, key: int) -> tuple[torch.Ten
 class Vera(Variant):
     name = "vera"
     Config = VeraConfig
+    # peft's VeraConfig: the shared pair saved once as base_model.vera_A / vera_B (save_projection=True; a
+    # checkpoint without them would need peft's PRNG to regenerate them and is refused)
+    peft_format = PeftFormat(
+        peft_type="VERA", claims=peft_type_is("VERA"), shared=("A", "B"),
+        tensors={"A": "vera_A", "B": "vera_B", "lambda_b": "vera_lambda_b", "lambda_d": "vera_lambda_d"},
+        to_config=lambda cfg, st: {"r": cfg.r, "d_initial": cfg.d_initial, "projection_prng_key": cfg.seed,
+                                   "save_projection": True, "vera_dropout": 0.0, "init_weights": True,
+                                   "bias": "none", "fan_in_fan_out": conv1d_targets(st)},
+        from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 256)), "d_initial": float(pcfg.get("d_initial", 0.1)),
+                                          "seed": int(pcfg.get("projection_prng_key", 0))},
+        reads=("r", "d_initial", "projection_prng_key"), fixed={"save_projection": (True, None), "bias": ("none",)},
+        inert=("init_weights",), training_only=("vera_dropout",), conv1d=None)
 
     def __init__(self, cfg):
         super().__init__(cfg)
