@@ -17,7 +17,7 @@ from torch import nn
 
 from ._io import _check_tensors, _safe, atomic_write, check_saveable
 from ._layers import is_conv1d
-from ._peft_format import CONFIG_FILE, LAYER_PREFIX, SHARED_PREFIX, WEIGHTS_FILE, PeftFormat, from_peft, to_peft
+from ._peft_format import CONFIG_FILE, LAYER_PREFIX, WEIGHTS_FILE, PeftFormat, from_peft, to_peft
 from ._runtime import STATE_ATTR, adapter_tensors, attach, detach, state_of
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
 from ._inplace import owns_output, recording
-from ._peft_format import PeftFormat, conv1d_targets, exact_key, pattern_key
+from ._peft_format import PeftFormat, conv1d_targets, pattern_key
 from ._tensor_init import kaiming_uniform_
 
 

@@ -12,8 +12,6 @@ Both A and B get gradients at step 0.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._tensor_init import top_r_svd
