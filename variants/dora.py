@@ -55,8 +55,14 @@ class Dora(Lora):
             # one fused addmm: 2-4x faster than W + s·(B A), more on Conv1D's transposed view
             n = torch.addmm(self.weight(layer).to(a.dtype), b, a, alpha=s).norm(dim=1)
         mag = m / n
-        base = (y if layer.bias is None else y - layer.bias).to(a.dtype)
-        # y' = mag ⊙ (Wx + s·B(Ax)) + b, added to y as a delta so that it is exactly y at init
-        # (mag = 1, B = 0 give v = base bit for bit); the bias is not scaled
-        v = add_lowrank(base, (x.to(a.dtype) @ a.t()) * s, b)
+        h = (x.to(a.dtype) @ a.t()) * s
+        if layer.bias is None:
+            # y' = mag ⊙ (y + s·B(Ax)): two passes over the output (the low-rank term accumulated into y where
+            # nobody else sees it, then the scaling), rounded once; exactly y at init (B = 0, mag = 1)
+            same = y.dtype == a.dtype
+            return (add_lowrank(y if same else y.to(a.dtype), h, b, layer if same else None) * mag).to(y.dtype)
+        # y' = mag ⊙ (Wx + s·B(Ax)) + b, the bias not scaled, added to y as a delta: exactly y at init (mag = 1,
+        # B = 0 give v = base bit for bit), and m's gradient Σ g ⊙ (Wx + s·BAx) never cancels against b
+        base = (y - layer.bias).to(a.dtype)
+        v = add_lowrank(base, h, b)
         return y + (v * mag - base).to(y.dtype)
