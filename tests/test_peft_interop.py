@@ -340,6 +340,19 @@ def test_load_peft_refuses_bad_files(tmp_path):
         variants.load_peft(attach(fresh("qwen3"), "lora"), folder)
 
 
+def test_load_peft_refuses_another_releases_layout_naming_it(tmp_path):
+    """peft < 0.16 stored OFT as oft_r / oft_s (measured with peft 0.15.2): not the layout read here."""
+    from safetensors.torch import save_file
+    name = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{name}.oft_r": torch.zeros(8, 8, 8), f"{name}.oft_s": torch.ones(64, 1)},
+              tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "OFT", "r": 8, "target_modules": ["q_proj"]}))
+    model = fresh("qwen3")
+    with pytest.raises(ValueError, match=r"keys ending in \['oft_R.weight'\].*peft_version: not recorded"):
+        variants.load_peft(model, tmp_path)
+    assert not hasattr(model, "_adapter_audit_state")
+
+
 def test_variants_load_points_a_peft_folder_to_load_peft(tmp_path):
     folder, _ = peft_folder(tmp_path, PEFT_MADE["lora"][1])
     with pytest.raises(IsADirectoryError, match="variants.load_peft"):

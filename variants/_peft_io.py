@@ -137,7 +137,10 @@ def load_peft(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
     variant, fmt, modules = _claim(pcfg, sorted(shapes))
     _check_fields(pcfg, fmt, variant.name, folder / CONFIG_FILE)
     if not modules:
-        raise ValueError(f"{wpath}: no adapter tensors of peft's {fmt.peft_type} format ({sorted(shapes)[:4]})")
+        wanted = sorted(set(fmt.tensors.values()))
+        raise ValueError(f"{wpath}: no adapter tensors in the layout this library reads for peft's {fmt.peft_type} "
+                         f"(keys ending in {wanted}); the file holds {sorted(shapes)[:3]}: the layout of another peft "
+                         f"release (this folder's peft_version: {pcfg.get('peft_version', 'not recorded')})")
     absent = [m for m in modules if _submodule(model, m) is None]
     if absent:
         raise KeyError(f"{folder}: the adapter adapts modules this model lacks: {absent[:6]} (load it into the "
