@@ -30,6 +30,19 @@ class DoraConfig(LoraConfig):
                                        f"output of the dropped input, as peft computes it); got {self.dropout}")
 
 
+def row_norm(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, s: float) -> torch.Tensor:
+    """‖W + s·B A‖ per row without the (d_out, d_in) matrix: ‖W_i‖·√(1 + (2s⟨W_i, (BA)_i⟩ + s²‖(BA)_i‖²)/‖W_i‖²),
+    with ⟨W_i, (BA)_i⟩ = rows of (W Aᵀ) ⊙ B and ‖(BA)_i‖² = rows of (B (A Aᵀ)) ⊙ B. One pass over W (W Aᵀ)
+    besides its norm, where W + sBA writes and reads a (d_out, d_in) temporary; exactly ‖W_i‖ when B = 0
+    (√1 = 1), so m = ‖W‖ at init gives m / n = 1 bit for bit. A zero row of W gives s·‖(BA)_i‖."""
+    wn = w.norm(dim=1)
+    cross = ((w @ a.t()) * b).sum(1)
+    sq = ((b @ (a @ a.t())) * b).sum(1)
+    safe = torch.where(wn > 0, wn, torch.ones_like(wn))
+    n = safe * torch.sqrt((1 + (2 * s * cross + s * s * sq) / safe.square()).clamp_min(0))
+    return torch.where(wn > 0, n, s * sq.clamp_min(0).sqrt())
+
+
 class Dora(Lora):
     name = "dora"
     Config = DoraConfig
@@ -52,8 +65,7 @@ class Dora(Lora):
         a, b, m = layer.adapter_A, layer.adapter_B, layer.adapter_m
         s = self.scale(self.cfg, layer.adapter_rank)
         with torch.no_grad():
-            # one fused addmm: 2-4x faster than W + s·(B A), more on Conv1D's transposed view
-            n = torch.addmm(self.weight(layer).to(a.dtype), b, a, alpha=s).norm(dim=1)
+            n = row_norm(self.weight(layer).to(a.dtype), a, b, s)
         mag = m / n
         h = (x.to(a.dtype) @ a.t()) * s
         if layer.bias is None:
