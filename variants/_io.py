@@ -147,6 +147,15 @@ def _check_base(path, st, stored: dict[str, list[float]]) -> None:
                              f"{FINGERPRINT_TOL:g}); load it into the base model it was trained from")
 
 
+def tensor_problems(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], cfg: AdapterConfig,
+                    what: str) -> list[str]:
+    """Problems of a checkpoint's tensors (keyed as the state dict, '<module>.adapter_<t>') against the
+    model's: shapes (``what`` says what set them), non-finite values, an adapter dtype other than the config's."""
+    bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
+           for k, t in loaded.items() if t.shape != expected[k].shape]
+    return ([f"tensor shapes do not match the model ({what}): {bad[:6]}"] if bad else []) + _check_tensors(loaded, cfg)
+
+
 def _check_tensors(loaded: dict[str, torch.Tensor], cfg: AdapterConfig) -> list[str]:
     """Problems of the stored tensors themselves: non-finite values, an adapter dtype other than the config's."""
     problems = []
@@ -179,10 +188,7 @@ def _checked_tensors(path, model: nn.Module, cfg: AdapterConfig):
                            f"unexpected {extra[:6]}")
         loaded = {k: f.get_tensor(k) for k in sorted(keys)}
     loaded.update({k: loaded[v] for k, v in shared.items()})
-    bad = [f"{k}: file {tuple(t.shape)} vs model {tuple(expected[k].shape)}"
-           for k, t in loaded.items() if t.shape != expected[k].shape]
-    problems = ([f"tensor shapes do not match the model (the metadata's r or config): {bad[:6]}"] if bad else []) + \
-        _check_tensors(loaded, cfg)
+    problems = tensor_problems(loaded, expected, cfg, "the metadata's r or config")
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
     fp = json.loads(meta.get("base_fingerprint", "{}"))

@@ -58,13 +58,14 @@ def from_peft(t: torch.Tensor, transform: str, shape: torch.Size) -> torch.Tenso
     return t
 
 
-def pattern_key(pattern: Mapping[str, Any], name: str) -> str | None:
-    """The key of a peft rank_pattern / alpha_pattern that applies to module ``name``, as peft matches
-    it (peft.utils.other.get_pattern_key: the first key with re.match('(.*\\.)?(key)$', name))."""
-    for key in pattern:
+def pattern_value(pattern: Mapping[str, Any] | None, name: str, default: float) -> float:
+    """The value a peft rank_pattern / alpha_pattern gives module ``name``, as peft matches it
+    (peft.utils.other.get_pattern_key: the first key with re.match('(.*\\.)?(key)$', name)); ``default``
+    (the config's r or alpha) where no key matches."""
+    for key, value in (pattern or {}).items():
         if re.match(rf"(.*\.)?({key})$", name):
-            return key
-    return None
+            return float(value)
+    return float(default)
 
 
 def exact_key(name: str) -> str:
@@ -127,6 +128,13 @@ class PeftFormat:
         """The saved key of our tensor ``name`` on adapted module ``module``."""
         return f"{SHARED_PREFIX}{self.tensors[name]}" if name in self.shared else \
             f"{LAYER_PREFIX}{module}.{self.tensors[name]}"
+
+    def require_mapped(self, variant: str, names) -> None:
+        """Refuse an adapter holding a tensor this format has no place for (DeLoRA's paper-init C, D)."""
+        unmapped = sorted(set(names) - set(self.tensors))
+        if unmapped:
+            raise ValueError(f"{variant}: tensors {unmapped} have no place in peft's {self.peft_type} format "
+                             f"(peft stores {sorted(self.tensors)})")
 
     def known_fields(self) -> set[str]:
         return set(INERT) | set(self.reads) | set(self.fixed) | set(self.inert) | set(self.training_only)

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ._io import _check_tensors, _safe, atomic_write, check_saveable
+from ._base import PREFIX
+from ._io import _safe, atomic_write, check_saveable, tensor_problems
 from ._layers import is_conv1d
 from ._peft_format import CONFIG_FILE, LAYER_PREFIX, WEIGHTS_FILE, PeftFormat, from_peft, to_peft
 from ._runtime import STATE_ATTR, adapter_tensors, attach, detach, state_of
@@ -40,10 +41,9 @@ def save_peft(model: nn.Module, folder: str | os.PathLike) -> Path:
     fields = fmt.to_config(st.cfg, st)
     tensors: dict[str, torch.Tensor] = {}
     for name, mod in st.targets.items():
-        for t, v in adapter_tensors(mod).items():
-            if t not in fmt.tensors:
-                raise ValueError(f"{st.variant.name}: tensor {t!r} of {name!r} has no place in peft's "
-                                 f"{fmt.peft_type} format (peft stores {sorted(fmt.tensors)})")
+        live = adapter_tensors(mod)
+        fmt.require_mapped(st.variant.name, live)
+        for t, v in live.items():
             key = fmt.key(name, t)
             if key not in tensors:  # a shared tensor once
                 tensors[key] = to_peft(v.detach(), fmt.transform(st.cfg, t)).to("cpu").contiguous().clone()
@@ -132,8 +132,9 @@ def load_peft(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
         raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE}" + (f" ({pickled[0]} is a pickle, which is never loaded: "
                                 "re-save it with save_pretrained(safe_serialization=True))" if pickled else ""))
     with _safe(wpath) as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        slices = {k: f.get_slice(k) for k in f.keys()}
+        shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+        dtypes = {k: s.get_dtype() for k, s in slices.items()}
     variant, fmt, modules = _claim(pcfg, sorted(shapes))
     _check_fields(pcfg, fmt, variant.name, folder / CONFIG_FILE)
     if not modules:
@@ -174,24 +175,20 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
 def _fill(model: nn.Module, fmt: PeftFormat, wpath: Path, keys: set[str]) -> None:
     """Copy the file's tensors into the attached adapter, after every check passed."""
     st = state_of(model)
-    expected = {(n, t): v for n, mod in st.targets.items() for t, v in adapter_tensors(mod).items()}
-    unmapped = sorted({t for _, t in expected if t not in fmt.tensors})
-    if unmapped:
-        raise ValueError(f"{st.variant.name}: tensors {unmapped} have no place in peft's {fmt.peft_type} format")
-    wanted = {fmt.key(n, t): (n, t) for n, t in expected}
-    missing, extra = sorted(set(wanted) - keys), sorted(keys - set(wanted))
+    live = {(n, t): v for n, mod in st.targets.items() for t, v in adapter_tensors(mod).items()}
+    fmt.require_mapped(st.variant.name, {t for _, t in live})
+    own = {nt: f"{nt[0]}.{PREFIX}{nt[1]}" for nt in live}  # our state-dict names
+    file_key = {nt: fmt.key(*nt) for nt in live}  # a shared tensor: one key for every layer
+    missing, extra = sorted(set(file_key.values()) - keys), sorted(keys - set(file_key.values()))
     if missing or extra:
         raise KeyError(f"{wpath}: keys do not match the adapter {st.variant.name!r} builds on this model under the "
                        f"folder's config: missing {missing[:6]}, unexpected {extra[:6]}")
     with _safe(wpath) as f:
-        loaded = {nt: from_peft(f.get_tensor(key), fmt.transform(st.cfg, nt[1]), expected[nt].shape)
-                  for key, nt in wanted.items()}
-    bad = [f"{n}.{t}: file {tuple(v.shape)} vs model {tuple(expected[n, t].shape)}"
-           for (n, t), v in loaded.items() if v.shape != expected[n, t].shape]
-    problems = ([f"tensor shapes do not match the model under the folder's config: {bad[:6]}"] if bad else []) + \
-        _check_tensors({f"{n}.adapter_{t}": v for (n, t), v in loaded.items()}, st.cfg)
+        stored = {k: f.get_tensor(k) for k in keys}  # each once, a shared one too
+    loaded = {own[nt]: from_peft(stored[file_key[nt]], fmt.transform(st.cfg, nt[1]), v.shape) for nt, v in live.items()}
+    problems = tensor_problems(loaded, {own[nt]: v for nt, v in live.items()}, st.cfg, "the folder's config")
     if problems:
         raise ValueError(f"{wpath}: " + "; ".join(problems))
     with torch.no_grad():
-        for (n, t), v in expected.items():  # a shared tensor is read once, under the one key that holds it
-            v.copy_(loaded[wanted[fmt.key(n, t)]])
+        for nt, v in live.items():
+            v.copy_(loaded[own[nt]])

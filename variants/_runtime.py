@@ -263,14 +263,8 @@ def detach(model: nn.Module) -> nn.Module:
 def named_adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """{state-dict name: parameter} of every trainable adapter tensor ('…q_proj.adapter_A'); frozen
     adapter tensors (buffers: VeRA's shared projections, DeLoRA's frozen copies) are not included."""
-    adapted = {id(m) for m in state_of(model).targets.values()}
-    out: dict[str, nn.Parameter] = {}
-    for mname, mod in model.named_modules():
-        if id(mod) in adapted:
-            for pname, p in mod.named_parameters(recurse=False):
-                if pname.startswith(PREFIX) and p.requires_grad:
-                    out[f"{mname}.{pname}" if mname else pname] = p
-    return out
+    return {f"{mname}.{pname}" if mname else pname: p for mname, mod in state_of(model).targets.items()
+            for pname, p in mod.named_parameters(recurse=False) if pname.startswith(PREFIX) and p.requires_grad}
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

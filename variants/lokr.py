@@ -20,7 +20,7 @@ import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
-from ._peft_format import PeftFormat, exact_key, pattern_key, peft_type_is
+from ._peft_format import PeftFormat, exact_key, pattern_value, peft_type_is
 from ._tensor_init import kaiming_uniform_
 
 
@@ -76,11 +76,9 @@ def _peft_full_full(cfg, st) -> dict:
 
 def _peft_lokr_fields(pcfg, shapes) -> dict:
     r, alpha = int(pcfg.get("r", 8)), float(pcfg.get("alpha", 8.0))
-    pattern = pcfg.get("alpha_pattern") or {}
     off = []
     for m, sh in shapes.items():
-        key = pattern_key(pattern, m)
-        a = float(pattern[key]) if key is not None else alpha
+        a = pattern_value(pcfg.get("alpha_pattern"), m, alpha)
         want = float(r) if "w1" in sh and "w2" in sh else alpha  # peft's alpha_l / r must be ours: 1 or alpha / r
         if abs(a - want) > 1e-12 * abs(want):
             off.append(f"{m}: {a / r:g} (ours {want / r:g})")

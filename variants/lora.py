@@ -17,7 +17,7 @@ from torch import nn
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
 from ._inplace import owns_output, recording
-from ._peft_format import PeftFormat, conv1d_targets, pattern_key
+from ._peft_format import PeftFormat, conv1d_targets, pattern_value
 from ._tensor_init import kaiming_uniform_
 
 
@@ -80,12 +80,10 @@ def peft_lora_scales(pcfg, shapes) -> tuple[dict[str, int], float]:
     """({module: rank from its lora_A}, the one scaling every layer has) of a peft LoRA config: peft's
     scaling is lora_alpha (or its alpha_pattern entry) / r_l, or / √r_l with use_rslora. Layers with
     different scalings cannot be one config here: refused naming them."""
-    pattern = pcfg.get("alpha_pattern") or {}
     ranks, scales = {}, {}
     for m, sh in shapes.items():
         ranks[m] = int(sh["A"][0])
-        key = pattern_key(pattern, m)
-        a = float(pattern[key]) if key is not None else float(pcfg.get("lora_alpha", 8))
+        a = pattern_value(pcfg.get("alpha_pattern"), m, pcfg.get("lora_alpha", 8))
         scales[m] = a / (math.sqrt(ranks[m]) if pcfg.get("use_rslora") else ranks[m])
     s = next(iter(scales.values()))
     if any(abs(v - s) > 1e-6 * abs(s) for v in scales.values()):
@@ -111,14 +109,16 @@ def peft_lora_config(cfg, st, init, **extra) -> dict:
             "bias": "none", "init_lora_weights": init, "fan_in_fan_out": conv1d_targets(st), **extra}
 
 
-def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, dora=False, **kw) -> PeftFormat:
+def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, to_config=None, dora=False, **kw) -> PeftFormat:
     """The PeftFormat of a LoRA-family variant written with ``init_lora_weights=init`` (claimed for any
-    init in ``claim``, default just ``init``)."""
+    init in ``claim``, default just ``init``); ``to_config`` default: ``peft_lora_config`` with that init."""
     claim = (init,) if claim is None else claim
     tensors = {"A": "lora_A.weight", "B": "lora_B.weight"}
     if dora:
         tensors["m"] = "lora_magnitude_vector"  # peft saves DoraLinearLayer.weight under the module's own name
-    to_config = kw.pop("to_config", lambda cfg, st: peft_lora_config(cfg, st, init, **({"use_dora": True} if dora else {})))
+    if to_config is None:
+        def to_config(cfg, st):
+            return peft_lora_config(cfg, st, init, **({"use_dora": True} if dora else {}))
     return PeftFormat(
         peft_type="LORA", tensors=tensors, to_config=to_config, from_config=fields, reads=_LORA_READS,
         claims=lambda pcfg, names: (pcfg.get("peft_type") == "LORA" and bool(pcfg.get("use_dora")) == dora

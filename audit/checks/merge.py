@@ -65,7 +65,7 @@ def run(cell: Cell) -> None:
 
 def _run(cell: Cell, subject, adapted) -> None:
     ref = paper.get(cell.card.name)
-    truth, spreads = merged_reference(cell, adapted, ref, adapted.cfg)
+    _, spreads = merged_reference(cell, adapted, ref, adapted.cfg)  # the float64 logits: paper_parity's row
     before = _weights(adapted)
     with torch.no_grad():
         y = cell.logits(adapted)
