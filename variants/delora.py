@@ -91,13 +91,16 @@ class Delora(Variant):
     def forward(self, layer, x, y):
         a, b, lam, w = layer.adapter_A, layer.adapter_B, layer.adapter_lam, layer.adapter_w_norm
         r = layer.adapter_rank
-        xa = x.to(a.dtype)
-        # (x ⊙ w) Aᵀ = x (A diag(w))ᵀ: scale the (r, d_in) factor, not the (tokens, d_in) input
-        h = (xa @ (a * w).t()) * _coef(a, b, lam, r)
+        if x.dtype == a.dtype:
+            # (x ⊙ w) Aᵀ = x (A diag(w))ᵀ: scale the (r, d_in) factor, not the (tokens, d_in) input
+            xa, scaled = x, lambda f: f * w
+        else:  # x cast to the adapter dtype is a fresh copy: scale it in place, and autograd keeps it alone
+            xa, scaled = x.to(a.dtype).mul_(w), lambda f: f
+        h = (xa @ scaled(a).t()) * _coef(a, b, lam, r)
         if self.cfg.init_style == "paper":
             # the two terms are formed separately and subtracted before touching y, so that they
             # cancel bit for bit at init (C = A, D = B): exact identity
             c, d = layer.adapter_C, layer.adapter_D
-            frozen = ((xa @ (c * w).t()) * _coef(c, d, lam, r)) @ d.t()
+            frozen = ((xa @ scaled(c).t()) * _coef(c, d, lam, r)) @ d.t()
             return y + (h @ b.t() - frozen).to(y.dtype)
         return add_lowrank(y, h, b, layer)
