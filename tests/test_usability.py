@@ -87,6 +87,17 @@ def test_an_adapted_model_pickles_and_shows_its_adapter():
     assert line.startswith("lora on 7 layers, rank 4: trainable params ") and f"{trainable:,} of " in line
 
 
+def test_summary_counts_a_shared_frozen_pair_once():
+    """VeRA registers its one (A, B) pair on every layer: the frozen count is that pair's size."""
+    m, _ = _model()
+    variants.attach(m, variants.config("vera", r=4))
+    st = variants.state_of(m)
+    first = next(iter(st.targets.values()))
+    pair = first.adapter_A.numel() + first.adapter_B.numel()
+    assert all(mod.adapter_A is first.adapter_A for mod in st.targets.values())  # one pair, shared
+    assert variants.summary(m).endswith(f"; {pair:,} frozen adapter values in buffers")
+
+
 # -- merge, unmerge, enable, disable ------------------------------------------------------------------------
 @pytest.mark.parametrize("name,cfg", [("lora", {"r": 4, "alpha": 8.0}), ("ia3", {}), ("road", {"group_size": 8}),
                                       ("dora", {"r": 4, "alpha": 8.0}), ("oft", {"block_size": 8}),

@@ -153,8 +153,9 @@ def summary(model: nn.Module) -> str:
     params = {id(p): p for p in model.parameters()}.values()
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    frozen_adapter = sum(b.numel() for mod in st.targets.values() for n, b in mod.named_buffers(recurse=False)
-                         if n.startswith(PREFIX))
+    buffers = {id(b): b for mod in st.targets.values() for n, b in mod.named_buffers(recurse=False)
+               if n.startswith(PREFIX)}  # by identity: VeRA's one shared pair sits on every layer
+    frozen_adapter = sum(b.numel() for b in buffers.values())
     ranks = sorted({getattr(m, "adapter_rank", None) for m in st.targets.values()} - {None})
     state = " (merged)" if st.merged else " (disabled)" if st.disabled else ""
     return (f"{st.variant.name}{state} on {len(st.targets)} layers, rank {'/'.join(map(str, ranks)) or '-'}: "
