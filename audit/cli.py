@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import contextlib
-import importlib
-import importlib.util
 import os
 import signal
 import sys
@@ -382,7 +380,6 @@ def _configs_selected(ids: list[str] | None, targets, extra: tuple) -> tuple | N
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import models, report, results, runner, verdict
-    from .cards import CARDS, get
 
     # cheap checks first, then the ones that import user code or read configs, --out last
     if args.jobs < 1:

@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 import variants
-from audit import models
 from conftest import all_adapter_tensors, calibration_batches, fresh
 
 VARIANTS_DIR = Path(variants.__file__).resolve().parent

@@ -13,7 +13,7 @@ from audit import cli, runner
 from audit.cards import get
 from audit.rows import Row
 from audit.runner import apply_deviations
-from audit.subjects import Adapted, LayoutError, ShapeMismatch, from_spec
+from audit.subjects import Adapted, ShapeMismatch, from_spec
 from audit.subjects.ours import Ours
 
 FAST = dict(models=["mlp"], dtypes=["float32"])

@@ -3,8 +3,6 @@ import math
 
 import torch
 
-from references.paper import antipasto as ref
-
 from ..cards import BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 

@@ -1,5 +1,4 @@
 """Card: DeLoRA (Bini, Girrbach, Akata, arXiv 2503.18225), paper init with a frozen copy."""
-import torch
 
 from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad, peft_linear_only
 

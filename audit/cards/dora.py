@@ -1,5 +1,4 @@
 """Card: DoRA (Liu et al., arXiv 2402.09353)."""
-import torch
 
 from ..cards import SUBJECT_DEFAULTS, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 

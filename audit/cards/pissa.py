@@ -1,5 +1,4 @@
 """Card: PiSSA (Meng, Wang, Zhang, arXiv 2404.02948)."""
-import torch
 
 from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard
 

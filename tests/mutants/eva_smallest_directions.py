@@ -3,7 +3,6 @@
 The rows are still orthonormal eigenvectors of the input covariance (the old invariant, AAᵀ = I,
 passes) and B = 0 keeps the forward at identity: only the init statement sees the wrong directions.
 """
-import torch
 
 from audit.mutants import Mutant
 from variants import eva

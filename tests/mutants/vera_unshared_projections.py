@@ -1,8 +1,6 @@
 """VeRA with a fresh random pair A, B drawn for every layer (LoRA's habit of per-layer factors, frozen)."""
 import math
 
-import torch
-
 from audit.mutants import Mutant
 from variants._tensor_init import uniform_
 from variants.vera import Vera
