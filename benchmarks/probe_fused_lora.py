@@ -19,6 +19,14 @@ forward ours/base, 512→1536: hook 1.07-1.11 / fused 1.17-1.23 / view 1.03-1.09
 host drifts by more than the differences between hook and view, so none of these routes is shown to reach
 1.05 here; the one-GEMM route with a new output (fused) was slower than today's hook in every run, and a
 contiguous copy of Aᵀ / Bᵀ for the skinny GEMMs did not help at the layer level either.
+
+Also tried in the library and measured at the model level (bench model, paired rounds against the hook
+of the time, 12-20 rounds), then dropped: an autograd Function that takes the frozen base's backward
+over (the hook's y detached and updated in place; backward grad_x = g W + (s g B) A into one tensor, so
+autograd adds no second grad_x) gave fwd+bwd new/old 0.993 in float32 and 1.034 in bfloat16 (float32
+adapter); a Function for y += h Bᵀ in place instead of baddbmm_ gave 1.028. Alone, the skinny products'
+layouts measure 2x apart in a loop (A·xᵀ against x·Aᵀ, hᵀ·g against gᵀ·h) and equal inside a layer, where
+the operands come cold from the base GEMM. What is left is passes over memory: benchmarks/probe_floor.py.
 """
 from __future__ import annotations
 

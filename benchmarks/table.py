@@ -36,15 +36,15 @@ def table(path: Path) -> str:
              "" if base is None else f"base model alone: fwd {base['fwd']['ours']:.1f}, fwd+bwd {base['fwd_bwd']['ours']:.1f}",
              "",
              "| variant | fwd ours | fwd peft | fwd ours/peft | fwd+bwd ours | fwd+bwd peft | fwd+bwd ours/peft | verdict "
-             "| fwd+bwd ours/base | peak MB base / ours / peft |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| fwd ours/base | fwd+bwd ours/base | peak MB base / ours / peft |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
         f, fb = rows[name]["fwd"], rows[name]["fwd_bwd"]
         has_peft = "ratio_vs_peft" in fb
         cells = [name, f"{f['ours']:.1f}", ms(f.get("peft_median")), ratio(f, "peft"),
                  f"{fb['ours']:.1f}", ms(fb.get("peft_median")), ratio(fb, "peft"),
                  verdict(*fb["ratio_vs_peft_ci"]) if has_peft else "no peft",
-                 ratio(fb, "base"),
+                 ratio(f, "base"), ratio(fb, "base"),
                  " / ".join(mb(fb.get(f"{k}_peak_mem_bytes")) for k in ("base", "ours", "peft"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
