@@ -30,7 +30,7 @@ import torch
 
 import variants
 from audit.state import perturb
-from bench_setup import _embedding_grad, bench_model, describe, fwd, fwd_bwd, inputs
+from bench_setup import DEVICE, _embedding_grad, bench_model, describe, fwd, fwd_bwd, inputs
 from variants.lora import Lora
 
 
@@ -49,12 +49,14 @@ class OnlyUpdate(Lora):
         tokens = y.numel() // y.shape[-1]
         h = layer.__dict__.get("probe_h")
         if h is None or h.shape[0] != tokens:
-            h = layer.__dict__["probe_h"] = torch.randn(tokens, layer.adapter_A.shape[0], dtype=y.dtype)
+            h = layer.__dict__["probe_h"] = torch.randn(tokens, layer.adapter_A.shape[0], dtype=y.dtype, device=y.device)
         y.view(-1, y.shape[-1]).addmm_(h, layer.adapter_B.t())
         return y
 
 
 def main(rounds: int = 16) -> None:
+    if DEVICE != "cpu":  # the timer below is the process's CPU time, which cannot see GPU work
+        raise SystemExit(f"BENCH_DEVICE={DEVICE}: this probe times CPU time; run it on the CPU (BENCH_DEVICE=cpu)")
     torch.set_num_threads(1)
     base = bench_model()
     ids = inputs(base)
