@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where models run")
     r.add_argument("--seed", type=int, default=0, help="seed for models, inputs and adapter inits")
     r.add_argument("--model-path", action="append", default=[], metavar="PATH",
-                   help="a local HF causal-LM checkpoint folder, or a hub id already in the local cache "
-                        "(never downloaded); repeatable; audited alongside --models. Refused unless its "
-                        "config.json names a causal LM with nn.Linear layers to adapt")
+                   help="a local Hugging Face checkpoint folder, or a hub id already in the local cache "
+                        "(never downloaded); repeatable; audited alongside --models. Any transformers model "
+                        "that takes token ids and has nn.Linear/Conv1D layers to adapt: its logits are audited, "
+                        "or its final hidden states where it has no head (a BertModel)")
     r.add_argument("--subject", metavar="SUBJECT", default=None,
                    help="the implementation under audit: ours (variants/, the default), peft (the installed "
                         "peft: its own init, targeting and save/load), or MODULE:CLASS / FILE.py:CLASS naming "
@@ -139,13 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
                        formatter_class=_Help,
-                       description="Cell-by-cell regression gate: a status that gets worse, a verdict that "
-                                   "drops, a missing cell or an error metric growing beyond --factor x its "
-                                   "baseline fails. Timing is reported only; new cells are listed.",
+                       description=_wrap("Cell-by-cell regression gate, judging each run by its own tolerances "
+                                         "(so another CPU, BLAS or thread count passes): a status that gets "
+                                         "worse, a verdict that drops, a missing cell, or an error beyond "
+                                         "DRIFT x (its baseline error + the baseline's tolerance) + this run's "
+                                         "tolerance fails. Timing and the margins that moved most are reported "
+                                         "only; new cells are listed."),
                        epilog="exit codes: 0 no regression, 1 regression, 2 a missing or foreign file")
     g.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"), help="the committed baseline")
     g.add_argument("--results", type=Path, required=True, help="results.json of a fresh run")
-    g.add_argument("--factor", type=float, default=None, help="allowed growth of an error metric (default 4)")
+    g.add_argument("--drift", "--factor", dest="drift", type=float, default=None,
+                   help="how far a declared departure's size may move between machines (default 4, "
+                        "audit/gate.py: DRIFT)")
 
     b = sub.add_parser("baseline", help="write a baseline from a results.json (on purpose: it moves the gate)",
                        formatter_class=_Help, epilog="exit codes: 0 written, 2 a missing or foreign results file")
@@ -154,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mutants", help="audit the mutant corpus and add the kill table to DIR/SUMMARY.md",
                        formatter_class=_Help,
-                       epilog="exit codes: 0 every mutant killed, 1 a mutant survived, 2 no results.json in --out")
+                       epilog="exit codes: 0 every mutant killed, 1 a mutant survived, 2 a missing corpus folder or a "
+                              "results.json in --out that is not an audit's")
     m.add_argument("--out", type=Path, required=True,
-                   help="folder with the results.json of an audit run; mutants.json is written there")
+                   help="folder for mutants.json (created if needed); when it holds an audit's results.json, its "
+                        "SUMMARY.md gets the kill table too (else a later `run --out` there adds it)")
     m.add_argument("--corpus", type=Path, default=None, help="folder of mutant files (default tests/mutants)")
     m.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -379,7 +387,7 @@ def _configs_selected(ids: list[str] | None, targets, extra: tuple) -> tuple | N
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import models, report, results, runner, verdict
+    from . import local_models, models, report, results, runner, verdict
 
     # cheap checks first, then the ones that import user code or read configs, --out last
     if args.jobs < 1:
@@ -419,16 +427,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         for case in extra:
             t.card = t.card.with_case(case)
 
-    factories = {}
+    factories, model_notes = {}, {}
     for path in _dedupe(args.model_path):
         try:
-            models.check_local(path)
+            found = local_models.check_local(path)
         except ValueError as e:
             msg = str(e)
             raise UsageError(msg.replace("model path", "--model-path", 1) if msg.startswith("model path")
                              else f"--model-path {path}: {msg}") from None
         label = _model_path_label(path, set(model_names))
-        factories[label] = (lambda p=path: models.load_local(p))
+        factories[label] = (lambda p=path: local_models.load_local(p))
+        model_notes[label] = found.describe()
         model_names.append(label)
     out = check_out_dir(args.out)
 
@@ -443,7 +452,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     verdicts = verdict.verdicts(rows)
     meta = results.provenance(args.seed, args.device, sys.argv)
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": model_names,
-                 "dtypes": dtypes, "checks": checks,
+                 "dtypes": dtypes, "checks": checks, "model_notes": model_notes,
                  "implementations": {t.card.name: t.label for t in targets},
                  "subject": _subject_meta(targets),
                  "jobs": args.jobs if runner.parallel_ok(plan) else 1})
@@ -475,12 +484,12 @@ def _read(path: Path, what: str) -> dict:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from . import gate
-    factor = gate.FACTOR if args.factor is None else args.factor
-    if not factor > 0:
-        raise UsageError(f"--factor must be > 0, got {args.factor}")
+    drift = gate.DRIFT if args.drift is None else args.drift
+    if not drift >= 1:
+        raise UsageError(f"--drift must be >= 1 (1: departures as large as in the baseline), got {args.drift}")
     baseline = _read(args.baseline, "--baseline")
     res = _read(args.results, "--results")
-    rep = gate.compare(baseline, res, factor)
+    rep = gate.compare(baseline, res, drift)
     print(gate.render(rep))
     return EXIT_OK if rep.ok else EXIT_FINDINGS
 
@@ -501,20 +510,25 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_mutants(args: argparse.Namespace) -> int:
     from . import mutants, report
     from .rows import Row
-    res = _read(args.out / "results.json", "--out (run `python -m audit run --out DIR` first)")
     corpus = args.corpus or mutants.CORPUS
     if not corpus.is_dir():
         raise UsageError(f"--corpus {corpus}: not a folder")
+    results_path = args.out / "results.json"
+    res = _read(results_path, "--out") if results_path.exists() else None  # a foreign file: refused before the run
     check_out_dir(args.out)
     try:
         doc = mutants.run_corpus(corpus, progress=not args.quiet)
     except KeyboardInterrupt:
         return _interrupted()
-    rows = [Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__}) for r in res["rows"]]
     with _sigint_deferred() as hits:
         mutants.write(args.out, doc)
-        report.render_summary(args.out, res["meta"], rows, res["verdicts"])
-    print(f"kill rate {doc['killed']}/{doc['total']}; wrote {args.out}/mutants.json")
+        if res is not None:
+            rows = [Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__}) for r in res["rows"]]
+            report.render_summary(args.out, res["meta"], rows, res["verdicts"])
+    print(f"kill rate {doc['killed']}/{doc['total']}; wrote {args.out}/mutants.json"
+          + (" and the kill table into SUMMARY.md" if res is not None else
+             f" (no audit results in {args.out}: `python -m audit run --out {args.out}` writes SUMMARY.md "
+             "with this kill table)"))
     if hits:
         return _interrupted("mutants.json had been written completely")
     return EXIT_OK if doc["killed"] == doc["total"] else EXIT_FINDINGS
@@ -540,15 +554,8 @@ COMMANDS = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants
 def main(argv: list[str] | None = None) -> int:
     """Parse and dispatch; returns the exit code. Usage errors raise SystemExit(2) after printing
     ``python -m audit <command>: error: <message>`` (as argparse does for its own errors)."""
-    import warnings
-    # peft 0.21 calls a transformers API that transformers 5 deprecates, once per peft model: noise
-    # between the progress lines that says nothing about the audit (forked workers inherit the filter)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    # our runtime's note on a fused layer adapted beyond the roles asked for: the placement check reports it
-    warnings.filterwarnings("ignore", message=".*fused layers are adapted as one layer")
-    # peft's own notes on what the audit does on purpose (a checkpoint with a key removed; EVA's memory tip)
-    warnings.filterwarnings("ignore", message="Found missing adapter keys", category=UserWarning)
-    warnings.filterwarnings("ignore", message=".*eva initialization used with low_cpu_mem_usage=False", category=UserWarning)
+    from .noise import quiet_known_warnings
+    quiet_known_warnings()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -2,13 +2,12 @@
 
 Every decoder has fewer kv heads than heads (non-square k/v projections); qwen2 has biased q/k/v;
 ``gpt2`` projects with transformers' Conv1D (weight stored transposed) and a fused q/k/v; ``phi3``
-has fused q/k/v and gate/up projections; ``mlp`` is a toy MLP with non-square biased layers. ``load_local(path)`` loads any local HF
-checkpoint (or a hub id already in the local cache) without touching the network.
+has fused q/k/v and gate/up projections; ``mlp`` is a toy MLP with non-square biased layers. Models from a local
+path (``--model-path``) are ``audit.local_models``'.
 """
 from __future__ import annotations
 
 import copy
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -175,87 +174,17 @@ def example_inputs(model: nn.Module, batch: int = 2, seq: int = SEQ, seed: int =
 
 
 def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = model(ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
-def load_local(path_or_id: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A causal LM from a local directory, or a hub id only if already cached (never downloads)."""
-    from transformers import AutoModelForCausalLM
-    local_only = not os.path.isdir(path_or_id)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, torch_dtype=dtype, local_files_only=True)
-    except OSError as e:
-        where = "is not a directory and is not in the local HF cache" if local_only else "could not be loaded"
-        raise ValueError(f"model path {path_or_id!r} {where}: {e}") from None
-    return model.eval()
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth", ".h5", ".msgpack")
-
-
-def check_local(path_or_id: str) -> str:
-    """Validate a ``--model-path`` from its config alone, before any weight is loaded.
-
-    Refuses (ValueError naming why) a missing folder, a folder without config.json, a hub id that is
-    not in the local cache, a config whose ``architectures`` are not causal-LM classes (a saved
-    ``BertModel`` would load with a random head), a model with no ``nn.Linear`` or ``Conv1D`` to adapt
-    besides its output head, and a folder with no weights
-    file. The structure check builds the model on the meta device: no memory, no weights. Returns the
-    causal-LM class name.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    p = str(path_or_id)
-    if os.path.isdir(p):
-        if not os.path.isfile(os.path.join(p, "config.json")):
-            raise ValueError(f"model path {p!r}: the folder has no config.json (a Hugging Face checkpoint "
-                             "folder holds config.json next to its weights)")
-        try:
-            cfg = AutoConfig.from_pretrained(p, local_files_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure here is the user's config
-            raise ValueError(f"model path {p!r}: config.json cannot be read: {type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    """The output the checks audit: the logits where the model has a head, else its final hidden states
+    (an encoder without one, such as a BertModel); an encoder-decoder gets ``ids`` as its decoder input too."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        out = model(input_ids=ids, decoder_input_ids=ids)
     else:
-        if os.path.exists(p):
-            raise ValueError(f"model path {p!r} is a file, not a checkpoint folder")
-        try:
-            cfg = AutoConfig.from_pretrained(p, local_files_only=True)
-        except Exception:  # noqa: BLE001 - missing folder, bad hub id, not cached: all the same to the user
-            raise ValueError(f"model path {p!r}: not a folder and not in the local Hugging Face cache "
-                             "(hub ids are never downloaded)") from None
-    causal = {v if isinstance(v, str) else v[0] for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()}
-    model_type = getattr(cfg, "model_type", None)
-    archs = list(getattr(cfg, "architectures", None) or [])
-    if archs:
-        good = [a for a in archs if a in causal]
-        if not good:
-            hint = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
-            raise ValueError(f"model path {p!r}: architectures {archs} is not a causal language model"
-                             + (f" (the causal-LM class for model_type {model_type!r} is {hint})" if hint else "")
-                             + "; loading it as one would put a random head on it")
-    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(f"model path {p!r}: model_type {model_type!r} has no causal-LM class in transformers "
-                         "and config.json names no architectures")
-    from transformers.utils import logging as hf_logging
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # config warnings (token ids beyond a tiny vocab) are not our news
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"model path {p!r}: a causal LM cannot be built from its config: "
-                         f"{type(e).__name__}: {str(e)[:200]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    dense = [n for n, m in model.named_modules()
-             if _dense(m) and m is not head and n.rsplit(".", 1)[-1] != "lm_head"]
-    if not dense:
-        raise ValueError(f"model path {p!r}: {type(model).__name__} has no nn.Linear or Conv1D layer to adapt "
-                         "besides its output head")
-    if os.path.isdir(p) and not any(f.endswith(WEIGHT_SUFFIXES) for f in os.listdir(p)):
-        raise ValueError(f"model path {p!r}: the folder has config.json but no weights "
-                         f"(no {', '.join('*' + x for x in WEIGHT_SUFFIXES)} file)")
-    return type(model).__name__
+        out = model(ids)
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("logits", "last_hidden_state"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"{type(model).__name__} returned {type(out).__name__} with neither logits nor "
+                    "last_hidden_state: no output to audit")

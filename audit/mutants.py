@@ -66,6 +66,21 @@ def audit_mutant(m: Mutant, seed: int = 0) -> dict:
             "first_reason": v["reasons"][0] if v["reasons"] else ""}
 
 
+def outcome_line(res: dict) -> str:
+    """How one mutant fared, in words: which checks flagged it and whether its intended one was among them."""
+    intended, flagged = ", ".join(res["intended"]), ", ".join(res["flagged_by"])
+    if res["killed"]:
+        others = [c for c in res["flagged_by"] if c not in res["caught_by_intended"]]
+        return f"killed by {', '.join(res['caught_by_intended'])}" + (f" (also flagged by {', '.join(others)})"
+                                                                     if others else "")
+    if res["caught_by_intended"]:  # flagged where intended, yet the verdict did not say so
+        return (f"SURVIVED: flagged by {flagged}, but the verdict is {res['verdict']} (a declared deviation "
+                f"covers it?)")
+    if res["flagged_by"]:
+        return f"SURVIVED: flagged by {flagged}, none of them its intended check ({intended})"
+    return f"SURVIVED: no check flagged it (intended: {intended}; verdict {res['verdict']})"
+
+
 def run_corpus(folder: Path = CORPUS, progress: bool = True) -> dict:
     """Audit every mutant of the corpus; the document written to mutants.json."""
     from .results import provenance
@@ -75,8 +90,7 @@ def run_corpus(folder: Path = CORPUS, progress: bool = True) -> dict:
         res = audit_mutant(m)
         outcomes.append(res)
         if progress:
-            how = ", ".join(res["caught_by_intended"]) or "-"
-            print(f"mutant {m.name:36s} {'killed' if res['killed'] else 'SURVIVED'} by {how}", file=sys.stderr)
+            print(f"mutant {m.name:36s} {outcome_line(res)}", file=sys.stderr)
     killed = sum(o["killed"] for o in outcomes)
     return {"meta": provenance(0, "cpu", sys.argv),
             "models": sorted({x for m in corpus for x in m.models}),

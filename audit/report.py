@@ -304,7 +304,7 @@ def _meta(meta: dict) -> dict:
              git_commit=m.get("git_commit") or "", git_dirty=bool(m.get("git_dirty")),
              wall_seconds=m.get("wall_seconds", "?"), models=list(m.get("models") or []),
              dtypes=list(m.get("dtypes") or []), checks=list(m.get("checks") or []),
-             implementations=dict(m.get("implementations") or {}))
+             implementations=dict(m.get("implementations") or {}), model_notes=dict(m.get("model_notes") or {}))
     m["subject"] = subject_info(m)
     return m
 

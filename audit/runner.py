@@ -254,8 +254,11 @@ def _init_worker() -> None:
     """Worker process setup: one torch thread, and Ctrl-C left to the parent (which terminates the
     workers), so an interrupted parallel run prints no worker tracebacks."""
     import signal
+
+    from .noise import quiet_known_warnings
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     single_threaded()
+    quiet_known_warnings()
 
 
 # A worker's base models and what is computed from them alone (base outputs, their rounding spread,
@@ -324,6 +327,20 @@ def _terminate_children(pool) -> None:
             pass
 
 
+def start_method(device: str) -> str:
+    """How worker processes start. fork where there is one: workers start with torch, transformers and
+    peft already imported (the parent holds no torch threads: single_threaded() ran first). spawn
+    elsewhere, and whenever the run uses CUDA or this process has initialised it: a forked child cannot
+    use the CUDA state its parent set up ("CUDA error: initialization error"), and asking whether CUDA
+    is available (--device cuda's check) already initialises the driver."""
+    import multiprocessing
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    if device != "cpu" or torch.cuda.is_initialized():
+        return "spawn"
+    return "fork"
+
+
 def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     """(target, model) units audited in ``jobs`` worker processes. On KeyboardInterrupt the pending futures are
     cancelled, the workers terminated at once (not waited for) and the interrupt re-raised."""
@@ -343,9 +360,7 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
         return []
     by_name = {t.card.name: t for t in plan.targets}
     results: dict[tuple[str, str], list[Row]] = {}
-    # fork where there is one: workers start with torch, transformers and peft already imported (the
-    # parent holds no torch threads: single_threaded() ran first); spawn elsewhere
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    method = start_method(plan.device)
     if method == "fork":
         _warm_up(plan)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),

@@ -6,8 +6,11 @@ The tiny decoders (qwen3/qwen2/llama) have d_in in {64, 96} and d_out in {32, 64
 from __future__ import annotations
 
 import copy
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,24 @@ from audit import models  # noqa: E402
 
 # Tiny models: intra-op threads only add spin-wait overhead (and thrash when the cores are shared).
 torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def committed_report(relpath: str) -> dict:
+    """A JSON file of reports/ as committed (``git show HEAD:<path>``), never as a local ``nox -s audit``
+    left it in the working tree: that run is this machine's, the committed files are the baseline
+    machine's pair. Outside a git checkout (an unpacked release, no git) the file as shipped."""
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:{relpath}"], cwd=REPO, capture_output=True, timeout=60)
+    except OSError:  # no git on this machine
+        return json.loads((REPO / relpath).read_text())
+    if shown.returncode == 0:
+        return json.loads(shown.stdout)
+    if b"not a git repository" in shown.stderr:
+        return json.loads((REPO / relpath).read_text())
+    raise AssertionError(f"{relpath} is not committed at HEAD: {shown.stderr.decode().strip()}")
+
 
 # case name -> (variant name, config kwargs, calibrate?)
 _CASES: dict[str, tuple[str, dict, bool]] = {

@@ -302,3 +302,24 @@ def test_rank_allocator_masks_agree_with_peft():
             kept = sum(int((variants.state_of(model).targets[n].adapter_E != 0).sum()) for n in ("fc1", "fc2"))
             assert kept <= 2 * cfg["target_r"]
     assert masked_any
+
+
+def test_target_r_default_follows_r_and_round_trips_through_peft(tmp_path):
+    """target_r defaults to peft's 8 where it fits (peft's defaults: init_r 12, target_r 8) and to r below
+    that, so variants.config("adalora", r=4) works; the value is written into a peft folder and read back."""
+    import json
+
+    import peft
+
+    from audit import models
+    ours, theirs = variants.config("adalora"), peft.AdaLoraConfig(total_step=10)
+    assert (ours.r, ours.target_r) == (theirs.init_r, theirs.target_r) == (12, 8)
+    cfg = variants.config("adalora", r=4, alpha=8.0, total_step=10, target_roles=("q", "v"))
+    assert cfg.target_r == 4 and variants.config("adalora", r=6, target_r=3).target_r == 3
+    with pytest.raises(ValueError, match="target_r"):
+        variants.config("adalora", r=4, target_r=8)  # an explicit budget above r is still refused
+    model = variants.attach(models.build("qwen3"), cfg)
+    variants.save_peft(model, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["target_r"] == 4
+    back = variants.load_peft(models.build("qwen3"), tmp_path)
+    assert variants.state_of(back).cfg.target_r == 4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from audit import cli, models
+from audit import cli, local_models, models
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--models", "mlp", "--dtypes", "float32", "--checks", "identity_at_init,grad_flow,paper_parity,save_load",
@@ -84,8 +84,47 @@ def test_model_path_audits_a_local_checkpoint(tmp_path):
 
 
 def test_model_path_that_is_not_local_fails_clearly():
-    with pytest.raises(ValueError, match="not a directory and is not in the local HF cache"):
-        models.load_local("no-such-org/no-such-model-xyz")
+    with pytest.raises(ValueError, match="not a folder and not in the local Hugging Face cache"):
+        local_models.load_local("no-such-org/no-such-model-xyz")
+
+
+def _encoder(folder: Path) -> Path:
+    """A tiny BertModel (an encoder with no head, as sentence-embedding models are) saved from a
+    BertConfig with a fixed seed; biases drawn non-zero, as the zoo's, so bias bugs show."""
+    import torch
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 intermediate_size=96, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.bias.uniform_(-0.1, 0.1)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_without_a_head_is_audited_on_its_hidden_states(tmp_path):
+    """`--model-path` on a BertModel folder: every projection (query/key/value, attention.output.dense,
+    intermediate.dense, N.output.dense) adapted, the final hidden states audited, and the reports say so."""
+    ckpt = _encoder(tmp_path / "bert")
+    assert local_models.check_local(str(ckpt)) == local_models.LocalModel("BertModel", local_models.HIDDEN_STATES)
+    import variants
+    from audit.checks.placement import ALL_ROLES, expected_modules
+    model = local_models.load_local(str(ckpt))
+    layer = "encoder.layer.0."
+    every = {layer + n for n in ("attention.self.query", "attention.self.key", "attention.self.value",
+                                 "attention.output.dense", "intermediate.dense", "output.dense")}
+    assert expected_modules(model, ALL_ROLES) == every  # the audit's own reading of the names (not the pooler)
+    assert set(variants.state_of(variants.attach(model, variants.config("lora", r=4))).targets) == every
+    doc = run_audit(tmp_path, "--model-path", str(ckpt), "--variants", "lora,dora", "--models", "", "--quiet")
+    assert {v: d["verdict"] for v, d in doc["verdicts"].items()} == {"lora": "conformant", "dora": "conformant"}
+    placed = {r["metric"]: r for r in doc["rows"] if r["check"] == "placement" and r["status"] == "pass"}
+    assert placed["missing_targets"]["value"] == 0 == placed["unexpected_targets"]["value"]
+    judged = {r["check"] for r in doc["rows"] if r["status"] == "pass"}
+    assert {"identity_at_init", "paper_parity", "peft_parity", "training", "merge", "save_load"} <= judged
+    note = "BertModel; no head, so the audited output is its final hidden states"
+    assert note in (tmp_path / "out" / "SUMMARY.md").read_text() and note in (tmp_path / "out" / "lora.md").read_text()
 
 
 # Bad command-line input (exit 2, named, before any model is built): tests/test_cli.py.
@@ -105,3 +144,30 @@ def test_parallel_and_serial_runs_give_the_same_rows(tmp_path):
     parallel = run_audit(tmp_path / "p", *args, "--jobs", "2")
     assert parallel["meta"]["jobs"] == 2 and serial["meta"]["jobs"] == 1
     assert serial["rows"] == parallel["rows"] and len(serial["rows"]) > 30
+
+
+def test_workers_are_spawned_not_forked_once_cuda_is_in_play(monkeypatch):
+    """A process forked after its parent touched CUDA fails ("CUDA error: initialization error"): a run on
+    CUDA, or after this process initialised CUDA, starts its workers with spawn."""
+    import multiprocessing
+
+    import torch
+
+    from audit import runner
+    assert runner.start_method("cuda") == "spawn"
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    assert runner.start_method("cpu") == ("fork" if fork else "spawn")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert runner.start_method("cpu") == "spawn"
+
+
+def test_spawned_workers_give_the_rows_of_a_serial_run(tmp_path, monkeypatch):
+    """What a --device cuda --jobs 2 run uses, checked on the CPU: spawned workers (nothing inherited from
+    the parent) audit the same rows as a serial run."""
+    from audit import runner
+    args = ["--variants", "lora,eva", "--models", "mlp", "--dtypes", "float32", "--quiet",
+            "--checks", "identity_at_init,init,paper_parity"]
+    serial = run_audit(tmp_path / "s", *args, "--jobs", "1")
+    monkeypatch.setattr(runner, "start_method", lambda device: "spawn")
+    spawned = run_audit(tmp_path / "p", *args, "--jobs", "2")
+    assert spawned["meta"]["jobs"] == 2 and serial["rows"] == spawned["rows"] and len(serial["rows"]) > 20

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from audit import cli, gate, models, results, runner
+from audit import cli, gate, local_models, models, results, runner
 
 REPO = Path(__file__).resolve().parents[1]
 MUTANT = REPO / "tests" / "mutants" / "lora_alpha_not_divided.py"
@@ -30,7 +30,7 @@ def no_models(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was built / the run started before the input was validated")
     monkeypatch.setattr(models, "build", refuse)
-    monkeypatch.setattr(models, "load_local", refuse)
+    monkeypatch.setattr(local_models, "load_local", refuse)
     monkeypatch.setattr(runner, "run", refuse)
 
 
@@ -114,11 +114,16 @@ def bad_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     (root / "no_config").mkdir()
     (root / "no_config" / "model.safetensors").write_bytes(b"")
+    from transformers import ViTConfig
     bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=48)
-    bert.architectures = ["BertModel"]
-    bert.save_pretrained(root / "bert")
-    for name in ("bert",):
+    bert.architectures = ["MyRemoteBert"]  # a class only the checkpoint's own code defines
+    bert.save_pretrained(root / "remote_code")
+    vit = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48, image_size=8,
+                    patch_size=4)
+    vit.architectures = ["ViTModel"]
+    vit.save_pretrained(root / "vision")
+    for name in ("remote_code", "vision"):
         (root / name / "model.safetensors").write_bytes(b"")  # never read: validation is config-only
     (root / "a_file.bin").write_bytes(b"x")
     return root
@@ -128,7 +133,8 @@ def bad_checkpoints(tmp_path_factory):
     ("missing", ["not a folder and not in the local Hugging Face cache"]),
     ("no-such-org/no-such-model-xyz", ["not a folder and not in the local Hugging Face cache"]),
     ("no_config", ["no config.json"]),
-    ("bert", ["BertModel", "not a causal language model"]),
+    ("remote_code", ["MyRemoteBert", "not transformers classes", "trust_remote_code"]),
+    ("vision", ["ViTModel", "takes no token ids"]),
     ("a_file.bin", ["is a file, not a checkpoint folder"]),
 ])
 def test_bad_model_path_exits_2_before_any_model(tmp_path, capsys, no_models, bad_checkpoints, which, needles):
@@ -144,10 +150,10 @@ def test_bad_model_path_exits_2_before_any_model(tmp_path, capsys, no_models, ba
 def test_a_real_checkpoint_passes_validation(tmp_path, name, cls):
     ckpt = tmp_path / name  # gpt2: transformers Conv1D projections, adapted like nn.Linear
     models.build(name).save_pretrained(ckpt)
-    assert models.check_local(str(ckpt)) == cls
+    assert local_models.check_local(str(ckpt)) == local_models.LocalModel(cls, local_models.LOGITS)
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="no weights"):
-        models.check_local(str(ckpt))
+        local_models.check_local(str(ckpt))
 
 
 def test_out_that_is_a_file_or_under_a_file_is_refused(tmp_path, capsys, no_models):
@@ -410,10 +416,29 @@ def test_baseline_and_mutants_refuse_missing_results(files, capsys, monkeypatch)
     assert "missing top-level key" in err
     assert cli.main(["baseline", "--results", str(files / "good.json"), "--out", str(files / "b.json")]) == 0
     assert json.loads((files / "b.json").read_text())["verdicts"] == {"lora": {"verdict": "conformant"}}
-    empty = files / "empty_out"
-    empty.mkdir()
-    err = usage_error(capsys, ["mutants", "--out", str(empty)], "mutants")
-    assert "results file not found" in err and "audit run --out" in err
+    foreign = files / "foreign_out"
+    foreign.mkdir()
+    (foreign / "results.json").write_text("this is not json")
+    err = usage_error(capsys, ["mutants", "--out", str(foreign)], "mutants")
+    assert "not valid JSON" in err and "--out" in err
+
+
+def test_mutants_needs_no_previous_audit(tmp_path, capsys):
+    """`mutants --out DIR` on an empty folder audits the corpus and writes mutants.json; SUMMARY.md is left
+    to a `run` there, which the message names (and which then shows the kill table)."""
+    import shutil
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(MUTANT, corpus)
+    out = tmp_path / "fresh" / "out"
+    assert cli.main(["mutants", "--out", str(out), "--corpus", str(corpus), "--quiet"]) == 0
+    doc = json.loads((out / "mutants.json").read_text())
+    assert (doc["killed"], doc["total"]) == (1, 1) and not (out / "SUMMARY.md").exists()
+    said = capsys.readouterr().out
+    assert "kill rate 1/1" in said and f"python -m audit run --out {out}" in said
+    assert cli.main(["run", "--out", str(out), "--variants", "lora", "--models", "mlp", "--dtypes", "float32",
+                     "--checks", "identity_at_init", "--configs", "main", "--quiet"]) == 0
+    assert "Kill rate: 1/1" in (out / "SUMMARY.md").read_text()
 
 
 def test_compare_seeds_agreeing_and_not():

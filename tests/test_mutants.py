@@ -72,3 +72,16 @@ def test_a_correct_implementation_is_not_killed():
     from variants.lora import Lora
     res = mutants.audit_mutant(mutants.Mutant("control", "lora", "none", "unmodified LoRA", ("paper_parity",), Lora))
     assert res["flagged_by"] == [] and res["verdict"] == "conformant" and not res["killed"]
+
+
+def test_the_outcome_line_says_which_checks_flagged_a_mutant():
+    """A survivor flagged by other checks names them, and says none was its intended one."""
+    base = {"intended": ["paper_parity"], "verdict": "non-conformant"}
+    killed = mutants.outcome_line({**base, "flagged_by": ["merge", "paper_parity"],
+                                   "caught_by_intended": ["paper_parity"], "killed": True})
+    assert killed == "killed by paper_parity (also flagged by merge)"
+    other = mutants.outcome_line({**base, "flagged_by": ["init", "merge"], "caught_by_intended": [], "killed": False})
+    assert other == "SURVIVED: flagged by init, merge, none of them its intended check (paper_parity)"
+    quiet = mutants.outcome_line({**base, "verdict": "conformant", "flagged_by": [], "caught_by_intended": [],
+                                  "killed": False})
+    assert quiet.startswith("SURVIVED: no check flagged it") and "-" not in quiet.split(":", 1)[1].split("(")[0]

@@ -134,3 +134,20 @@ def test_layer_index_is_first_integer_in_name():
     assert layer_index("lm_head") is None
     assert layer_index("blocks.3.attn.heads.5.q_proj") == 3
     assert layer_index("model.layer3.q_proj") is None  # only a whole dotted component counts
+
+
+@pytest.mark.parametrize("name,roles", [
+    ("encoder.layer.3.attention.self.query", ("q",)),
+    ("encoder.layer.3.attention.output.dense", ("o",)),
+    ("encoder.layer.3.intermediate.dense", ("up",)),
+    ("encoder.layer.3.output.dense", ("down",)),
+    ("pooler.dense", ()),  # BERT's pooler and a classifier's dense head have no projection role
+    ("classifier.dense", ()),
+    ("transformer.layer.0.attention.q_lin", ("q",)),  # DistilBERT
+    ("transformer.layer.0.ffn.lin2", ("down",)),
+])
+def test_encoder_projection_roles(name, roles):
+    """BERT-family encoders name the attention output, MLP up and MLP down projections all "dense": the
+    path above the leaf tells them apart."""
+    from variants._targets import roles_of
+    assert roles_of(name) == roles

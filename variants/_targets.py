@@ -25,12 +25,20 @@ ROLES_BY_LEAF: dict[str, tuple[str, ...]] = {
     "query": ("q",), "key": ("k",), "value": ("v",), "out_proj": ("o",),
     "gate_proj": ("gate",), "up_proj": ("up",), "down_proj": ("down",),
     "w1": ("gate",), "w3": ("up",), "w2": ("down",), "fc1": ("up",), "fc2": ("down",), "c_fc": ("up",),
+    # DistilBERT
+    "q_lin": ("q",), "k_lin": ("k",), "v_lin": ("v",), "out_lin": ("o",), "lin1": ("up",), "lin2": ("down",),
     # fused projections
     "qkv_proj": ("q", "k", "v"), "c_attn": ("q", "k", "v"), "query_key_value": ("q", "k", "v"),
     "W_pack": ("q", "k", "v"), "gate_up_proj": ("gate", "up"),
 }
 # GPT-2's c_proj is the attention output under ``attn`` and the MLP's down projection under ``mlp``
 ROLES_BY_PARENT = {"c_proj": {"attn": ("o",), "crossattention": ("o",), "mlp": ("down",)}}
+# BERT-family encoders (BERT, RoBERTa, ELECTRA, ...) name three projections "dense": the attention output
+# under attention.output, the MLP's up projection under intermediate, its down projection under the
+# layer's own output (layer.N.output.dense); a pooler's or a head's dense layer has no role
+ROLES_BY_PATH = ((re.compile(r"(?:^|\.)attention\.output\.dense$"), ("o",)),
+                 (re.compile(r"(?:^|\.)intermediate\.dense$"), ("up",)),
+                 (re.compile(r"(?:^|\.)\d+\.output\.dense$"), ("down",)))
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
@@ -41,6 +49,8 @@ def roles_of(name: str) -> tuple[str, ...]:
     leaf = parts[-1]
     if leaf in ROLES_BY_PARENT and len(parts) > 1:
         return ROLES_BY_PARENT[leaf].get(parts[-2], ())
+    if leaf == "dense":
+        return next((roles for pattern, roles in ROLES_BY_PATH if pattern.search(name)), ())
     return ROLES_BY_LEAF.get(leaf, ())
 
 

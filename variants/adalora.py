@@ -26,6 +26,7 @@ from ._runtime import state_of
 from ._tensor_init import normal_
 from .lora import add_lowrank
 
+TARGET_R = 8  # peft's AdaLoraConfig default target_r (with its default init_r = 12)
 INIT_STD = 0.02  # loralib / peft: nn.init.normal_(std=0.02) for P and Q (the paper: "random Gaussian")
 
 
@@ -38,7 +39,7 @@ class AdaloraConfig(AdapterConfig):
 
     variant = "adalora"
     r: int = 12
-    target_r: int = 8
+    target_r: int | None = None  # None: min(TARGET_R, r), peft's default 8 where it fits under r
     tinit: int = 0
     tfinal: int = 0
     deltaT: int = 1
@@ -50,6 +51,8 @@ class AdaloraConfig(AdapterConfig):
     def check(self):
         if self.alpha <= 0:
             raise self.fail("alpha", f"must be > 0 (s = alpha / r), got {self.alpha}")
+        if self.target_r is None:  # the budget only shrinks: peft's default follows a smaller r
+            object.__setattr__(self, "target_r", min(TARGET_R, self.r))
         if not 0 < self.target_r <= self.r:
             raise self.fail("target_r", f"must be in [1, r = {self.r}] (the budget only shrinks), got {self.target_r}")
         for name in ("beta1", "beta2"):

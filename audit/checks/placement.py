@@ -18,14 +18,17 @@ DTYPE_INDEPENDENT = True  # which layers are adapted is a property of names and 
 
 # role -> module name keys, as the audit (not variants/) reads an architecture: a key is a leaf name,
 # or a dotted suffix where the leaf alone is ambiguous (GPT-2's c_proj is the attention output under
-# attn and the MLP's down projection under mlp). peft matches target_modules the same way (equal or
-# ending in "." + key). A fused layer (qkv_proj, c_attn, gate_up_proj) is listed under each role it
-# computes: it is expected wherever one of them is, adapted as one layer.
+# attn and the MLP's down projection under mlp; a BERT-family encoder's "dense" is the attention output
+# under attention.output, the up projection under intermediate and the down projection under the
+# layer's own output, written N.output.dense: N a layer index). peft matches target_modules the same
+# way (equal or ending in "." + key). A fused layer (qkv_proj, c_attn, gate_up_proj) is listed under
+# each role it computes: it is expected wherever one of them is, adapted as one layer.
 FUSED = {"qkv_proj": ("q", "k", "v"), "c_attn": ("q", "k", "v"), "query_key_value": ("q", "k", "v"),
          "gate_up_proj": ("gate", "up")}
-LEAVES = {"q": ("q_proj", "query"), "k": ("k_proj", "key"), "v": ("v_proj", "value"),
-          "o": ("o_proj", "out_proj", "attn.c_proj"), "gate": ("gate_proj", "w1"),
-          "up": ("up_proj", "w3", "fc1", "c_fc"), "down": ("down_proj", "w2", "fc2", "mlp.c_proj")}
+LEAVES = {"q": ("q_proj", "query", "q_lin"), "k": ("k_proj", "key", "k_lin"), "v": ("v_proj", "value", "v_lin"),
+          "o": ("o_proj", "out_proj", "attn.c_proj", "out_lin", "attention.output.dense"), "gate": ("gate_proj", "w1"),
+          "up": ("up_proj", "w3", "fc1", "c_fc", "lin1", "intermediate.dense"),
+          "down": ("down_proj", "w2", "fc2", "mlp.c_proj", "lin2", "N.output.dense")}
 for _key, _roles in FUSED.items():
     for _r in _roles:
         LEAVES[_r] += (_key,)
@@ -33,7 +36,11 @@ ALL_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def key_matches(name: str, key: str) -> bool:
-    """Whether module ``name`` is the one ``key`` names (its leaf, or a dotted suffix)."""
+    """Whether module ``name`` is the one ``key`` names (its leaf, or a dotted suffix; N stands for a
+    layer index)."""
+    if key.startswith("N."):
+        suffix = key[1:]
+        return name.endswith(suffix) and name[:-len(suffix)].rsplit(".", 1)[-1].isdigit()
     return name == key or name.endswith("." + key)
 
 
