@@ -250,17 +250,6 @@ def single_threaded() -> None:
     torch.set_num_threads(1)
 
 
-def _init_worker() -> None:
-    """Worker process setup: one torch thread, and Ctrl-C left to the parent (which terminates the
-    workers), so an interrupted parallel run prints no worker tracebacks."""
-    import signal
-
-    from .noise import quiet_known_warnings
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    single_threaded()
-    quiet_known_warnings()
-
-
 # A worker's base models and what is computed from them alone (base outputs, their rounding spread,
 # calibration inputs), kept across the units the worker audits: pure functions of (model, dtype,
 # seed, device), never modified (cells copy a base before adapting it), so rows are the same as serial
@@ -315,41 +304,11 @@ def _warm_up(plan: Plan) -> None:
             "B": torch.zeros(m.get_submodule(target).out_features, 1)}})
 
 
-def _terminate_children(pool) -> None:
-    """Terminate the pool's workers and every other child process of this one (an executor can start a
-    replacement worker while it shuts down: left alone, it would outlive the interrupted run)."""
-    import multiprocessing
-    procs = {*(getattr(pool, "_processes", None) or {}).values(), *multiprocessing.active_children()}
-    for proc in procs:
-        try:
-            proc.terminate()
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-
-
-def start_method(device: str) -> str:
-    """How worker processes start. fork where there is one: workers start with torch, transformers and
-    peft already imported (the parent holds no torch threads: single_threaded() ran first). spawn
-    elsewhere, and whenever the run uses CUDA or this process has initialised it: a forked child cannot
-    use the CUDA state its parent set up ("CUDA error: initialization error"), and asking whether CUDA
-    is available (--device cuda's check) already initialises the driver."""
-    import multiprocessing
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return "spawn"
-    if device != "cpu" or torch.cuda.is_initialized():
-        return "spawn"
-    return "fork"
-
-
 def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
-    """(target, model) units audited in ``jobs`` worker processes. On KeyboardInterrupt the pending futures are
-    cancelled, the workers terminated at once (not waited for) and the interrupt re-raised."""
-    import multiprocessing
-    import signal
-    import threading
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """(target, model) units audited in ``jobs`` worker processes (audit/workers.py)."""
     from dataclasses import replace
 
+    from . import workers
     bare = replace(plan, targets=[])
     # small units keep both cores busy; the longest first (the model the corner configs run on), so the
     # last to finish are short ones and no core idles at the end
@@ -359,43 +318,21 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     if not units:
         return []
     by_name = {t.card.name: t for t in plan.targets}
-    results: dict[tuple[str, str], list[Row]] = {}
-    method = start_method(plan.device)
+    method = workers.start_method(plan.device)
     if method == "fork":
         _warm_up(plan)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker)
-    bar = None
-    try:
-        # The first submit() forks the workers; an ignored SIGINT is inherited, so they never see a
-        # Ctrl-C even before their initializer runs. The parent ignores it only while it forks: the
-        # other submits (pickling each unit) run with Ctrl-C live, so none is lost.
-        main = threading.current_thread() is threading.main_thread()
+    bar = Progress(len(units)) if progress else None
 
-        def submit(unit):
-            return pool.submit(_worker, unit[0], by_name[unit[0]].spec, unit[1], bare)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            futures = {submit(units[0]): units[0]}
-        finally:
-            if main and previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        futures.update({submit(u): u for u in units[1:]})
-        bar = Progress(len(units)) if progress else None
-        for fut in as_completed(futures):
-            unit = futures[fut]
-            results[unit] = fut.result()
-            if bar:
-                tgt = by_name[unit[0]]
-                bar.step(f"{unit[0]} / {unit[1]} (all dtypes)", preview(tgt.card, results[unit], tgt.subject.kind))
+    def done(unit, rows):
+        if bar:
+            tgt = by_name[unit[0]]
+            bar.step(f"{unit[0]} / {unit[1]} (all dtypes)", preview(tgt.card, rows, tgt.subject.kind))
+    try:
+        results = workers.run_units(units, _worker, lambda u: (u[0], by_name[u[0]].spec, u[1], bare), jobs, method,
+                                    done)
+    finally:
         if bar:
             bar.close()
-    except BaseException:
-        _terminate_children(pool)
-        pool.shutdown(wait=False, cancel_futures=True)
-        _terminate_children(pool)  # and any worker the executor started while it was shutting down
-        raise
-    pool.shutdown(wait=True)
     return [r for t in plan.targets
             for r in apply_deviations(t.card, [x for m in plan.models for x in results[(t.card.name, m)]],
                                       t.subject.kind)]

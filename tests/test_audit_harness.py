@@ -153,21 +153,44 @@ def test_workers_are_spawned_not_forked_once_cuda_is_in_play(monkeypatch):
 
     import torch
 
-    from audit import runner
-    assert runner.start_method("cuda") == "spawn"
+    from audit import workers
+    assert workers.start_method("cuda") == "spawn"
     fork = "fork" in multiprocessing.get_all_start_methods()
-    assert runner.start_method("cpu") == ("fork" if fork else "spawn")
+    assert workers.start_method("cpu") == ("fork" if fork else "spawn")
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    assert runner.start_method("cpu") == "spawn"
+    assert workers.start_method("cpu") == "spawn"
 
 
 def test_spawned_workers_give_the_rows_of_a_serial_run(tmp_path, monkeypatch):
     """What a --device cuda --jobs 2 run uses, checked on the CPU: spawned workers (nothing inherited from
     the parent) audit the same rows as a serial run."""
-    from audit import runner
+    from audit import workers
     args = ["--variants", "lora,eva", "--models", "mlp", "--dtypes", "float32", "--quiet",
             "--checks", "identity_at_init,init,paper_parity"]
     serial = run_audit(tmp_path / "s", *args, "--jobs", "1")
-    monkeypatch.setattr(runner, "start_method", lambda device: "spawn")
+    monkeypatch.setattr(workers, "start_method", lambda device: "spawn")
     spawned = run_audit(tmp_path / "p", *args, "--jobs", "2")
     assert spawned["meta"]["jobs"] == 2 and serial["rows"] == spawned["rows"] and len(serial["rows"]) > 20
+
+
+def test_a_classifier_and_an_encoder_decoder_are_audited(tmp_path):
+    """A classifier's per-sequence logits (the training task draws one label per sequence; IA3's tiny drop
+    there in bf16 is judged against the paper formula trained in bf16) and an encoder-decoder (the ids are
+    its decoder input too; T5's q/k/v/o and wi/wo read as roles)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, T5Config, T5Model
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)).save_pretrained(tmp_path / "cls")
+    T5Model(T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=96, num_layers=1, num_decoder_layers=1, num_heads=4,
+                     dropout_rate=0.0, decoder_start_token_id=0)).save_pretrained(tmp_path / "t5")
+    assert local_models.check_local(str(tmp_path / "cls")).output == local_models.LOGITS
+    assert local_models.check_local(str(tmp_path / "t5")).output == local_models.HIDDEN_STATES
+    doc = run_audit(tmp_path, "--model-path", str(tmp_path / "cls"), "--model-path", str(tmp_path / "t5"),
+                    "--variants", "ia3,lora", "--models", "", "--configs", "main", "--quiet",
+                    "--checks", "identity_at_init,paper_parity,peft_parity,placement,training")
+    assert {v: d["verdict"] for v, d in doc["verdicts"].items()} == {"ia3": "conformant", "lora": "conformant"}
+    trained = {(r["model"], r["dtype"]) for r in doc["rows"] if r["check"] == "training" and r["status"] == "pass"
+               and r["metric"] == "loss_drop_diff_vs_reference"}
+    assert trained == {(m, d) for m in ("path:cls", "path:t5") for d in ("float32", "bfloat16")}

@@ -25,6 +25,9 @@ ROLES_BY_LEAF: dict[str, tuple[str, ...]] = {
     "query": ("q",), "key": ("k",), "value": ("v",), "out_proj": ("o",),
     "gate_proj": ("gate",), "up_proj": ("up",), "down_proj": ("down",),
     "w1": ("gate",), "w3": ("up",), "w2": ("down",), "fc1": ("up",), "fc2": ("down",), "c_fc": ("up",),
+    # T5 (SelfAttention / EncDecAttention .q .k .v .o; DenseReluDense .wi, or .wi_0 gate and .wi_1 up; .wo)
+    "q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",), "wi": ("up",), "wi_0": ("gate",), "wi_1": ("up",),
+    "wo": ("down",),
     # DistilBERT
     "q_lin": ("q",), "k_lin": ("k",), "v_lin": ("v",), "out_lin": ("o",), "lin1": ("up",), "lin2": ("down",),
     # fused projections

@@ -25,10 +25,12 @@ DTYPE_INDEPENDENT = True  # which layers are adapted is a property of names and 
 # each role it computes: it is expected wherever one of them is, adapted as one layer.
 FUSED = {"qkv_proj": ("q", "k", "v"), "c_attn": ("q", "k", "v"), "query_key_value": ("q", "k", "v"),
          "gate_up_proj": ("gate", "up")}
-LEAVES = {"q": ("q_proj", "query", "q_lin"), "k": ("k_proj", "key", "k_lin"), "v": ("v_proj", "value", "v_lin"),
-          "o": ("o_proj", "out_proj", "attn.c_proj", "out_lin", "attention.output.dense"), "gate": ("gate_proj", "w1"),
-          "up": ("up_proj", "w3", "fc1", "c_fc", "lin1", "intermediate.dense"),
-          "down": ("down_proj", "w2", "fc2", "mlp.c_proj", "lin2", "N.output.dense")}
+LEAVES = {"q": ("q_proj", "query", "q_lin", "q"), "k": ("k_proj", "key", "k_lin", "k"),
+          "v": ("v_proj", "value", "v_lin", "v"), "o": ("o_proj", "out_proj", "attn.c_proj", "out_lin", "o",
+                                                        "attention.output.dense"),
+          "gate": ("gate_proj", "w1", "wi_0"), "up": ("up_proj", "w3", "fc1", "c_fc", "lin1", "wi", "wi_1",
+                                                      "intermediate.dense"),
+          "down": ("down_proj", "w2", "fc2", "mlp.c_proj", "lin2", "wo", "N.output.dense")}
 for _key, _roles in FUSED.items():
     for _r in _roles:
         LEAVES[_r] += (_key,)
