@@ -175,11 +175,12 @@ class Cell:
         return table.get(self.dtype_name, default.get(self.dtype_name, default.get("*")))
 
     def row(self, metric: str, value: float | None, tolerance: float | None, op: str = "<=",
-            message: str = "", reference: str = "", status: str | None = None, about: str = "subject") -> Row:
+            message: str = "", reference: str = "", status: str | None = None, about: str = "subject",
+            choice: str = "") -> Row:
         v = None if value is None else float(value)
         st = status or judge(v, op, tolerance)
         r = Row(self.card.name, self.check, self.model_name, self.dtype_name, metric, v, tolerance, st,
-                message=message, op=op, reference=reference, about=about, config=self.card.config_id)
+                message=message, op=op, reference=reference, about=about, config=self.card.config_id, choice=choice)
         self.rows.append(r)
         return r
 

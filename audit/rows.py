@@ -48,6 +48,7 @@ class Row:
     reference: str = ""
     about: str = "subject"  # "reference": the row audits the external reference itself, not the subject
     config: str = "main"  # the id of the card's config the row was measured under
+    choice: str = ""  # the open choices the subject made, as the row judged them ("name=option; ...")
 
     @property
     def config_id(self) -> str:

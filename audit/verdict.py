@@ -24,6 +24,72 @@ from .rows import BAD, Row
 PARITY = (("paper_parity", "paper"), ("peft_parity", "external"))
 FINDING = ("fail", "xfail", "xpass", "error")
 
+# What a library author acts on: each check answers one concern. "equation" is what the method computes
+# (its outputs, gradients, invariants and training, and whether its state has the layout the formula
+# reads); the others are the init, merge, checkpoint, input validation, placement and speed parts
+# around it. A check not listed counts as equation.
+CONCERNS: dict[str, tuple[str, ...]] = {
+    "equation": ("layout", "identity_at_init", "paper_parity", "peft_parity", "grad_flow", "properties", "training"),
+    "init": ("init",),
+    "merge": ("merge",),
+    "checkpoint": ("save_load",),
+    "input validation": ("robustness",),
+    "placement": ("placement",),
+    "speed": ("timing",),
+}
+CONCERN_OF = {check: concern for concern, checks in CONCERNS.items() for check in checks}
+
+
+def concern_of(check: str) -> str:
+    return CONCERN_OF.get(check, "equation")
+
+
+def concern_verdict(concern: str, rows: list[Row]) -> dict:
+    """One concern's verdict from the subject's rows of its checks: non-conformant on a failure, an
+    xpass or an error; not audited when nothing was judged (for the equation: when no parity check
+    against a reference was); partial when only declared deviations fail; else conformant."""
+    judged = [r for r in rows if r.status not in ("n/a", "error")]
+    bad = [r for r in rows if r.status in BAD]
+    declared = [r for r in rows if r.status == "xfail"]
+    parity = concern != "equation" or any(r.check in dict(PARITY) for r in judged)
+    if bad:
+        verdict, deciding = "non-conformant", sorted({r.check for r in bad})
+    elif not judged or not parity:
+        verdict, deciding = "not audited", []
+    elif declared:
+        verdict, deciding = "partial", sorted({r.check for r in declared})
+    else:
+        verdict, deciding = "conformant", sorted({r.check for r in judged})
+    return {"verdict": verdict, "deciding": deciding,
+            "counts": {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "xfail", "xpass", "error", "n/a")}}
+
+
+def overall(concerns: dict[str, dict], require: tuple[str, ...] | None = None) -> tuple[str, list[str]]:
+    """(the overall verdict, the concerns that decided it) from the concern verdicts (only ``require``'d
+    ones when given): non-conformant if any is; not audited if the equation was not audited (or, with
+    ``require`` leaving the equation out, nothing required was); partial if any is; else conformant."""
+    verdicts = {k: v["verdict"] for k, v in concerns.items() if require is None or k in require}
+    bad = [k for k, v in verdicts.items() if v == "non-conformant"]
+    if bad:
+        return "non-conformant", bad
+    equation_needed = require is None or "equation" in require
+    if (equation_needed and verdicts.get("equation", "not audited") == "not audited") or \
+            all(v == "not audited" for v in verdicts.values()):
+        return "not audited", []
+    partial = [k for k, v in verdicts.items() if v == "partial"]
+    if partial:
+        return "partial", partial
+    return "conformant", [k for k, v in verdicts.items() if v == "conformant"]
+
+
+def headline(verdict: str, concerns: dict[str, dict]) -> str:
+    """One line: the overall verdict and each concern's, e.g. "non-conformant: equation conformant,
+    init conformant, checkpoint non-conformant (save_load), ..." (concerns not audited left out)."""
+    parts = [f"{k} {v['verdict']}" + (f" ({', '.join(v['deciding'])})" if v["verdict"] in ("non-conformant", "partial")
+                                       else "")
+             for k, v in concerns.items() if v["verdict"] != "not audited"]
+    return f"{verdict}: {', '.join(parts) or 'nothing judged'}"
+
 
 def fmt_number(v: float | None) -> str:
     """Enough digits that a failing value never prints equal to its tolerance."""
@@ -71,25 +137,25 @@ def _finding(r: Row) -> dict:
             "reference": r.reference, "message": r.message}
 
 
-def verdict_of(rs: list[Row]) -> dict:
+def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None) -> dict:
+    """A variant's verdict: per concern (``CONCERNS``) and overall (over the ``require``'d concerns,
+    default all), with the reasons, the checks and concerns that decided it and per-check margins."""
     subject = [r for r in rs if r.about != "reference"]
-    judged = [r for r in subject if r.status not in ("n/a", "error")]
-    bad = [r for r in subject if r.status in BAD]
-    declared = [r for r in subject if r.status == "xfail"]
+    by_concern: dict[str, list[Row]] = defaultdict(list)
+    for r in subject:
+        by_concern[concern_of(r.check)].append(r)
+    concerns = {c: concern_verdict(c, by_concern[c]) for c in CONCERNS if c in by_concern}
+    verdict, deciding_concerns = overall(concerns, require)
+    counted = [r for r in subject if require is None or concern_of(r.check) in require]
+    bad = [r for r in counted if r.status in BAD]
+    declared = [r for r in counted if r.status == "xfail"]
+    judged = [r for r in counted if r.status not in ("n/a", "error")]
     refs = []
     for check, name in PARITY:
         ran = [r for r in subject if r.check == check and r.status != "n/a"]
         if ran and all(r.status in ("pass", "xfail") for r in ran):
             refs.append(next((r.reference for r in ran if r.reference), name))
-    parity_judged = any(r.check in dict(PARITY) for r in judged)
-    if bad:
-        verdict, deciding = "non-conformant", sorted({r.check for r in bad})
-    elif not judged or not parity_judged:
-        verdict, deciding = "not audited", []
-    elif declared:
-        verdict, deciding = "partial", sorted({r.check for r in declared})
-    else:
-        verdict, deciding = "conformant", sorted({r.check for r in judged})
+    deciding = sorted({ch for c in deciding_concerns for ch in concerns[c]["deciding"]})
     reasons = [describe(r) for r in bad[:12]]
     if len(bad) > 12:
         reasons.append(f"... and {len(bad) - 12} more failing rows")
@@ -100,17 +166,19 @@ def verdict_of(rs: list[Row]) -> dict:
                        f"no parity check against a reference was judged (judged: {', '.join(ran)}); "
                        "passing rows alone make no conformance claim")
     if not reasons:
-        reasons = [f"all {sum(r.status == 'pass' for r in subject)} measurements pass"
-                   f" ({sum(r.status == 'n/a' for r in subject)} n/a)"]
+        reasons = [f"all {sum(r.status == 'pass' for r in counted)} measurements pass"
+                   f" ({sum(r.status == 'n/a' for r in counted)} n/a)"]
     confidence = "none" if verdict == "not audited" else {2: "high", 1: "medium"}.get(len(refs), "low")
     return {"verdict": verdict, "confidence": confidence, "references_agreeing": refs, "reasons": reasons,
-            "deciding": deciding, "check_margins": check_margins(subject),
+            "deciding": deciding, "deciding_concerns": deciding_concerns, "concerns": concerns,
+            "headline": headline(verdict, concerns), "required": list(require) if require else None,
+            "check_margins": check_margins(subject),
             "counts": {s: sum(r.status == s for r in subject) for s in ("pass", "fail", "xfail", "xpass", "error", "n/a")},
             "reference_findings": [_finding(r) for r in rs if r.about == "reference" and r.status in FINDING]}
 
 
-def verdicts(rows: list[Row]) -> dict[str, dict]:
+def verdicts(rows: list[Row], require: tuple[str, ...] | None = None) -> dict[str, dict]:
     by_variant: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         by_variant[r.variant].append(r)
-    return {v: verdict_of(rs) for v, rs in by_variant.items()}
+    return {v: verdict_of(rs, require) for v, rs in by_variant.items()}

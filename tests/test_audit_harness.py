@@ -110,7 +110,7 @@ def test_an_encoder_without_a_head_is_audited_on_its_hidden_states(tmp_path):
     ckpt = _encoder(tmp_path / "bert")
     assert local_models.check_local(str(ckpt)) == local_models.LocalModel("BertModel", local_models.HIDDEN_STATES)
     import variants
-    from audit.checks.placement import ALL_ROLES, expected_modules
+    from audit.roles import ALL_ROLES, expected_modules
     model = local_models.load_local(str(ckpt))
     layer = "encoder.layer.0."
     every = {layer + n for n in ("attention.self.query", "attention.self.key", "attention.self.value",

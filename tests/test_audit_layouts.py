@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 import variants
-from audit import models, runner
+from audit import models, roles, runner
 from audit.cards import get
 from audit.cell import Cell
-from audit.checks import paper_parity, placement
+from audit.checks import paper_parity
 from audit.subjects import from_spec
 from audit.subjects.ours import Ours
 from references import paper
@@ -16,10 +16,10 @@ from references import paper
 
 def test_placement_reads_gpt2_and_phi3_roles_independently():
     gpt2, phi3 = models.build("gpt2", n_layers=2), models.build("phi3", n_layers=2)
-    assert sorted(placement.expected_modules(gpt2, ("o",))) == [f"transformer.h.{i}.attn.c_proj" for i in (0, 1)]
-    assert sorted(placement.expected_modules(gpt2, ("down",))) == [f"transformer.h.{i}.mlp.c_proj" for i in (0, 1)]
-    assert sorted(placement.expected_modules(phi3, ("k", "v"))) == [f"model.layers.{i}.self_attn.qkv_proj" for i in (0, 1)]
-    fused = placement.fused_beyond(placement.expected_modules(phi3, ("k", "v")), ("k", "v"))
+    assert sorted(roles.expected_modules(gpt2, ("o",))) == [f"transformer.h.{i}.attn.c_proj" for i in (0, 1)]
+    assert sorted(roles.expected_modules(gpt2, ("down",))) == [f"transformer.h.{i}.mlp.c_proj" for i in (0, 1)]
+    assert sorted(roles.expected_modules(phi3, ("k", "v"))) == [f"model.layers.{i}.self_attn.qkv_proj" for i in (0, 1)]
+    fused = roles.fused_beyond(roles.expected_modules(phi3, ("k", "v")), ("k", "v"))
     assert set(fused.values()) == {("q",)}
 
 

@@ -148,9 +148,9 @@ def test_subject_defaults_come_from_the_subject():
 
 
 def test_zero_grad_claims_render_with_their_configs():
-    from audit import report
+    from audit import report_config
     tgt = runner.default_targets(["delora"])[0]
-    claims = {(c["tensor"], c["configs"]) for c in report.zero_grad_claims(tgt)}
+    claims = {(c["tensor"], c["configs"]) for c in report_config.zero_grad_claims(tgt)}
     assert ("lam", "") in claims  # every config
     assert ("A", "peft-init") in claims
     assert isinstance(get("road").at("road_4").zero_grads["alpha"], ZeroGrad)

@@ -54,9 +54,23 @@ def test_a_wrong_lora_init_is_caught():
             super().init(layer, cfg, gen)
             layer.adapter_B.normal_(generator=gen)
 
-    wide = _rows("lora", WideA)
-    assert wide["A_kaiming_uniform"].status == "fail"
+    wide = _rows("lora", WideA)  # neither peft's kaiming-uniform nor a Gaussian of any σ (the paper's)
+    assert any(r.status == "fail" for m, r in wide.items() if m.startswith("A_draw"))
     assert _rows("lora", RandomB)["B_max_abs"].status == "fail"
+
+
+def test_every_allowed_a_draw_is_accepted_and_named():
+    """The paper's Gaussian A (any σ) and peft's kaiming-uniform A both meet the LoRA statement; the rows
+    say which one the subject took."""
+    class GaussianA(Lora):
+        def init(self, layer, cfg, gen):
+            super().init(layer, cfg, gen)
+            layer.adapter_A.normal_(0.0, 0.02, generator=gen)
+
+    for impl, family in ((None, "kaiming_uniform"), (GaussianA, "gaussian")):
+        rows = _rows("lora", impl)
+        assert all(r.status == "pass" for r in rows.values() if r.about == "subject"), family
+        assert {r.choice for r in rows.values() if r.about == "subject"} == {f"A_draw={family}"}
 
 
 def test_dora_magnitude_on_the_wrong_axis_is_caught():

@@ -199,13 +199,18 @@ def test_bridge_refuses_conv1d():
 
 # -- init statements ---------------------------------------------------------------------------------------
 
-def _judge(states, W) -> dict[str, bool]:
-    """Each claim over the given layers as the audit judges it: exact = 0, KS pooled ≤ critical value."""
-    per = [ref.init_claims(W, None, st, {"r": st["w1_a"].shape[1], "alpha": 8.0}) for st in states]
+def _judge(states, W, **options) -> dict[str, bool]:
+    """Each claim over the given layers as the audit judges it (the statement taking the open-choice
+    ``options``: zero_factor, factor_draw): exact = 0, KS pooled ≤ critical value, excess kurtosis of the
+    pooled standardised draws within 4.89 standard errors."""
+    per = [ref.init_claims(W, None, st, {"r": st["w1_a"].shape[1], "alpha": 8.0, **options}) for st in states]
     out = {}
     for i, c in enumerate(per[0]):
         if c.kind == "exact":
             out[c.metric] = max(p[i].value for p in per) == 0
+        elif c.kind == "kurtosis":
+            z = torch.cat([p[i].pit for p in per])
+            out[c.metric] = abs(float(z.pow(4).mean()) - 3) <= 4.8916 * math.sqrt(24 / z.numel())
         else:
             pit = torch.cat([p[i].pit for p in per])
             out[c.metric] = ks_uniform(pit) <= ks_critical(pit.numel())
@@ -229,12 +234,16 @@ def test_wrong_inits_fail_the_claims():
     g = torch.Generator().manual_seed(1)
     lyco = [{"w1_a": torch.randn(s["w1_a"].shape, generator=g) * 0.1, "w1_b": torch.randn(s["w1_b"].shape, generator=g),
              "w2_a": torch.zeros_like(s["w2_a"]), "w2_b": torch.randn(s["w2_b"].shape, generator=g)} for s in states]
-    got = _judge(lyco, W)
-    assert not got["w2_b_max_abs"] and not got["w1_a_kaiming_uniform"] and not got["w2_a_kaiming_uniform"], got
+    got = _judge(lyco, W)  # peft's statement (w2_b = 0, kaiming-uniform) rejects it ...
+    assert not got["zero_factor_max_abs"] and not got["w1_a_draw"], got
+    assert all(_judge(lyco, W, zero_factor="w2_a", factor_draw="gaussian").values())  # ... LyCORIS's accepts it
+    # peft's init judged as LyCORIS's: the wrong factor is zero and the draws are uniform (kurtosis −1.2)
+    got = _judge(states, W, zero_factor="w2_a", factor_draw="gaussian")
+    assert not got["zero_factor_max_abs"] and not got["w1_b_draw_kurtosis"], got
     # kaiming with the wrong fan-in for w1_a (d_out instead of r: U(±1/√96) is 3.5× too narrow)
     narrow = [dict(s, w1_a=s["w1_a"] * math.sqrt(8 / 96)) for s in states]
     got = _judge(narrow, W)
-    assert not got["w1_a_kaiming_uniform"] and got["w1_b_kaiming_uniform"] and got["w2_b_max_abs"], got
+    assert not got["w1_a_draw"] and got["w1_b_draw"] and got["zero_factor_max_abs"], got
 
 
 # -- configs ------------------------------------------------------------------------------------------------

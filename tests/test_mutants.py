@@ -22,7 +22,9 @@ BUG_CLASSES = (
     "a buffer missing from the checkpoint",
     "bf16 residual built from already-rounded factors",
     "bias handled wrongly (not scaled where it must be)",
-    "a term kept in the graph that the reference detaches",
+    # (DoRA's norm kept in the graph and LoKr's other factor order were mutants here: both are choices the
+    # papers leave open, now correct alternatives in tests/alternatives/)
+    "a normaliser computed once and never updated",
     "a rotation of the wrong chirality",
     "ROAD's output pairing wrong",
     "init in the wrong direction",
@@ -35,7 +37,7 @@ BUG_CLASSES = (
     "Conv1D SVD init on the un-transposed weight",
     "Conv1D QR init on the un-transposed weight",
     "Cayley transform with the sign flipped (inverse rotation)",
-    "Kronecker factors in the wrong order",
+    "a reshape in the wrong memory order",
     "custom backward drops the scale (forward exact)",
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",

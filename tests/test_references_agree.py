@@ -102,7 +102,7 @@ def test_deviation_dora_norm_is_detached_in_peft():
     grads = {}
     for detach in (True, False):
         a = state["A"].clone().requires_grad_(True)
-        (ref.forward(x, w, b, {**state, "A": a}, cfg, detach_norm=detach) * t).sum().backward()
+        (ref.forward(x, w, b, {**state, "A": a}, {**cfg, "detach_norm": detach}) * t).sum().backward()
         grads[detach] = a.grad
     assert float((g_peft - grads[True]).norm() / grads[True].norm()) < 1e-10
     assert float((g_peft - grads[False]).norm() / grads[False].norm()) > 1e-3

@@ -202,7 +202,7 @@ def test_dora_detach_norm_changes_gradient_not_value(W):
     cfg, t = {"r": R, "alpha": 8.0}, randn(D_OUT, D_IN, seed=15)
     grads, vals = [], []
     for detach in (True, False):
-        W_eff = get("dora").merged(W, None, state, cfg, detach_norm=detach)[0]
+        W_eff = get("dora").merged(W, None, state, {**cfg, "detach_norm": detach})[0]
         vals.append(W_eff.detach())
         (g,) = torch.autograd.grad(((W_eff - t) ** 2).sum(), A)
         grads.append(g)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import variants
-from audit import report, runner, verdict
+from audit import report, report_format, report_subject, runner, verdict
 from audit.cards import get
 from audit.rows import Row
 
@@ -100,14 +100,14 @@ def test_failures_print_a_failing_value_apart_from_its_tolerance(rendered):
 
 
 def test_number_formatting_never_hides_a_failure():
-    assert report.fmt_vs(0.95004, 0.95) == ("0.95004", "0.95")
-    assert report.fmt_vs(0.95, 0.95) == ("0.95", "0.95")
-    v, t = report.fmt_vs(1.0000000001e-6, 1e-6)
+    assert report_format.fmt_vs(0.95004, 0.95) == ("0.95004", "0.95")
+    assert report_format.fmt_vs(0.95, 0.95) == ("0.95", "0.95")
+    v, t = report_format.fmt_vs(1.0000000001e-6, 1e-6)
     assert v != t and float(v) > float(t)
-    assert report.fmt_margin(1.0000421) == "1.00004"
-    assert report.fmt_margin(0.99996) == "0.99996"
-    assert report.fmt_margin(6.2345) == "6.2" and report.fmt_margin(math.inf) == "inf"
-    assert report.fmt_margin(None) == "-"
+    assert report_format.fmt_margin(1.0000421) == "1.00004"
+    assert report_format.fmt_margin(0.99996) == "0.99996"
+    assert report_format.fmt_margin(6.2345) == "6.2" and report_format.fmt_margin(math.inf) == "inf"
+    assert report_format.fmt_margin(None) == "-"
 
 
 def test_reference_findings_have_their_own_section_and_are_not_failures(rendered):
@@ -384,15 +384,15 @@ class _Bare(__import__("audit.subjects", fromlist=["Subject"]).Subject):
 
 def test_a_drivers_code_is_the_driver_or_says_there_is_none(tmp_path):
     drv = runner.Target(get("lora"), _Driver, "tests/test_report.py:_Driver", "tests/test_report.py:_Driver")
-    ex, note = report.subject_excerpts(drv)
+    ex, note = report_subject.subject_excerpts(drv)
     assert [e["method"] for e in ex] == ["_Driver.attach", "_Driver.adapted_layers", "_Driver.tensor_names['lora']"]
     assert "toylib's attach" in ex[0]["code"] and ex[0]["where"].startswith("tests/test_report.py:")
     assert "'B': ('up', 'transpose')" in ex[2]["code"]
     assert note.startswith("The driver `tests/test_report.py:_Driver` (toylib 1.0)")
-    ex, note = report.subject_excerpts(runner.Target(get("lora"), _Bare, "tests:_Bare"))
+    ex, note = report_subject.subject_excerpts(runner.Target(get("lora"), _Bare, "tests:_Bare"))
     assert ex == [] and note.startswith("No source excerpt is available for bare")
     from audit.subjects.peft import Peft
-    ex, note = report.subject_excerpts(runner.Target(get("antipasto"), Peft(), "peft"))
+    ex, note = report_subject.subject_excerpts(runner.Target(get("antipasto"), Peft(), "peft"))
     assert ex == [] and note.startswith("No source excerpt is available for peft")
     rows = [r for r in passing("lora") if r.check != "timing"]
     text = report.render_variant(report._env(), drv, report._meta({**META, "subject": {
@@ -404,7 +404,7 @@ def test_a_drivers_code_is_the_driver_or_says_there_is_none(tmp_path):
 
 def test_an_installed_library_is_shown_from_its_package_even_inside_the_checkout(tmp_path, monkeypatch):
     """A nox venv lives inside the checkout: peft's file must still read peft/..., not .nox/tests/lib/..."""
-    from audit.report import _display_path
+    from audit.report_subject import _display_path
     monkeypatch.chdir(tmp_path)
     inside = tmp_path / ".nox" / "tests" / "lib" / "python3.11" / "site-packages" / "peft" / "tuners" / "x.py"
     assert _display_path(str(inside), "peft.tuners.x") == "peft/tuners/x.py"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import variants
-from audit import cli, runner
+from audit import run_plan, runner
 from audit.cards import get
 from audit.rows import Row
 from audit.runner import apply_deviations
@@ -83,7 +83,7 @@ def test_a_planted_bug_in_peft_save_shows_up(monkeypatch):
 
 def test_peft_subject_default_variants_are_the_peft_methods():
     args = SimpleNamespace(impl=None, subject="peft", card=None, variants=None)
-    targets = cli._targets(args)
+    targets = run_plan.resolve_targets(args)
     assert sorted(t.card.name for t in targets) == sorted(
         ["lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road",
          "oft", "lokr", "loha", "vera", "adalora", "olora"])  # every card but antipasto (no peft method)

@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ._affine import effective_affine
 from ._base import PREFIX, ParamSpec, Variant
 from ._config import DTYPES, ROLES, AdapterConfig
 from ._io import load, read_config, save
 from ._peft_io import load_peft, read_peft_config, save_peft
 from ._registry import REGISTRY
-from ._control import disable, disabled, effective_affine, enable, is_merged, merge, summary, unmerge
+from ._control import disable, disabled, enable, is_merged, merge, summary, unmerge
 from ._runtime import adapter_parameters, adapter_tensors, attach, detach, named_adapter_parameters, state_of
 from ._targets import role_of, roles_of, select_targets
 

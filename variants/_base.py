@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Iterable
 import torch
 from torch import nn
 
+from ._affine import effective_affine
 from ._config import AdapterConfig
 from ._layers import dense_weight
 from ._peft_format import PeftFormat
@@ -72,7 +73,6 @@ class Variant:
         """(W_eff in canonical (d_out, d_in) layout, b_eff or None) that ``variants.merge`` writes into
         the layer. Default: read off the hooked layer itself (``variants.effective_affine``), right for
         any variant affine in the layer input; a variant may give a closed form instead."""
-        from ._control import effective_affine
         return effective_affine(layer)
 
     # -- helpers for implementations ---------------------------------------------------------------

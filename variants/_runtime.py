@@ -1,8 +1,11 @@
-"""attach / detach: hook a variant onto the target layers of any nn.Module (HF models included)."""
+"""attach / detach: hook a variant onto the target layers of any nn.Module (HF models included).
+
+What attach records (``AdapterState``, ``state_of``, the layers' adapter tensors) lives in ``_state``, which
+``_control`` and the variants use without importing this module; its names are importable from here too.
+"""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
@@ -10,73 +13,11 @@ from torch import nn
 
 from ._base import PREFIX, Variant
 from ._config import AdapterConfig
+from ._control import enable, unmerge
 from ._layers import features, is_conv1d
+from ._registry import REGISTRY
+from ._state import ACTIVE_ATTR, STATE_ATTR, AdapterState, allocate, refresh_active, remove_tensors, state_of
 from ._targets import select_targets_explained
-
-STATE_ATTR = "_adapter_audit_state"
-
-
-@dataclass
-class AdapterState:
-    """What attach did to a model, so detach/save/load can undo or persist it."""
-
-    variant: Variant
-    cfg: AdapterConfig
-    targets: dict[str, nn.Module]
-    handles: list[Any] = field(default_factory=list)
-    original_weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)  # selected, then removed by group_init (EVA rank 0)
-    requires_grad: dict[str, bool] = field(default_factory=dict)
-    fused_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fused targets: roles adapted beyond those asked
-    disabled: bool = False  # variants.disable: every hook passes the base output through
-    merged: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)  # name: (weight, bias) before merge
-
-    def original_weight(self, name: str) -> torch.Tensor:
-        """The base weight of target ``name`` before a mutating init, canonical (d_out, d_in) layout."""
-        w = self.original_weights[name]
-        return w.t() if is_conv1d(self.targets[name]) else w
-
-
-def state_of(model: nn.Module) -> AdapterState:
-    st = getattr(model, STATE_ATTR, None)
-    if st is None:
-        raise RuntimeError("no adapter is attached to this model (call variants.attach first)")
-    return st
-
-
-def adapter_dtype(layer: nn.Module, cfg: AdapterConfig) -> torch.dtype:
-    return getattr(torch, cfg.dtype) if cfg.dtype else layer.weight.dtype
-
-
-def allocate(layer: nn.Module, variant: Variant, cfg: AdapterConfig, r: int) -> None:
-    """(Re)create the adapter tensors of one layer at rank r, zero-filled, from param_specs."""
-    remove_tensors(layer)
-    dev, dt = layer.weight.device, adapter_dtype(layer, cfg)
-    for pname, spec in variant.param_specs(*features(layer), r, cfg).items():
-        t = torch.zeros(spec.shape, device=dev, dtype=dt)
-        if spec.trainable:
-            layer.register_parameter(PREFIX + pname, nn.Parameter(t))
-        else:
-            layer.register_buffer(PREFIX + pname, t, persistent=True)
-    layer.adapter_rank = r
-
-
-def remove_tensors(layer: nn.Module) -> None:
-    for pname in [n for n, _ in layer.named_parameters(recurse=False) if n.startswith(PREFIX)]:
-        delattr(layer, pname)
-    for bname in [n for n, _ in layer.named_buffers(recurse=False) if n.startswith(PREFIX)]:
-        delattr(layer, bname)
-    layer.__dict__.pop("adapter_rank", None)
-
-
-ACTIVE_ATTR = "adapter_active"  # per adapted layer: False while the adapter is disabled or merged
-
-
-def refresh_active(st: AdapterState) -> None:
-    """Set each adapted layer's flag: the hooks act only while not disabled and not merged. The flag
-    lives on the layer (a plain bool), so a deep copy of the model carries its own."""
-    for name, mod in st.targets.items():
-        mod.__dict__[ACTIVE_ATTR] = not st.disabled and name not in st.merged
 
 
 class _OutputHook:
@@ -181,7 +122,6 @@ def attach(model: nn.Module, cfg: AdapterConfig, calibration_data: Iterable[Any]
     if not isinstance(cfg, AdapterConfig):
         raise TypeError(f"cfg must be an adapter config from variants.config(...), got {type(cfg).__name__}")
     if variant is None:
-        from ._registry import REGISTRY
         if cfg.variant not in REGISTRY:
             raise ValueError(f"unknown variant {cfg.variant!r}; known: {sorted(REGISTRY)}")
         variant = REGISTRY[cfg.variant]
@@ -237,7 +177,6 @@ def _register_hook(mod: nn.Module, v: Variant):
 def detach(model: nn.Module) -> nn.Module:
     """Remove the adapter: hooks, adapter tensors; restore mutated base weights and requires_grad."""
     st = state_of(model)
-    from ._control import enable, unmerge
     if st.merged:  # the weights before the merge (W_res for a mutating variant) first
         unmerge(model)
     if st.disabled:  # a rewritten weight holds the original while disabled: put W_res back first

@@ -22,7 +22,7 @@ from torch import nn
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
 from ._peft_format import PeftFormat, conv1d_targets, peft_type_is
-from ._runtime import state_of
+from ._state import state_of
 from ._tensor_init import normal_
 from .lora import add_lowrank
 

@@ -90,7 +90,7 @@ class Antipasto(Variant):
         if calibration_data is None:
             return
         from ._calibration import collect_inputs
-        from ._runtime import state_of
+        from ._state import state_of
         st = state_of(model)
         originals = {n: st.original_weight(n).to(torch.float64) for n in targets}
         svds = {n: torch.linalg.svd(originals[n], full_matrices=False) for n in targets}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ._layers import features
-from ._runtime import allocate, remove_tensors
+from ._state import allocate, remove_tensors
 from ._peft_format import exact_key
 from .lora import Lora, LoraConfig, lora_delta, peft_lora_config, peft_lora_format, peft_lora_scales
 

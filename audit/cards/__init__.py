@@ -104,6 +104,39 @@ class BadInput:
     error: type[Exception]
 
 
+@dataclass(frozen=True)
+class Option:
+    """One way of doing what the paper leaves open. ``fields`` are parameters of the paper formula or
+    init statement (references/paper/<variant>.py reads them from its cfg; they are never given to the
+    subject); ``makers`` the implementations known to take this option ("paper" where the paper names
+    it, "peft", "ours", another library's name)."""
+
+    id: str
+    label: str
+    source: str
+    fields: dict[str, Any]
+    makers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpenChoice:
+    """A choice the paper leaves open: every option is conformant, and the audit says which one the
+    subject made (audit/choices.py). ``resolved_by`` "equation": the option under which the float64
+    formula matches the subject's layer outputs and gradients (every equation check then uses it);
+    "init": the option whose init statement the subject's initial state satisfies. ``affects``: what
+    another implementation taking another option computes differently ("gradients" only, or the
+    "outputs" too), so side-by-side parity with it is compared only where they agree."""
+
+    name: str
+    what: str
+    resolved_by: Literal["equation", "init"]
+    options: tuple[Option, ...]
+    affects: Literal["outputs", "gradients"] = "outputs"
+
+    def option(self, option_id: str) -> Option:
+        return next(o for o in self.options if o.id == option_id)
+
+
 # checks that depend on the adapter's config; placement, robustness and timing measure the same thing
 # under any config, save_load round-trips whatever tensors exist (the main config exercises its path),
 # and training's loss curve adds nothing a config bug would not show in the parity checks first, so a
@@ -165,6 +198,7 @@ class VariantCard:
     config_id: str = "main"                      # the id of ``config`` in rows, reports and the gate
     config_why: str = "the card's main config"
     configs: tuple[ConfigCase, ...] = ()          # further configs audited (the axes of the method)
+    choices: tuple[OpenChoice, ...] = ()          # what the paper leaves open: every option conforms
     config_subject_defaults: bool = False         # set by at(): the config is the subject's own defaults
 
     def zero_grads_at(self, cfg: dict) -> dict[str, ZeroGrad]:

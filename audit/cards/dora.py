@@ -1,6 +1,20 @@
 """Card: DoRA (Liu et al., arXiv 2402.09353)."""
 
-from ..cards import SUBJECT_DEFAULTS, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, ConfigCase, Invariant, OpenChoice, Option, VariantCard, ZeroGrad
+from .lora import A_DRAW
+
+# eq. (5) differentiates through ‖W + sBA‖; §4.3 proposes treating it as a constant in backprop to save
+# memory ("we propose to treat ‖V + ΔV‖_c as a constant, thereby detaching it from the gradient graph"),
+# which peft and ours take. The values are the same either way; only A's and B's gradients differ.
+NORM_GRADIENT = OpenChoice(
+    "norm_gradient", "whether the gradient flows through the row norm ‖W + sBA‖ (the values are the same)",
+    "equation",
+    (Option("through", "through the norm (eq. 5 as written)", "arXiv 2402.09353 §4.1 eq. (5)",
+            {"detach_norm": False}, ("paper",)),
+     Option("detached", "the norm a constant in backprop (§4.3's memory saving)",
+            "arXiv 2402.09353 §4.3; peft/tuners/lora/dora.py (weight_norm.detach())",
+            {"detach_norm": True}, ("peft", "ours"))),
+    affects="gradients")
 
 
 def _magnitude(p) -> float:
@@ -14,7 +28,7 @@ CARD = VariantCard(
     name="dora",
     paper="DoRA: Weight-Decomposed Low-Rank Adaptation (Liu et al., 2024), §4.1 eq. 5, §4.3",
     arxiv="2402.09353",
-    equation="W' = m ⊙ (W + s·BA) / ‖W + s·BA‖_row;  the norm is a constant in backprop (§4.3)",
+    equation="W' = m ⊙ (W + s·BA) / ‖W + s·BA‖_row  (§4.3: the norm may be a constant in backprop)",
     config={"r": 4, "alpha": 8.0},
     references=("paper", "peft"),
     identity="exact",
@@ -27,13 +41,5 @@ CARD = VariantCard(
     configs=(ConfigCase("alpha-eq-r", {"alpha": 4.0}, "alpha = r: s = 1"),
              ConfigCase("rslora", {"use_rslora": True}, "rsLoRA on: s = alpha/√r (peft's DoRA accepts use_rslora)"),
              SUBJECT_DEFAULTS),
-    deviations=(
-        Deviation("dora-detached-norm", "peft_parity", "peft_grad_vs_undetached_paper[A]|peft_grad_vs_undetached_paper[B]", "peft", "xfail",
-                  "peft (and ours) treat ‖W + sBA‖_row as a constant in backprop, as the paper's §4.3 recommends "
-                  "to save memory; the fully differentiated formula gives different A/B gradients",
-                  "arXiv 2402.09353 §4.3; peft/tuners/lora/dora.py (weight_norm detached)",
-                  # the dropped term is the norm's own derivative, a correction of the same order as
-                  # the kept one (measured 0.17-0.26 on the zoo): never larger than the gradient itself
-                  magnitude=1.0, subjects=("ours", "third-party")),  # rows from peft as a reference
-    ),
+    choices=(A_DRAW, NORM_GRADIENT),
 )

@@ -1,7 +1,8 @@
 """Card: LoHa (FedPara, Hyeon-Woo et al., arXiv 2108.06098; LyCORIS, arXiv 2309.14859), s = alpha / r."""
 import torch
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard, ZeroGrad, peft_linear_only
+from ..cards import (SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, OpenChoice, Option, VariantCard, ZeroGrad,
+                     peft_linear_only)
 from ..numerics import unit_roundoff
 
 
@@ -35,25 +36,55 @@ def _rank_excess(p) -> float:
     return float(torch.linalg.svdvals(d)[k] / _read_noise(p).norm())
 
 
+# ΔW = s·P ⊙ Q with P = w1_a w1_b, Q = w2_a w2_b: one zero factor zeroes its own product, so the other
+# product's two factors get no gradient (∂L/∂P = s·G ⊙ Q = 0), and so does the zero factor's partner
+# (∂L/∂w2_a = (∂L/∂Q) w2_bᵀ = 0 while w2_b = 0); only the zero factor itself learns at step 0.
+_PARTNER = {"w1_a": "w1_b", "w1_b": "w1_a", "w2_a": "w2_b", "w2_b": "w2_a"}
+
+
+def _zero_grads(cfg: dict) -> dict[str, ZeroGrad]:
+    """The tensors dead at step 0 under the init's zero factor (cfg["zero_factor"], an open choice)."""
+    zero = cfg.get("zero_factor", "w2_b")
+    own, other = ("P = w1_a w1_b", "Q = w2_a w2_b") if zero.startswith("w1") else ("Q = w2_a w2_b", "P = w1_a w1_b")
+    out = {n: ZeroGrad(f"{zero} = 0 at init, so {own} = 0 and ∂L/∂{other.split(' = ')[0]} = s·G ⊙ {own.split(' = ')[0]} "
+                       f"= 0: {n} gets no gradient until {zero} moves")
+           for n in _PARTNER if n[:2] != zero[:2]}
+    out[_PARTNER[zero]] = ZeroGrad(f"its gradient is a product with {zero} = 0; only {zero} learns at step 0")
+    return out
+
+
+# which factor is zero and how the others are drawn: FedPara trains from scratch, so the adapter's zero
+# factor and draws are the implementations' (each choice keeps ΔW = 0 exactly, an identity init)
+ZERO_FACTOR = OpenChoice(
+    "zero_factor", "which of the four factors is zero at init (any one makes ΔW = 0)", "init",
+    tuple(Option(n, f"{n} = 0", src, {"zero_factor": n}, makers) for n, src, makers in (
+        ("w2_b", "peft loha/layer.py reset_adapter_parameters (init_weights=True)", ("peft", "ours")),
+        ("w2_a", "LyCORIS lycoris/modules/loha.py (the authors' code)", ("LyCORIS",)),
+        ("w1_a", "any zero factor keeps ΔW = 0 (FedPara §3's product)", ()),
+        ("w1_b", "any zero factor keeps ΔW = 0 (FedPara §3's product)", ()))))
+FACTOR_DRAW = OpenChoice(
+    "factor_draw", "the distribution of the three non-zero factors (FedPara §3: He init)", "init",
+    (Option("kaiming_uniform", "kaiming-uniform U(±1/√fan_in)", "peft loha/layer.py (kaiming_uniform_(a=√5))",
+            {"factor_draw": "kaiming_uniform"}, ("peft", "ours")),
+     Option("gaussian", "Gaussian N(0, σ²), σ free per tensor",
+            "LyCORIS lycoris/modules/loha.py (w1_a ~ N(0, 0.1²), w1_b, w2_b ~ N(0, 1))",
+            {"factor_draw": "gaussian"}, ("LyCORIS",))))
+
 CARD = VariantCard(
     name="loha",
     paper="FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated Learning (Hyeon-Woo, Ye-Bin, Oh, "
           "ICLR 2022), §3; as an adapter: LyCORIS (Yeh et al., ICLR 2024), §3",
     arxiv="2108.06098",
-    equation="ΔW = s·(w1_a w1_b) ⊙ (w2_a w2_b),  s = α/r,  W′ = W + ΔW (bias unchanged);  w2_b = 0 at init",
+    equation="ΔW = s·(w1_a w1_b) ⊙ (w2_a w2_b),  s = α/r,  W′ = W + ΔW (bias unchanged);  one factor = 0 at init",
     config={"r": 4, "alpha": 8.0},
     references=("paper", "peft"),
     identity="exact",
-    zero_grads={
-        "w1_a": ZeroGrad("w2_b = 0 at init, so Q = w2_a w2_b = 0 and ∂L/∂w1_a = s·(G ⊙ Q) w1_bᵀ = 0; it comes "
-                         "alive once w2_b moves"),
-        "w1_b": ZeroGrad("w2_b = 0 at init, so ∂L/∂w1_b = s·w1_aᵀ (G ⊙ Q) = 0 with Q = w2_a w2_b = 0"),
-        "w2_a": ZeroGrad("∂L/∂w2_a = s·(G ⊙ P) w2_bᵀ = 0 while w2_b = 0; only w2_b learns at step 0"),
-    },
+    zero_grads=_zero_grads,
     trainable_per_layer=lambda d_in, d_out, c: 2 * c["r_layer"] * (d_in + d_out),
     invariants=(Invariant("rank_excess", "rank ΔW ≤ r² (FedPara Proposition 1): σ_{r²+1}(W_eff − W) within the "
                           "worst-case rounding of reading W_eff off the layer", _rank_excess, {"*": 1.0}),),
     bad_inputs=(BadInput({"alpha": 0.0}, ValueError), BadInput({"alpha": float("inf")}, ValueError)),
+    choices=(ZERO_FACTOR, FACTOR_DRAW),
     config_id="alpha8-r4",
     config_why="alpha ≠ r: s = alpha/r = 2, so a missing or wrong division shows; r² = 16 < every zoo layer's width",
     configs=(ConfigCase("alpha6-r2", {"r": 2, "alpha": 6.0}, "alpha ≠ r at another rank: s = 3 (a scale that is "
@@ -64,9 +95,9 @@ CARD = VariantCard(
              SUBJECT_DEFAULTS),
     deviations=(peft_linear_only("loha", "peft/tuners/loha/model.py:88-92 (layers_mapping: Conv2d, Conv1d, Linear); "
                                          "peft/tuners/lycoris_utils.py:240-259 (TypeError)"),),
-    notes="Init is peft's (init_weights=True): w1_a, w1_b, w2_a kaiming-uniform, w2_b = 0. LyCORIS's own code zeroes "
-          "w2_a instead, with Gaussian draws (w1_a ~ N(0, 0.1²), w1_b, w2_b ~ N(0, 1)): also an exact identity, with "
-          "w2_a the only tensor learning at step 0; a documented difference, not audited. FedPara (§3) trains the "
-          "Hadamard form from scratch with He init (no zero factor). Ours skips materialising ΔW where "
-          "r²(d_in + d_out) ≤ d_in·d_out, computing x ΔWᵀ = (x Vᵀ) Uᵀ exactly with U, V the Khatri–Rao factors.",
+    notes="Init: which factor is zero and how the others are drawn are open choices (peft: w2_b = 0, the rest "
+          "kaiming-uniform; LyCORIS's own code: w2_a = 0 with Gaussian draws); every one is an exact identity, and "
+          "the report says which the subject took. FedPara (§3) trains the Hadamard form from scratch with He init "
+          "(no zero factor). Ours skips materialising ΔW where r²(d_in + d_out) ≤ d_in·d_out, computing "
+          "x ΔWᵀ = (x Vᵀ) Uᵀ exactly with U, V the Khatri–Rao factors.",
 )

@@ -9,7 +9,8 @@ import math
 
 from references.paper import lokr as ref
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad, peft_linear_only
+from ..cards import (SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, OpenChoice, Option, VariantCard,
+                     ZeroGrad, peft_linear_only)
 
 # the dense-layer shapes (d_in, d_out) of the zoo (audit/models.py): which factor tensors exist depends on
 # them, so the zero-gradient claims name the tensors some zoo layer has under the config
@@ -46,10 +47,26 @@ def _kron_structure(p) -> float:
     about five roundings of that size per entry)."""
     w_eff, b_eff = p.effective
     dw = w_eff - p.weight
-    g = ref.factor_shapes(dw.shape[1], dw.shape[0], p.cfg)
+    g = ref.geometry(p.state, p.cfg)  # the subject's own factor shapes, in the order it takes
     n = float(p.weight.norm() + dw.norm() + math.sqrt(dw.shape[1]) * b_eff.norm())
     return ref.kron_residual(dw, g) / n
 
+
+# Which Kronecker side starts at zero (either keeps ΔW = 0 exactly), and which factor is the block grid
+# (W₁ ⊗ W₂ and W₂ ⊗ W₁ are both Kronecker factorisations of a (d_out, d_in) matrix): open choices.
+ZERO_SIDE = OpenChoice(
+    "zero_factor", "which Kronecker side is zero at init (either makes ΔW = 0)", "init",
+    (Option("w2", "W₂ (or W₂ᵦ) = 0", "LyCORIS lycoris/modules/lokr.py (the authors' code)", {"init_style": "lycoris"},
+            ("LyCORIS", "ours")),
+     Option("w1", "W₁ (or W₁ₐ) = 0", "peft tuners/lokr/layer.py reset_adapter_parameters (init_weights=True)",
+            {"init_style": "peft"}, ("peft",))))
+KRON_ORDER = OpenChoice(
+    "kron_order", "which factor is the grid of blocks and which the block", "equation",
+    (Option("w1w2", "ΔW = W₁ ⊗ W₂", "arXiv 2309.14859 §3; LyCORIS lokr.py and peft (make_kron(w1, w2))",
+            {"kron_order": "w1w2"}, ("paper", "peft", "ours")),
+     Option("w2w1", "ΔW = W₂ ⊗ W₁", "arXiv 2309.14859 §3: any Kronecker factorisation of ΔW is LoKr's",
+            {"kron_order": "w2w1"})),
+    affects="outputs")
 
 _FULL = ConfigCase("full-alpha16", {"r": 8, "alpha": 16.0},
                    "both factors full on every zoo layer (r = 8 ≥ max(out_k, in_n)/2): the authors' γ = 1, "
@@ -84,6 +101,7 @@ CARD = VariantCard(
     bad_inputs=(BadInput({"decompose_factor": 0}, ValueError),
                 BadInput({"decompose_factor": -3}, ValueError),
                 BadInput({"init_style": "gaussian"}, ValueError)),
+    choices=(ZERO_SIDE, KRON_ORDER),
     perturb={"w1": 0.2, "w1_a": 0.2, "w1_b": 0.2, "w2": 0.2, "w2_a": 0.2, "w2_b": 0.2},
     config_id="r2-alpha4",
     config_why="W₂ low rank (r = 2 < max(out_k, in_n)/2 on every zoo layer), γ = alpha/r = 2: the LoRA-style scale",

@@ -1,5 +1,15 @@
 """Card: LoRA (Hu et al., arXiv 2106.09685), scale s = alpha / r."""
-from ..cards import SUBJECT_DEFAULTS, ConfigCase, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, ConfigCase, OpenChoice, Option, VariantCard, ZeroGrad
+
+# the paper says "random Gaussian initialization for A" and gives no variance (§4.1); peft, torch's
+# nn.Linear default and ours draw kaiming_uniform(a=√5). Both keep ΔW = BA = 0 at init: both conform.
+A_DRAW = OpenChoice(
+    "A_draw", "the distribution A is drawn from (B = 0 makes ΔW = 0 whatever A is)", "init",
+    (Option("gaussian", "Gaussian N(0, σ²), σ free", "LoRA arXiv:2106.09685 §4.1 ('random Gaussian initialization for A')",
+            {"init_A": "gaussian"}, ("paper",)),
+     Option("kaiming_uniform", "kaiming-uniform U(±1/√d_in)",
+            "peft tuners/lora/layer.py reset_lora_parameters (init_lora_weights=True: kaiming_uniform_(a=√5))",
+            {"init_A": "kaiming_uniform"}, ("peft", "ours"))))
 
 CARD = VariantCard(
     name="lora",
@@ -11,6 +21,7 @@ CARD = VariantCard(
     identity="exact",
     zero_grads={"A": ZeroGrad("B = 0 at init, so ∂L/∂A = s·Bᵀ(∂L/∂h)xᵀ = 0; B receives the signal first")},
     trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
+    choices=(A_DRAW,),
     config_id="alpha8-r4",
     config_why="alpha ≠ r: s = alpha/r = 2, so a missing or wrong division shows",
     configs=(ConfigCase("alpha-eq-r", {"alpha": 4.0}, "alpha = r: s = 1, the paper's setting (§4.1: α is set to the first r tried)"),

@@ -12,8 +12,10 @@ from collections import defaultdict
 
 import torch
 
+from .. import choices
 from ..cell import Cell
 from ..subjects import linear_dims
+from .init import init_choice
 
 LR = 1e-2
 
@@ -43,7 +45,8 @@ def _run(cell: Cell, adapted) -> None:
     card = cell.card
     model = adapted.model
     grads = _grads(cell, adapted)
-    zero_grads = card.zero_grads_at(adapted.cfg)
+    # which tensors are dead at step 0 follows from the init, so from the init options the subject took
+    zero_grads = card.zero_grads_at({**adapted.cfg, **choices.fields(init_choice(cell))})
     for tname, gs in sorted(grads.items()):
         claim = zero_grads.get(tname)
         gmin = min(float(g.norm()) for g in gs)

@@ -20,6 +20,9 @@ How each kind of claim is judged (over all adapted layers of the cell):
   and pooled; the KS statistic against U(0, 1) must be ≤ √(ln(2/α)/(2n)) at a false-alarm rate
   α = 1e-6 (so a seed sweep of correct code stays quiet), plus u for rounding the draws to the
   subject's dtype (which moves each PIT value by at most u·|x|·density ≤ u).
+- kurtosis (a Gaussian statement with σ free): the draws standardised by each layer's own σ, pooled;
+  their excess kurtosis must be within KS_Z standard errors √(24/n) of 0 (false-alarm rate KS_ALPHA);
+  a uniform draw of the same spread sits at −1.2, out of reach of a KS test with σ fitted.
 - lower (distinct HRA vectors): the smallest value must be ≥ the stated bound.
 """
 from __future__ import annotations
@@ -31,12 +34,14 @@ import torch
 from references import paper
 from references.paper import evaluated_in
 
+from .. import choices
 from ..cell import Cell, NotApplicable
 from ..numerics import SPREAD_FACTOR, keep_worst, unit_roundoff
 from ..state import modules_named
 from ..subjects import Adapted, NotSupported, ShapeMismatch, canonical_weight
 
 KS_ALPHA = 1e-6  # false-alarm rate of one distribution row
+KS_Z = 4.8916  # the two-sided standard-normal quantile at KS_ALPHA, for the kurtosis rows (sample kurtosis ~ N(3, 24/n))
 
 
 def ks_uniform(pit: torch.Tensor) -> float:
@@ -80,13 +85,14 @@ def layer_inputs(cell: Cell, names) -> dict[str, torch.Tensor]:
     return {n: cache[n] for n in names}
 
 
-def _claims(cell: Cell, handle: Adapted, ref, originals, inputs) -> dict[str, list]:
-    """{metric: [(claim, layer, tolerance or None)]} of one implementation's init."""
+def _claims(cell: Cell, handle: Adapted, ref, originals, inputs, options: dict | None = None) -> dict[str, list]:
+    """{metric: [(claim, layer, tolerance or None)]} of one implementation's init, the statement taking
+    the open-choice ``options`` (fields of the card's init choices)."""
     out: dict[str, list] = {}
     state = handle.state()
     for n in handle.names:
         w, b = originals[n]
-        cfg = {**handle.cfg, "r_layer": handle.rank(n)}
+        cfg = {**handle.cfg, **(options or {}), "r_layer": handle.rank(n)}
         x = inputs.get(n)
         claims = ref.init_claims(w, b, state[n], cfg, x)
         spread = {}
@@ -107,7 +113,14 @@ def _claims(cell: Cell, handle: Adapted, ref, originals, inputs) -> dict[str, li
 
 
 def _rows(cell: Cell, found: dict[str, list], prefix: str = "", reference: str = "paper init",
-          about: str = "subject") -> None:
+          about: str = "subject", choice: str = "") -> None:
+    before = len(cell.rows)
+    _claim_rows(cell, found, prefix, reference, about)
+    for r in cell.rows[before:]:
+        r.choice = choice
+
+
+def _claim_rows(cell: Cell, found: dict[str, list], prefix: str, reference: str, about: str) -> None:
     for metric, entries in found.items():
         c0 = entries[0][0]
         name = f"{prefix}{metric}"
@@ -129,6 +142,14 @@ def _rows(cell: Cell, found: dict[str, list], prefix: str = "", reference: str =
             cell.row(name, ks_uniform(pit), ks_critical(pit.numel()) + u,
                      message=f"claim: {c0.statement}; KS statistic of {pit.numel()} draws pooled over "
                              f"{len(entries)} layers; tolerance: critical value at α = {KS_ALPHA:g} + u",
+                     reference=reference, about=about)
+        elif c0.kind == "kurtosis":
+            z = torch.cat([c.pit.flatten() for c, _, _, _ in entries]).to(torch.float64)
+            bound = KS_Z * math.sqrt(24.0 / z.numel())
+            cell.row(name, abs(float(z.pow(4).mean()) - 3.0), bound,
+                     message=f"claim: {c0.statement}; |excess kurtosis| of {z.numel()} draws standardised per layer "
+                             f"and pooled over {len(entries)} layers (a uniform draw: 1.2); tolerance: "
+                             f"{KS_Z:.3g} standard errors √(24/n), a false-alarm rate of {KS_ALPHA:g}",
                      reference=reference, about=about)
         elif c0.kind == "lower":
             c, n, _, _ = min(entries, key=lambda e: e[0].value)
@@ -181,11 +202,44 @@ def run(cell: Cell) -> None:
         cell.row("config_supported", 0.0, 1.0, op="==", message=f"the subject cannot run this config: {e}")
 
 
+def _nearest(cell: Cell, handle: Adapted, ref, originals, inputs) -> choices.Combo:
+    """The combination of the card's init options whose statement ``handle``'s initial state satisfies:
+    among those whose every row passes, the one using the least of its tolerances (a uniform draw also
+    passes a Gaussian statement with σ free on few draws); when none passes, the nearest (least worst
+    margin), under which it is then judged and fails."""
+    opts = choices.of_kind(cell.card, "init")
+    if not opts:
+        return ()
+    scored = []
+    for i, combo in enumerate(choices.combos(opts)):
+        before = len(cell.rows)
+        _claim_rows(cell, _claims(cell, handle, ref, originals, inputs, choices.fields(combo)), "", "", "subject")
+        rows = cell.rows[before:]
+        del cell.rows[before:]
+        worst = max((r.margin for r in rows if r.margin is not None), default=0.0)
+        scored.append((any(r.status != "pass" for r in rows), worst, i, combo))
+    return min(scored, key=lambda s: s[:3])[3]
+
+
+def init_choice(cell: Cell) -> choices.Combo:
+    """The init options the subject took on this cell (resolved once, on its initial state)."""
+    if "init_choice" not in cell.memo:
+        ref = paper.get(cell.card.name)
+        with cell.shared() as adapted:
+            originals = _original(cell, adapted.names)
+            inputs = layer_inputs(cell, adapted.names) if cell.needs_calibration() else {}
+            cell.memo["init_choice"] = _nearest(cell, adapted, ref, originals, inputs)
+    return cell.memo["init_choice"]
+
+
 def _run(cell: Cell, ref, adapted) -> None:
     names = adapted.names
     originals = _original(cell, names)
     inputs = layer_inputs(cell, names) if cell.needs_calibration() else {}
-    _rows(cell, _claims(cell, adapted, ref, originals, inputs))
+    if "init_choice" not in cell.memo:
+        cell.memo["init_choice"] = _nearest(cell, adapted, ref, originals, inputs)
+    combo = cell.memo["init_choice"]
+    _rows(cell, _claims(cell, adapted, ref, originals, inputs, choices.fields(combo)), choice=choices.label(combo))
     try:
         twin = _peft_init(cell, names)
     except ShapeMismatch as e:  # peft's own init holds tensors of the wrong shapes: a finding about peft
@@ -193,5 +247,6 @@ def _run(cell: Cell, ref, adapted) -> None:
                  about=cell.about("peft"))
         return
     if twin is not None:
-        _rows(cell, _claims(cell, twin, ref, originals, inputs), prefix="peft_", reference="peft",
-              about=cell.about("peft"))
+        theirs = _nearest(cell, twin, ref, originals, inputs)
+        _rows(cell, _claims(cell, twin, ref, originals, inputs, choices.fields(theirs)), prefix="peft_",
+              reference="peft", about=cell.about("peft"), choice=choices.label(theirs))

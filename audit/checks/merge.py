@@ -9,6 +9,10 @@ its scale; merging twice adding ΔW twice), which no forward check sees. At the 
   rounds W_eff to the run's dtype once, so the tolerance is the spread of the paper's merged model in
   that dtype (as is and jittered by one unit round-off) against its float64 truth, the same
   numbers paper_parity's logits_rel_err_vs_merged uses; a wrong merge is off by the size of ΔW.
+- merged_weight_rel_err_vs_paper (and merged_bias_ where the paper merges the bias): the subject's
+  merged weights against the paper's W′ (b′) from the state before the merge, tolerance from W′ computed
+  in the run's dtype (as is and jittered). With the logits row it tells "forward right, merge wrong"
+  (this row fails, the forward checks pass) from "forward wrong, merge right" (the reverse).
 - merge_twice: a second merge is refused (raises) or changes nothing (bit-identical logits): 1.
 - unmerge_weight_rel_err / unmerge_bias_rel_err: the adapted layers' weights and biases after
   unmerge against those before the merge (worst layer). Exact for a merge that keeps the originals;
@@ -25,6 +29,8 @@ from references import paper
 from ..cell import Cell, NotApplicable, rel_err
 from ..numerics import describe, jitter, keep_worst, spread_tolerance
 from ..subjects import NotSupported
+from ..choices import formula_cfg
+from ..formula import layer_args
 from .paper_parity import merged_reference
 
 
@@ -53,6 +59,50 @@ def _round_trip_spread(before: torch.Tensor, merged: torch.Tensor, dtype: torch.
     return out
 
 
+def _paper_weights(cell: Cell, adapted, ref, cfg: dict) -> dict[str, tuple]:
+    """{layer: (W′, b′ of the paper's merged formula in float64, [their errors computed in the run's
+    dtype, as is and from a start jittered by one unit round-off])} from the subject's state before the merge."""
+    gen = torch.Generator().manual_seed(cell.seed + 47)
+    out = {}
+    for n in adapted.names:
+        w, b, state = layer_args(adapted, n)
+        w64, b64 = ref.merged(w.double(), None if b is None else b.double(),
+                              {k: v.double() for k, v in state.items()}, cfg)
+        spreads: dict[str, list[float]] = {"weight": [], "bias": []}
+        for start in (None, gen):
+            args = [v if start is None else jitter(v, cell.dtype, start) for v in (w, b)]
+            st = {k: v if start is None else jitter(v, cell.dtype, start) for k, v in state.items()}
+            try:
+                with paper.evaluated_in(cell.dtype):
+                    wl, bl = ref.merged(args[0].to(cell.dtype), None if b is None else args[1].to(cell.dtype), st, cfg)
+            except (RuntimeError, NotImplementedError):  # an op without a kernel in this dtype (bf16 solve)
+                with paper.evaluated_in(torch.float32):
+                    wl, bl = ref.merged(args[0].float(), None if b is None else args[1].float(), st, cfg)
+            spreads["weight"].append(rel_err(wl.to(cell.dtype), w64))
+            if b64 is not None:
+                spreads["bias"].append(rel_err(bl.to(cell.dtype), b64))
+        out[n] = (w64, b64, spreads)
+    return out
+
+
+def _vs_paper(cell: Cell, merged: dict, paper_w: dict, choice: str) -> None:
+    """The subject's merged weights (and biases) against the paper's W′ (b′) from the same state: a merge
+    that computes another W′ than the forward does shows here, whatever the logits say."""
+    worst: dict[str, tuple] = {}
+    for n, (w, b) in merged.items():
+        w64, b64, spreads = paper_w[n]
+        keep_worst(worst, "merged_weight_rel_err_vs_paper", (rel_err(w, w64), spread_tolerance(spreads["weight"], cell.dtype),
+                                                             describe(spreads["weight"], cell.dtype), n))
+        if b64 is not None:
+            got = torch.zeros_like(b64) if b is None else b
+            keep_worst(worst, "merged_bias_rel_err_vs_paper", (rel_err(got, b64), spread_tolerance(spreads["bias"], cell.dtype),
+                                                               describe(spreads["bias"], cell.dtype), n))
+    for metric, (err, tol, how, n) in sorted(worst.items()):
+        cell.row(metric, err, tol, reference="paper", choice=choice,
+                 message=f"the subject's merged {metric.split('_')[1]} vs the paper's merged formula from the state before "
+                         f"the merge, worst layer {n}; {how}")
+
+
 def run(cell: Cell) -> None:
     subject = cell.subject
     if not (subject.can("merge") and subject.can("unmerge")):
@@ -65,7 +115,9 @@ def run(cell: Cell) -> None:
 
 def _run(cell: Cell, subject, adapted) -> None:
     ref = paper.get(cell.card.name)
-    _, spreads = merged_reference(cell, adapted, ref, adapted.cfg)  # the float64 logits: paper_parity's row
+    cfg, choice = formula_cfg(cell, adapted)
+    _, spreads = merged_reference(cell, adapted, ref, cfg)  # the float64 logits: paper_parity's row
+    paper_w = _paper_weights(cell, adapted, ref, cfg)
     before = _weights(adapted)
     with torch.no_grad():
         y = cell.logits(adapted)
@@ -74,6 +126,7 @@ def _run(cell: Cell, subject, adapted) -> None:
         except NotSupported as e:
             raise NotApplicable(str(e)) from None
         merged = _weights(adapted)
+        _vs_paper(cell, merged, paper_w, choice)
         y_merged = cell.logits(adapted)
         cell.row("merged_vs_unmerged_logits_rel_err", rel_err(y_merged, y), spread_tolerance(spreads, cell.dtype),
                  reference="paper", message=f"{subject.describe()}: merged model vs the same state unmerged; tolerance "

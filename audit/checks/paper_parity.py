@@ -14,53 +14,11 @@ import torch
 from references import paper
 
 from ..cell import Cell, rel_err
+from ..choices import formula_cfg
+from ..formula import formula_outputs, formula_spreads, layer_args, metric_names, scales_of, subject_outputs
 from ..numerics import describe, jitter, keep_worst, spread_tolerance, term_magnitudes
 from ..state import capture, modules_named
 from ..subjects import canonical_weight
-
-
-def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64, gen=None):
-    """(output, [grad wrt x, grads wrt the ``trainable`` state tensors]) of ``ref.forward`` and the
-    loss ⟨y, t⟩, computed in ``dtype`` (inputs jittered by one unit round-off when ``gen`` is given)."""
-    def leaf(v, grad):
-        if v is None:
-            return None
-        v = v.detach() if gen is None else jitter(v, dtype, gen)
-        return v.to(dtype).clone().requires_grad_(grad)
-    xs = leaf(x, True)
-    st = {k: leaf(v, k in trainable) for k, v in state.items()}
-    with paper.evaluated_in(dtype):
-        y = ref.forward(xs, leaf(w, False), leaf(b, False), st, cfg)
-        leaves = [xs, *(st[k] for k in trainable)]
-        grads = torch.autograd.grad((y * t.to(y.dtype)).sum(), leaves, allow_unused=True)
-    return y.detach(), [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
-
-
-def formula_spreads(ref, x, w, b, state, cfg, trainable, t, truth, dtype, seed, scales=None):
-    """{metric: [errors of the formula evaluated in ``dtype``, as is and from a jittered start]}
-    against ``truth`` = (output, grads) in float64; ``scales`` as in ``metric_names``."""
-    out: dict[str, list[float]] = {}
-    for gen in (None, torch.Generator().manual_seed(seed)):
-        try:
-            y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype, gen)
-        except (RuntimeError, NotImplementedError):  # an op without a kernel in this dtype (bf16 solve)
-            y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, torch.float32, gen)
-        for metric, val, exact, scale in zip(metric_names(trainable, scales), [y, *grads],
-                                             [truth[0], *truth[1]], _scales(trainable, scales)):
-            out.setdefault(metric, []).append(rel_err(val, exact, scale))
-    return out
-
-
-def metric_names(trainable, scales=None) -> list[str]:
-    """Metric per compared quantity; a small tensor whose gradient error is judged relative to its
-    sum of term magnitudes (``scales``, numerics.term_magnitudes) is named grad_err_per_term_sum."""
-    scales = scales or {}
-    return ["output_rel_err", "input_grad_rel_err",
-            *(f"grad_err_per_term_sum[{k}]" if k in scales else f"grad_rel_err[{k}]" for k in trainable)]
-
-
-def _scales(trainable, scales=None) -> list:
-    return [None, None, *((scales or {}).get(k) for k in trainable)]
 
 
 def layer_parity(cell: Cell, ref, cfg: dict, adapted, name: str, x: torch.Tensor, spread_ref=None) -> dict[str, tuple]:
@@ -68,27 +26,16 @@ def layer_parity(cell: Cell, ref, cfg: dict, adapted, name: str, x: torch.Tensor
     and each trainable tensor's grad. ``spread_ref`` (default ``ref``) is the formula whose
     evaluation in the run's precision sets the tolerance."""
     g = torch.Generator().manual_seed(cell.seed + 11)
-    slots = adapted.slots[name]
-    x_ours = x.clone().requires_grad_(True)
-    y = adapted.layers[name](x_ours)
-    t = torch.randn(y.shape, generator=g, dtype=torch.float64)
-    params = {k: s.tensor for k, s in slots.items() if s.trainable}
-    (y.to(torch.float64) * t).sum().backward(inputs=[x_ours, *params.values()])
-    ours = [y, x_ours.grad, *(slots[k].canonical(p.grad) if p.grad is not None else torch.zeros_like(slots[k].canonical())
-                             for k, p in params.items())]
-    for p in params.values():
-        p.grad = None
-
-    state = {k: v.detach() for k, v in adapted.tensors(name).items()}
-    bias = adapted.bias(name)
-    w, b = adapted.weight(name).detach(), None if bias is None else bias.detach()
-    truth = formula_outputs(ref, x, w, b, state, cfg, list(params), t)
-    scales = term_magnitudes(spread_ref or ref, x, w, b, state, cfg, t, list(params))
-    spreads = formula_spreads(spread_ref or ref, x, w, b, state, cfg, list(params), t, truth, cell.dtype,
+    w, b, state = layer_args(adapted, name)
+    t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
+    ours, trainable = subject_outputs(adapted, name, x, t)
+    truth = formula_outputs(ref, x, w, b, state, cfg, trainable, t)
+    scales = term_magnitudes(spread_ref or ref, x, w, b, state, cfg, t, trainable)
+    spreads = formula_spreads(spread_ref or ref, x, w, b, state, cfg, trainable, t, truth, cell.dtype,
                               cell.seed + 17, scales)
     out = {}
-    for metric, val, exact, scale in zip(metric_names(params, scales), ours, [truth[0], *truth[1]],
-                                         _scales(params, scales)):
+    for metric, val, exact, scale in zip(metric_names(trainable, scales), ours, [truth[0], *truth[1]],
+                                         scales_of(trainable, scales)):
         out[metric] = (rel_err(val, exact, scale), spread_tolerance(spreads[metric], cell.dtype),
                        describe(spreads[metric], cell.dtype) + (" (error / Σ|terms|)" if scale is not None else ""))
     return out
@@ -141,11 +88,12 @@ def merged_reference(cell: Cell, adapted, ref, cfg: dict) -> tuple[torch.Tensor,
     return cell.memo["merged_reference"]
 
 
-def worst_layer_rows(cell: Cell, adapted, ref, reference: str, note: str = "", spread_ref=None):
-    """Run ``layer_parity`` against ``ref`` on every layer of ``adapted`` (at the cell's perturbed
-    state) and append one row per metric for the layer with the largest error/tolerance. Returns
-    (cfg, the model's logits)."""
-    cfg = adapted.cfg
+def worst_layer_rows(cell: Cell, adapted, ref, reference: str, note: str = "", spread_ref=None, cfg=None,
+                     choice: str = ""):
+    """Run ``layer_parity`` against ``ref`` under ``cfg`` (default ``adapted.cfg``) on every layer of
+    ``adapted`` (at the cell's perturbed state) and append one row per metric for the layer with the
+    largest error/tolerance. Returns the model's logits."""
+    cfg = adapted.cfg if cfg is None else cfg
     with torch.no_grad():
         seen, logits = capture(adapted.layers, lambda: cell.logits(adapted))
     worst: dict[str, tuple] = {}
@@ -153,8 +101,8 @@ def worst_layer_rows(cell: Cell, adapted, ref, reference: str, note: str = "", s
         for metric, (err, tol, how) in layer_parity(cell, ref, cfg, adapted, name, seen[name][0], spread_ref).items():
             keep_worst(worst, metric, (err, tol, how, name))
     for metric, (err, tol, how, name) in worst.items():
-        cell.row(metric, err, tol, reference=reference, message=f"{note}worst layer {name}; {how}")
-    return cfg, logits
+        cell.row(metric, err, tol, reference=reference, message=f"{note}worst layer {name}; {how}", choice=choice)
+    return logits
 
 
 def run(cell: Cell) -> None:
@@ -164,8 +112,11 @@ def run(cell: Cell) -> None:
 
 def _run(cell: Cell, adapted) -> None:
     ref = paper.get(cell.card.name)
-    cfg, logits = worst_layer_rows(cell, adapted, ref, "paper")
+    cfg, choice = formula_cfg(cell, adapted)
+    made = f"the subject's open choices: {choice}; " if choice else ""
+    logits = worst_layer_rows(cell, adapted, ref, "paper", made, cfg=cfg, choice=choice)
     truth, spreads = merged_reference(cell, adapted, ref, cfg)
     err = rel_err(logits, truth)
     cell.row("logits_rel_err_vs_merged", err, spread_tolerance(spreads, cell.dtype), reference="paper",
-             message="hooked model vs the model with the paper's merged weights; " + describe(spreads, cell.dtype))
+             message=f"{made}hooked model vs the model with the paper's merged weights; " + describe(spreads, cell.dtype),
+             choice=choice)

@@ -15,18 +15,18 @@ layer's output and gradients vs the independent antipasto3 port.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from references import antipasto3, paper
 from references.peft_bridge import BridgeUnsupported
 
 from ..cell import Cell, NotApplicable, rel_err
+from ..choices import differing, fields, formula_cfg, label, made_by
+from ..formula import formula_outputs, formula_spreads
 from ..numerics import SMALL_TENSOR, describe, keep_worst, spread_tolerance, term_magnitudes
 from ..state import capture
 from ..twins import reference_name, twins
-from .paper_parity import formula_outputs, formula_spreads, worst_layer_rows
+from .paper_parity import worst_layer_rows
 
 STEPS, LR = 2, 1e-3  # two Adam steps: the second sees the first's moments (a few-step trajectory)
 
@@ -118,10 +118,25 @@ def run(cell: Cell) -> None:
         _run(cell, adapted, other, over)
 
 
+def _other_choices(cell: Cell, adapted, other: str) -> tuple[str, bool]:
+    """(a note on the open choices where the subject and ``other`` take different options, whether their
+    outputs differ): both conform (the card's choices), so side by side only what they share is compared."""
+    _, mine = formula_cfg(cell, adapted)
+    apart = differing(cell.card, mine, made_by(cell.card, "ours" if other == "ours" else "peft"))
+    if not apart:
+        return "", False
+    note = "; ".join(f"{c.name}: the subject takes '{m.label}', {other} '{o.label}'" for c, m, o in apart)
+    return (f"{note} (both conform: the card's open choices; the subject is judged under its own by paper_parity)",
+            any(c.affects == "outputs" for c, _, _ in apart))
+
+
 def _run(cell: Cell, adapted, other: str, over: dict) -> None:
     card = cell.card
     cfg = adapted.cfg
     names = adapted.names
+    apart, outputs_differ = _other_choices(cell, adapted, other)
+    if outputs_differ:
+        raise NotApplicable(apart)
     try:
         tw = twins(cell, adapted)
     except BridgeUnsupported as e:  # peft cannot hold this state here (its HRA takes no Conv1D layer)
@@ -143,6 +158,19 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
     cell.row("logits_rel_err", rel_err(y["subject"], y["truth"]), spread_tolerance(spreads, cell.dtype), reference=other,
              message=note + f"vs {label} in float64; " + describe(spreads, cell.dtype))
 
+    if apart:  # the gradients differ by the open choice: the logits above are what the two share
+        for metric in ("grad_rel_err", "trajectory_logits_rel_err", "trajectory_state_rel_err"):
+            cell.row(metric, None, None, status="n/a", reference=other, message=apart)
+    else:
+        _gradients(cell, handles, tw, adapted, taps, refs, other, formula_cfg(cell, adapted)[0])
+    if other == "peft" and cell.dtype_name == "float32":
+        # peft's layers vs the paper, a reference finding: in float32 only (peft's own low-precision
+        # arithmetic is what `--subject peft` audits, in every dtype, as the subject)
+        _peft_vs_paper(cell, tw["ref"], cfg)
+
+
+def _gradients(cell: Cell, handles: dict, tw: dict, adapted, taps, refs: tuple, other: str, cfg: dict) -> None:
+    """The model-level gradient rows, then the trajectory (in the plan's first dtype)."""
     scales = _term_scales(cell, tw["truth"], taps, cfg)
     grads = {k: h.grads() for k, h in tw.items()}
     worst = _worst(adapted.grads(), grads["truth"], [grads[r] for r in refs], cell.dtype, scales)
@@ -159,10 +187,6 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
             cell.row(metric, None, None, status="n/a", reference=other,
                      message=f"the {STEPS}-step Adam trajectory is compared in {cell.first_dtype}; this dtype's "
                              "arithmetic is judged by the logits and gradient rows")
-    if other == "peft" and cell.dtype_name == "float32":
-        # peft's layers vs the paper, a reference finding: in float32 only (peft's own low-precision
-        # arithmetic is what `--subject peft` audits, in every dtype, as the subject)
-        _peft_vs_paper(cell, tw["ref"], cfg)
 
 
 def _trajectory(cell: Cell, handles: dict, tw: dict, adapted, refs: tuple, other: str) -> None:
@@ -196,13 +220,16 @@ def _trajectory(cell: Cell, handles: dict, tw: dict, adapted, refs: tuple, other
 
 
 def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
-    """Audit peft itself (as a reference): its layer outputs (and gradients) vs the paper formula on
-    peft's own state, judged like paper_parity (float64 truth, the formula's spread in the run's precision)."""
+    """Audit peft itself (as a reference): its layer outputs (and, where the card has an equation choice,
+    its gradients) vs the paper formula under the options peft is declared to take, on peft's own
+    state, judged like paper_parity (float64 truth, the formula's spread in the run's precision)."""
     ref = paper.get(cell.card.name)
+    combo = made_by(cell.card, "peft")
+    cfg = {**cfg, **fields(combo or ())}
+    with_grads = bool(combo)
     states = peft.state()
     with torch.no_grad():
         seen, _ = capture(peft.layers, lambda: cell.logits(peft))
-    undetached = "detach_norm" in inspect.signature(ref.forward).parameters
     worst: dict[str, tuple[float, float, str]] = {}
 
     def keep(metric, err, spreads):
@@ -216,32 +243,22 @@ def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
         w, b = peft.weight(n).detach(), None if bias is None else bias.detach()
         state = states[n]
         t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
-        truth = formula_outputs(ref, x, w, b, state, cfg, [], t)
-        with torch.no_grad():
-            y_peft = layer(x)
-        spreads = formula_spreads(ref, x, w, b, state, cfg, [], t, truth, cell.dtype, cell.seed + 29)
-        keep("peft_layer_vs_paper_rel_err", rel_err(y_peft, truth[0]), spreads["output_rel_err"])
-        if undetached:
+        trainable = []
+        if with_grads:
             peft.model.zero_grad(set_to_none=True)
             (layer(x).double() * t).sum().backward()
             pg = peft.grads()[n]
             trainable = [k for k in state if k in pg]
-            y_ref, gr = formula_outputs(_Undetached(ref), x, w, b, state, cfg, trainable, t)
-            spread = formula_spreads(_Undetached(ref), x, w, b, state, cfg, trainable, t, (y_ref, gr), cell.dtype,
-                                     cell.seed + 31)
-            for k, g_ref in zip(trainable, gr[1:]):
-                keep(f"peft_grad_vs_undetached_paper[{k}]", rel_err(pg[k], g_ref), spread[f"grad_rel_err[{k}]"])
+        truth = formula_outputs(ref, x, w, b, state, cfg, trainable, t)
+        with torch.no_grad():
+            y_peft = layer(x)
+        spreads = formula_spreads(ref, x, w, b, state, cfg, trainable, t, truth, cell.dtype, cell.seed + 29)
+        keep("peft_layer_vs_paper_rel_err", rel_err(y_peft, truth[0]), spreads["output_rel_err"])
+        for k, g_ref in zip(trainable, truth[1][1:]):
+            keep(f"peft_grad_vs_paper[{k}]", rel_err(pg[k], g_ref), spreads[f"grad_rel_err[{k}]"])
+    made = f" under peft's open choices ({label(combo)})" if combo else ""
     for metric, (err, tol, how) in sorted(worst.items()):
         what = ("peft's own layer outputs vs the paper formula (worst layer)" if metric.startswith("peft_layer")
-                else "peft's gradients vs the fully differentiated paper formula")
-        cell.row(metric, err, tol, reference="peft", about="reference", message=f"{what}; {how}")
-
-
-class _Undetached:
-    """The paper formula with its norm differentiated (``detach_norm=False``), as a reference."""
-
-    def __init__(self, ref):
-        self.ref = ref
-
-    def forward(self, x, w, b, state, cfg):
-        return self.ref.forward(x, w, b, state, cfg, detach_norm=False)
+                else "peft's gradients vs the paper formula (worst layer)")
+        cell.row(metric, err, tol, reference="peft", about="reference", message=f"{what}{made}; {how}",
+                 choice=label(combo) if combo else "")

@@ -13,6 +13,7 @@ from functools import cached_property
 import torch
 
 from ..cell import Cell, NotApplicable
+from ..choices import formula_cfg
 from ..state import modules_named, perturb
 from ..subjects import Adapted, canonical_weight, linear_dims
 
@@ -95,8 +96,10 @@ def _run(cell: Cell, adapted) -> None:
     originals = {n: canonical_weight(m).detach().to(torch.float64).clone()
                  for n, m in modules_named(cell.base(), adapted.names).items()}
 
+    cfg, choice = formula_cfg(cell, adapted)  # an invariant may depend on the subject's open choices
+
     def measure(inv) -> tuple[float, str]:
-        probes = [Probe(n, adapted, adapted.cfg, originals[n]) for n in adapted.names]
+        probes = [Probe(n, adapted, cfg, originals[n]) for n in adapted.names]
         return max((float(inv.measure(p)), p.name) for p in probes)
 
     done_perturb = False
@@ -106,6 +109,6 @@ def _run(cell: Cell, adapted) -> None:
             done_perturb = True
         val, where = measure(inv)
         tol = inv.tolerance.get(cell.dtype_name, inv.tolerance.get("*"))
-        cell.row(inv.name, val, tol, reference="paper",
+        cell.row(inv.name, val, tol, reference="paper", choice=choice,
                  message=f"{inv.description} (at {inv.at} state; worst layer {where})")
 

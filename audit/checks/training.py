@@ -25,6 +25,7 @@ import torch
 from references import paper
 
 from ..cell import Cell, NotApplicable
+from ..choices import formula_cfg
 from ..numerics import SPREAD_FACTOR
 from ..state import modules_named
 
@@ -37,7 +38,7 @@ def reference_model(cell: Cell, adapted, dtype: torch.dtype = torch.float64):
     """A copy of the base model whose adapted layers compute the paper formula on copies of ``adapted``'s
     state: everything in float64 (the truth), or for a lower ``dtype`` the base in the run's dtype with
     the formula evaluated in ``dtype`` (the reference trained in the run's precision: its spread)."""
-    ref, cfg = paper.get(cell.card.name), adapted.cfg
+    ref, cfg = paper.get(cell.card.name), formula_cfg(cell, adapted)[0]  # under the subject's open choices
     truth = dtype == torch.float64
     clone = cell.fresh_model().double() if truth else cell.fresh_model()
     mods = modules_named(clone, adapted.names)

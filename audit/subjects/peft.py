@@ -18,6 +18,7 @@ from torch import nn
 
 from references import peft_bridge as bridge
 
+from ..roles import LEAVES, key_matches
 from .base import LayerNotSupported, NotSupported, Subject
 from .handle import is_conv1d
 
@@ -110,7 +111,6 @@ class Peft(Subject):
     def targets(self, model: nn.Module, method: str, cfg: dict) -> dict[str, Any]:
         """target_modules (and friends) as a user following the paper would pass them to peft."""
         from ..cards import get
-        from ..checks.placement import LEAVES, key_matches
         kw: dict[str, Any] = {}
         if cfg.get("target_names"):
             # our target_names are re.search patterns; peft fullmatches a string target_modules

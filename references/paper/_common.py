@@ -79,7 +79,10 @@ class InitClaim:
       "distribution":  ``pit`` holds the draws mapped through the stated distribution's CDF (the
                        probability integral transform): uniform on [0, 1] when the draw follows the
                        statement; the audit pools them over layers and applies a KS test;
-      "lower":         ``value`` must be ≥ ``bound`` (a structural fact, e.g. distinct paired vectors).
+      "lower":         ``value`` must be ≥ ``bound`` (a structural fact, e.g. distinct paired vectors);
+      "kurtosis":      ``pit`` holds draws standardised by their own σ (a Gaussian statement with σ free):
+                       the audit pools them over layers and bounds their excess kurtosis, which tells a
+                       Gaussian from a uniform or other family where a KS test with σ fitted is weak.
     ``statement`` says in words what is claimed (shown in the report).
     """
 

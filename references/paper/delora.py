@@ -95,7 +95,7 @@ def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
                   value=float((lam.to(torch.float64) - lam0.to(torch.float64)).abs().max())),
         InitClaim("w_norm_col", "deterministic", "§3: w_norm = ‖W[:, j]‖ per input column (dim=0 of (d_out, d_in))",
                   value=rel_max(w, ref) if w.shape == ref.shape else math.inf),
-        lora.A_draw_claim(A, {}, "DeLoRA §3", "kaiming_uniform(a=√5); paper and peft agree"),
+        *lora.A_draw_claims(A, {}, "DeLoRA §3 (kaiming_uniform(a=√5); paper and peft agree)"),
     ]
     if cfg.get("init_style") != "paper":
         return claims + [lora.zero_claim("B", B, "peft delora init_weights=True")]

@@ -12,7 +12,7 @@ from ._common import InitClaim, f64, linear, lowrank_scaling, rel_max
 EQUATION = "W′ = m · (W₀ + s·BA) / ‖W₀ + s·BA‖_c   (‖·‖_c: one norm per output neuron)"
 CITATION = (
     "Liu et al., DoRA, arXiv:2402.09353, §4.1 eq. (5) (eq. number unverified); "
-    "§4.3: the norm is treated as a constant in backprop"
+    "§4.3: treating the norm as a constant in backprop is an optional memory saving (an open choice)"
 )
 
 
@@ -21,25 +21,26 @@ def row_norm(V: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(V, dim=1)
 
 
-def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict, *, detach_norm: bool = True):
+def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
     """W_eff = diag(m / ‖W + sBA‖_row)(W + sBA), b_eff = b (arXiv:2402.09353 §4.1 eq. (5), number unverified).
 
     state: A (r, d_in), B (d_out, r), m (d_out). cfg: r, alpha (use_rslora honoured as in LoRA).
     Conventions: the norm is per output row (dim=1 of (d_out, d_in)); the bias is NOT scaled.
-    ``detach_norm=True`` (default) follows §4.3 and peft: the norm is a constant for the gradient
-    (values unchanged). Pass False for the fully differentiated formula.
+    ``cfg["detach_norm"]`` (an open choice, not a config field): False (default) differentiates
+    through the norm as eq. (5) does; True treats it as a constant for the gradient, §4.3's optional
+    memory saving that peft takes (values unchanged either way).
     """
     V = f64(W) + lowrank_scaling(cfg, allow_rslora=True) * (f64(state["B"]) @ f64(state["A"]))
     n = row_norm(V)
-    if detach_norm:
+    if cfg.get("detach_norm", False):
         n = n.detach()
     m = f64(state["m"]).reshape(-1)
     return (m / n).unsqueeze(1) * V, f64(b)
 
 
-def forward(x, W, b, state, cfg, *, detach_norm: bool = True):
+def forward(x, W, b, state, cfg):
     """y = x W_effᵀ + b_eff in float64."""
-    return linear(x, *merged(W, b, state, cfg, detach_norm=detach_norm))
+    return linear(x, *merged(W, b, state, cfg))
 
 
 def magnitude_error(W: torch.Tensor, state: dict, cfg: dict) -> float:
@@ -58,12 +59,12 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
     """DoRA init (arXiv:2402.09353 §4.1): m = ‖W₀‖_c (one norm per OUTPUT row of (d_out, d_in)), and
-    B = 0, A drawn as in LoRA (references/paper/lora.py A_INIT: peft's kaiming-uniform by default)."""
+    B = 0, A drawn as in LoRA (from the family cfg["init_A"] names: references/paper/lora.py)."""
     m = state["m"].detach().to(torch.float64).reshape(-1)
     ref = row_norm(W.detach().to(torch.float64))
     m_err = rel_max(m, ref) if m.shape == ref.shape else math.inf
     return [lora.zero_claim("B", state["B"], "DoRA §4.1"),
-            lora.A_draw_claim(state["A"], cfg, "DoRA §4.1 (as LoRA)"),
+            *lora.A_draw_claims(state["A"], cfg, "DoRA §4.1 (as LoRA)"),
             InitClaim("m_row_norm", "deterministic", "§4.1: m = ‖W‖ of each output row (dim=1 of (d_out, d_in))",
                       value=m_err)]
 

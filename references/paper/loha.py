@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._common import InitClaim, f64, linear, lowrank_scaling, uniform_pit
+from ._common import InitClaim, f64, linear, lowrank_scaling
+from .lora import draw_claims
 
 EQUATION = "ΔW = γ·(B₁A₁) ⊙ (B₂A₂),  γ = α/r;  W′ = W + ΔW  (rank ΔW ≤ r²)"
 CITATION = (
@@ -51,26 +50,22 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
 # -- init statements (references/paper/_common.py "init statements") ----------------------------------
 
 # FedPara (§3) trains W = (X₁Y₁ᵀ) ⊙ (X₂Y₂ᵀ) from scratch with "He initialization"; as an adapter one factor
-# must be zero so that ΔW = 0. The statement audited is peft's (loha/layer.py reset_adapter_parameters,
-# init_weights=True), the de-facto standard: w1_a, w1_b, w2_a ~ kaiming_uniform(a=√5) = U(±1/√fan_in) with
-# fan_in the tensor's second dimension (r for w1_a, w2_a; d_in for w1_b), w2_b = 0. LyCORIS's own code zeroes
-# w2_a instead, with Gaussian draws (w1_a ~ N(0, 0.1²), w1_b, w2_b ~ N(0, 1)): a different, equally valid
-# identity init that this statement does not describe.
-
-def _uniform_claim(name: str, t: torch.Tensor) -> InitClaim:
-    fan_in = t.shape[1]
-    bound = 1.0 / math.sqrt(fan_in)
-    return InitClaim(f"{name}_kaiming_uniform", "distribution",
-                     f"peft init: {name} ~ U(±1/√fan_in) = U(±{bound:.4g}), fan_in = {fan_in} (kaiming_uniform(a=√5); "
-                     "FedPara §3: He init)", pit=uniform_pit(t, bound))
+# must be zero so that ΔW = 0. Which one, and how the others are drawn, the papers leave open: two statement
+# parameters (open choices, audit/cards/loha.py) select them. cfg["zero_factor"]: the factor that is exactly
+# 0 (peft: w2_b; LyCORIS's own code: w2_a; any of the four makes ΔW = 0). cfg["factor_draw"]: the family
+# of the other three, "kaiming_uniform" (peft, loha/layer.py reset_adapter_parameters: U(±1/√fan_in),
+# fan_in the tensor's second dimension) or "gaussian" with σ free per tensor (LyCORIS: w1_a ~ N(0, 0.1²),
+# w1_b, w2_b ~ N(0, 1)).
+FACTORS = ("w1_a", "w1_b", "w2_a", "w2_b")
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
-    """w2_b = 0 exactly (so ΔW = 0: identity at init) and w1_a, w1_b, w2_a drawn U(±1/√fan_in)."""
-    return [
-        InitClaim("w2_b_max_abs", "exact", "identity at init: w2_b = 0 exactly (ΔW = γ·P ⊙ (w2_a·0) = 0)",
-                  value=float(state["w2_b"].detach().abs().max())),
-        _uniform_claim("w1_a", state["w1_a"]),
-        _uniform_claim("w1_b", state["w1_b"]),
-        _uniform_claim("w2_a", state["w2_a"]),
-    ]
+    """The chosen factor exactly zero (so ΔW = 0: identity at init), the other three drawn from the
+    chosen family (FedPara §3: He init; see the statement parameters above)."""
+    zero, family = cfg.get("zero_factor", "w2_b"), cfg.get("factor_draw", "kaiming_uniform")
+    if zero not in FACTORS:
+        raise ValueError(f"zero_factor must be one of {FACTORS}, got {zero!r}")
+    claims = [InitClaim("zero_factor_max_abs", "exact", f"identity at init: {zero} = 0 exactly (so ΔW = 0)",
+                        value=float(state[zero].detach().abs().max()))]
+    return claims + [c for n in FACTORS if n != zero
+                     for c in draw_claims(f"{n}_draw", state[n], family, "FedPara §3 (He init) as LoHa", n)]

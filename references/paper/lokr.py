@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._common import InitClaim, f64, linear, uniform_pit
+from ._common import InitClaim, f64, linear
+from .lora import draw_claims
 
 EQUATION = ("ΔW = γ·(W₁ ⊗ W₂),  W₂ = W₂ₐW₂ᵦ when r < max(out_k, in_n)/2 (W₁ = W₁ₐW₁ᵦ likewise with "
             "decompose_both);  γ = α/r, but γ = 1 when both factors are full;  W_eff = W + ΔW")
@@ -80,10 +79,32 @@ def factors(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return w1, w2
 
 
+KRON_ORDERS = ("w1w2", "w2w1")
+
+
+def kron_order(cfg: dict) -> str:
+    """Which factor is the block grid: "w1w2" (ΔW = W₁ ⊗ W₂, LyCORIS and peft) or "w2w1" (ΔW = W₂ ⊗ W₁,
+    the other factor order, an equally valid Kronecker factorisation: an open choice)."""
+    order = cfg.get("kron_order", "w1w2")
+    if order not in KRON_ORDERS:
+        raise ValueError(f"kron_order must be one of {KRON_ORDERS}, got {order!r}")
+    return order
+
+
 def delta(state: dict, cfg: dict) -> torch.Tensor:
-    """ΔW = γ·kron(W₁, W₂), kron(W₁, W₂)[i·b + k, j·d + l] = W₁[i, j]·W₂[k, l] (arXiv:2309.14859 §3)."""
+    """ΔW = γ·kron(W₁, W₂), kron(W₁, W₂)[i·b + k, j·d + l] = W₁[i, j]·W₂[k, l] (arXiv:2309.14859 §3);
+    γ·kron(W₂, W₁) under the other factor order (``kron_order``)."""
     w1, w2 = factors(state)
-    return scaling(state, cfg) * torch.kron(w1, w2)
+    left, right = (w1, w2) if kron_order(cfg) == "w1w2" else (w2, w1)
+    return scaling(state, cfg) * torch.kron(left, right)
+
+
+def geometry(state: dict, cfg: dict) -> dict:
+    """The block geometry of the ΔW a state gives (read off its factors' shapes, under ``kron_order``):
+    out_l × in_m blocks of out_k × in_n entries, as ``rearranged`` and ``kron_residual`` take it."""
+    w1, w2 = (t.shape for t in factors({k: v.detach() for k, v in state.items()}))
+    grid, block = (w1, w2) if kron_order(cfg) == "w1w2" else (w2, w1)
+    return {"out_l": grid[0], "in_m": grid[1], "out_k": block[0], "in_n": block[1]}
 
 
 def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
@@ -94,7 +115,7 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
     W = f64(W)
     d = delta(state, cfg)
     if d.shape != W.shape:
-        raise ValueError(f"kron(W1, W2) is {tuple(d.shape)} but W is {tuple(W.shape)}")
+        raise ValueError(f"the Kronecker product of the factors is {tuple(d.shape)} but W is {tuple(W.shape)}")
     return W + d, f64(b)
 
 
@@ -133,19 +154,13 @@ def zero_factor(cfg: dict, state: dict) -> str:
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
-    """One factor exactly zero (LyCORIS: W₂ or W₂ᵦ; peft: W₁ or W₁ₐ), so ΔW = 0 at init; every other
-    tensor drawn U(±1/√fan_in) (kaiming_uniform, a = √5, fan_in = its second dimension)."""
+    """One factor exactly zero (LyCORIS: W₂ or W₂ᵦ; peft: W₁ or W₁ₐ: ``init_style``, an open choice), so
+    ΔW = 0 at init; every other tensor drawn U(±1/√fan_in) (kaiming_uniform, a = √5, fan_in = its
+    second dimension)."""
     zero = zero_factor(cfg, state)
     style = cfg.get("init_style", "lycoris")
     cite = "LyCORIS lokr.py init" if style == "lycoris" else "peft lokr/layer.py reset_adapter_parameters"
-    claims = [InitClaim(f"{zero}_max_abs", "exact", f"{cite}: {zero} = 0 exactly (ΔW = 0 at init)",
+    claims = [InitClaim("zero_factor_max_abs", "exact", f"{cite}: {zero} = 0 exactly (ΔW = 0 at init)",
                         value=float(state[zero].detach().abs().max()))]
-    for name in sorted(state):
-        if name == zero:
-            continue
-        t = state[name]
-        bound = 1.0 / math.sqrt(t.shape[1])
-        claims.append(InitClaim(f"{name}_kaiming_uniform", "distribution",
-                                f"{cite}: {name} ~ U(±1/√{t.shape[1]}) (kaiming_uniform, a = √5)",
-                                pit=uniform_pit(t, bound)))
-    return claims
+    return claims + [c for name in sorted(state) if name != zero
+                     for c in draw_claims(f"{name}_draw", state[name], "kaiming_uniform", cite, name)]

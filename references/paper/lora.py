@@ -42,11 +42,13 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
 
 # -- init statements (references/paper/_common.py "init statements") ----------------------------------
 
-# Statement parameter: cfg.get("init_A", A_INIT) picks the stated draw of A. The paper (arXiv:2106.09685
-# §4.1) says "random Gaussian initialization for A and zero for B" without a variance; practitioners (peft
-# init_lora_weights=True) draw kaiming_uniform(a=√5) = U(±1/√d_in): the audit's default statement.
-# init_A="gaussian" states peft's init_lora_weights="gaussian", N(0, (1/r)²).
+# Statement parameter: cfg["init_A"] picks the family A is stated to be drawn from, an open choice
+# (audit/cards/lora.py): the paper (arXiv:2106.09685 §4.1) says "random Gaussian initialization for A and
+# zero for B" without a variance, so "gaussian" states A ~ N(0, σ²) with σ free (estimated from each
+# layer's own draws); peft (init_lora_weights=True) draws kaiming_uniform(a=√5) = U(±1/√d_in), stated
+# exactly as "kaiming_uniform" (the default here, for callers that name no family).
 A_INIT = "kaiming_uniform"
+A_FAMILIES = ("gaussian", "kaiming_uniform")
 
 
 def zero_claim(name: str, t: torch.Tensor, what: str) -> InitClaim:
@@ -54,21 +56,31 @@ def zero_claim(name: str, t: torch.Tensor, what: str) -> InitClaim:
     return InitClaim(f"{name}_max_abs", "exact", f"{what}: {name} = 0 exactly", value=float(t.detach().abs().max()))
 
 
-def A_draw_claim(A: torch.Tensor, cfg: dict, cite: str = "LoRA arXiv:2106.09685 §4.1",
-                 note: str = "kaiming_uniform(a=√5), peft's init; the paper says random Gaussian") -> InitClaim:
-    """Distribution claim on the draws of A (r, d_in): U(±1/√d_in) (default) or N(0, (1/r)²) (init_A="gaussian")."""
-    r, d_in = A.shape
-    kind = cfg.get("init_A", A_INIT)
-    if kind == "gaussian":
-        return InitClaim("A_gaussian", "distribution", f"{cite}: A ~ N(0, (1/r)²), r = {r} (peft "
-                         "init_lora_weights='gaussian'; the paper: random Gaussian)", pit=normal_pit(A, 0.0, 1.0 / r))
-    if kind != "kaiming_uniform":
-        raise ValueError(f"init_A must be 'kaiming_uniform' or 'gaussian', got {kind!r}")
-    bound = 1.0 / math.sqrt(d_in)
-    return InitClaim("A_kaiming_uniform", "distribution", f"{cite}: A ~ U(±1/√d_in) = U(±{bound:.4g}) ({note})",
-                     pit=uniform_pit(A, bound))
+def draw_claims(metric: str, t: torch.Tensor, family: str, cite: str, what: str) -> list[InitClaim]:
+    """Claims on the draws of ``t`` (rows, fan_in) from ``family``. "gaussian": N(0, σ²) with σ the
+    draws' own root mean square (σ free): a KS test of the shape (conservative with σ fitted) and the
+    excess kurtosis of the standardised draws (0 for a Gaussian, −1.2 for a uniform), which a KS test
+    with σ fitted barely sees at a few thousand draws. "kaiming_uniform": U(±1/√fan_in),
+    kaiming_uniform(a=√5), exactly (one KS test)."""
+    if family == "gaussian":
+        x = t.detach().to(torch.float64)
+        sigma = float(x.pow(2).mean().sqrt()) or 1.0
+        return [InitClaim(metric, "distribution", f"{cite}: {what} ~ N(0, σ²), σ free (here {sigma:.4g})",
+                          pit=normal_pit(t, 0.0, sigma)),
+                InitClaim(f"{metric}_kurtosis", "kurtosis", f"{cite}: {what} Gaussian-shaped (excess kurtosis 0)",
+                          pit=(x / sigma).flatten())]
+    if family != "kaiming_uniform":
+        raise ValueError(f"the draw family must be one of {A_FAMILIES}, got {family!r}")
+    bound = 1.0 / math.sqrt(t.shape[1])
+    return [InitClaim(metric, "distribution", f"{cite}: {what} ~ U(±1/√fan_in) = U(±{bound:.4g}) "
+                      "(kaiming_uniform, a = √5)", pit=uniform_pit(t, bound))]
+
+
+def A_draw_claims(A: torch.Tensor, cfg: dict, cite: str = "LoRA arXiv:2106.09685 §4.1") -> list[InitClaim]:
+    """Claims on the draws of A (r, d_in) from the family ``cfg["init_A"]`` (see A_FAMILIES)."""
+    return draw_claims("A_draw", A, cfg.get("init_A", A_INIT), cite, "A")
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
     """B = 0 exactly (so ΔW = BA = 0 at init) and A drawn as stated (arXiv:2106.09685 §4.1)."""
-    return [zero_claim("B", state["B"], "LoRA §4.1"), A_draw_claim(state["A"], cfg)]
+    return [zero_claim("B", state["B"], "LoRA §4.1"), *A_draw_claims(state["A"], cfg)]
