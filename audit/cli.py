@@ -31,15 +31,18 @@ class UsageError(Exception):
     """Bad command-line input: main() reports it argparse's way (``prog: error: msg``) and exits 2."""
 
 
-def run_exit_code(rows, verdicts: dict) -> int:
+def run_exit_code(rows, verdicts: dict, require: tuple[str, ...] | None = None) -> int:
     """1 when a verdict is non-conformant, a row errored, or a row about the audited implementation
     itself failed (rows with ``about == "reference"`` audit the external reference: only their errors
-    count); else 0."""
+    count); else 0. ``require``: only the rows of these concerns count (the verdicts were judged so)."""
+    from .verdict import concern_of
     if any(v.get("verdict") == "non-conformant" for v in verdicts.values()):
         return EXIT_FINDINGS
     for r in rows:
-        status = r["status"] if isinstance(r, dict) else r.status
-        about = r.get("about", "subject") if isinstance(r, dict) else getattr(r, "about", "subject")
+        get = r.get if isinstance(r, dict) else lambda k, d=None, _r=r: getattr(_r, k, d)
+        if require is not None and concern_of(get("check")) not in require:
+            continue
+        status, about = get("status"), get("about", "subject")
         if status == "error" or (about != "reference" and status in ("fail", "xpass")):
             return EXIT_FINDINGS
     return EXIT_OK
@@ -98,24 +101,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = runner.run(plan, progress=not req.quiet, jobs=req.jobs)
     except KeyboardInterrupt:
         return _interrupted()
-    verdicts = verdict.verdicts(rows)
+    verdicts = verdict.verdicts(rows, args.require)
     meta = results.provenance(req.seed, req.device, sys.argv)
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": plan.models,
                  "dtypes": plan.dtypes, "checks": plan.checks, "model_notes": built.model_notes,
                  "implementations": {t.card.name: t.label for t in plan.targets},
                  "subject": built.subject_meta(),
-                 "jobs": req.jobs if runner.parallel_ok(plan) else 1})
+                 "jobs": req.jobs if runner.parallel_ok(plan) else 1,
+                 "required": list(args.require) if args.require else None})
     with _sigint_deferred() as hits:
         report.render(out, meta, rows, verdicts, plan.targets)
         results.write(out, meta, rows, verdicts)  # last: a results.json always comes with its reports
         removed = remove_stale_reports(out, {t.card.name for t in plan.targets})
-    for name, v in verdicts.items():
-        print(f"{name:10s} {v['verdict']:15s} confidence {v['confidence']}")
+    for name, v in verdicts.items():  # one line each: the verdict, its confidence and every concern's verdict
+        print(f"{name:10s} {v['verdict']:15s} confidence {v['confidence']:7s} {v['headline'].split(': ', 1)[1]}")
     print(f"wrote {out}/results.json, SUMMARY.md and {len(verdicts)} variant reports "
           f"in {meta['wall_seconds']:.1f}s" + (f"; removed stale {', '.join(p.name for p in removed)}" if removed else ""))
     if hits:
         return _interrupted("the results had been written completely")
-    code = run_exit_code(rows, verdicts)
+    code = run_exit_code(rows, verdicts, args.require)
     if code:
         bad = [n for n, v in verdicts.items() if v.get("verdict") == "non-conformant"]
         errors = sum(r.status == "error" for r in rows)
@@ -138,7 +142,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         raise UsageError(f"--drift must be >= 1 (1: departures as large as in the baseline), got {args.drift}")
     baseline = _read(args.baseline, "--baseline")
     res = _read(args.results, "--results")
-    rep = gate.compare(baseline, res, drift)
+    rep = gate.compare(baseline, res, drift, args.require)
     print(gate.render(rep))
     return EXIT_OK if rep.ok else EXIT_FINDINGS
 

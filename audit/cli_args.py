@@ -16,6 +16,21 @@ DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float": "float32",
                  "fp16": "float16", "f16": "float16", "half": "float16"}
 
 
+def _concerns(value: str) -> tuple[str, ...]:
+    """--require: comma-separated concerns (audit/verdict.py CONCERNS), validated while parsing."""
+    from .verdict import CONCERNS
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    bad = [n for n in names if n not in CONCERNS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown concern(s) {', '.join(bad) or '(none given)'}; concerns: "
+                                         f"{', '.join(CONCERNS)}")
+    return names
+
+
+REQUIRE_HELP = ("judge only these concerns (comma-separated: equation, init, merge, checkpoint, input validation, "
+                "placement, speed; quote names with spaces) for the exit code; default: every concern")
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -115,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--configs", type=_csv, default=None, metavar="IDS",
                    help="audit only these config ids (the cards' reports list them; 'main' = each card's main "
                         "config; 'cli' = the --config one); default: every config of each card")
+    r.add_argument("--require", type=_concerns, default=None, metavar="CONCERNS", help=REQUIRE_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
     g = sub.add_parser("gate", help="compare a results.json with the baseline; exit 1 on a regression",
@@ -128,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="exit codes: 0 no regression, 1 regression, 2 a missing or foreign file")
     g.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"), help="the committed baseline")
     g.add_argument("--results", type=Path, required=True, help="results.json of a fresh run")
+    g.add_argument("--require", type=_concerns, default=None, metavar="CONCERNS",
+                   help="gate only the rows and verdicts of these concerns (as run --require); default: every one")
     g.add_argument("--drift", "--factor", dest="drift", type=float, default=None,
                    help="how far a declared departure's size may move between machines (default 4, "
                         "audit/gate.py: DRIFT)")

@@ -67,6 +67,59 @@ def constant_factor(rs: list[Row]) -> str:
             f"{' or '.join(ks)} (‖k·b − b‖/‖b‖ = |k − 1|)")
 
 
+TRAIT_WORDS = {"bias": "layers with a bias", "Conv1D": "Conv1D layers (weights stored transposed)",
+               "fused": "fused projections (one layer computing several roles)"}
+
+
+def _traits(model: str) -> frozenset[str] | None:
+    from .models import ZOO
+    spec = ZOO.get(model)
+    return None if spec is None else spec.traits
+
+
+def cell_pattern(failing: list[Row], judged: list[Row]) -> list[str]:
+    """What the failing cells of one metric share that the passing ones do not, in words a library author
+    can act on: one dtype only, one config corner only, only models whose layers have a bias / are
+    Conv1D / are fused. ``judged``: every judged row of the metric (failing and passing)."""
+    passing = [r for r in judged if r.status in ("pass", "xfail")]
+    if not failing or not passing:
+        return []
+    out = []
+    fd, pd = {r.dtype for r in failing}, {r.dtype for r in passing}
+    if len(fd) == 1 and pd - fd:
+        out.append(f"only in {next(iter(fd))} ({', '.join(sorted(pd - fd))} passes)")
+    fc, pc = {r.config_id for r in failing}, {r.config_id for r in passing}
+    if not fc & pc and pc:
+        out.append(f"only under config {', '.join(sorted(fc))} ({', '.join(sorted(pc))} passes)")
+    ft = [_traits(r.model) for r in failing]
+    pt = [_traits(r.model) for r in passing]
+    if None not in ft and None not in pt:
+        for trait, words in TRAIT_WORDS.items():
+            if all(trait in t for t in ft) and any(trait not in t for t in pt):
+                out.append(f"only on models with {words}: {', '.join(sorted({r.model for r in failing}))}")
+    return out
+
+
+def forward_vs_merge(rows: list[Row]) -> str:
+    """Which of the forward and the merge departs from the paper, when the merge check failed: the merged
+    weight against the paper's W′ tells "forward right, merge wrong" from "forward wrong, merge right"."""
+    subj = subject_rows(rows)
+    w = [r for r in subj if r.check == "merge" and r.metric.startswith("merged_") and r.metric.endswith("_vs_paper")]
+    fwd = [r for r in subj if r.check == "paper_parity" and r.status not in ("n/a", "error")]
+    if not w or not fwd:
+        return ""
+    merge_bad, fwd_bad = any(r.status in BAD for r in w), any(r.status in BAD for r in fwd)
+    if merge_bad and not fwd_bad:
+        return ("the forward matches the paper (paper_parity passes) but the merged weights are not the paper's W′: "
+                "the merge is wrong")
+    if fwd_bad and not merge_bad:
+        return ("the merged weights are the paper's W′ but the forward is not the paper's (paper_parity fails): "
+                "the forward is wrong, the merge right")
+    if fwd_bad and merge_bad:
+        return "both the forward and the merged weights depart from the paper"
+    return ""
+
+
 def failures(rows: list[Row]) -> list[dict]:
     """Failing subject rows (fail, xpass, error) grouped by check, worst first, with a diagnosis."""
     bad = [r for r in subject_rows(rows) if r.status in BAD]
@@ -79,6 +132,8 @@ def failures(rows: list[Row]) -> list[dict]:
                                                                 and not math.isnan(r.margin) else math.inf)))
         all_cells = uniq((r.place, r.dtype) for r in subject_rows(rows) if r.check == check)
         patterns = []
+        judged = group_by([r for r in subject_rows(rows) if r.check == check and r.status not in ("n/a", "error")],
+                          lambda r: r.metric)
         for metric, mrs in group_by(rs, lambda r: r.metric).items():
             cells_failing = uniq((r.place, r.dtype) for r in mrs)
             if metric == "-" or len(all_cells) < 2:
@@ -88,7 +143,10 @@ def failures(rows: list[Row]) -> list[dict]:
             scope = ("every model × dtype audited" if len(cells_failing) == len(all_cells) else
                      f"{len(cells_failing)} of {len(all_cells)} cells ({', '.join(mods)} × "
                      f"{', '.join(DTYPE_SHORT.get(d, d) for d in dts)})")
-            patterns.append(f"`{metric}` fails on {scope}" + constant_factor(mrs))
+            shared = cell_pattern(mrs, judged.get(metric, []))
+            patterns.append(f"`{metric}` fails on {scope}" + "".join(f"; {p}" for p in shared) + constant_factor(mrs))
+        if check == "merge" and (which := forward_vs_merge(rows)):
+            patterns.append(which)
         shown = []
         for r in rs[:MAX_FAILURES_PER_CHECK]:
             val, tol = fmt_vs(r.value, r.tolerance)

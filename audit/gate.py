@@ -46,7 +46,9 @@ def make_baseline(results: dict) -> dict:
     return {"meta": {"from": results["meta"].get("git_commit", ""), "versions": results["meta"].get("versions", {}),
                      "drift": DRIFT},
             "rows": [{k: r.get(k) for k in KEPT} for r in results["rows"]],
-            "verdicts": {v: {"verdict": d["verdict"]} for v, d in results["verdicts"].items()}}
+            "verdicts": {v: {"verdict": d["verdict"],
+                             "concerns": {c: x["verdict"] for c, x in (d.get("concerns") or {}).items()}}
+                         for v, d in results["verdicts"].items()}}
 
 
 @dataclass
@@ -118,10 +120,14 @@ def _status(row: dict) -> str:
     return row["status"] + (f" (margin {m:.3g})" if m is not None else "")
 
 
-def compare(baseline: dict, results: dict, drift: float = DRIFT) -> GateReport:
+def compare(baseline: dict, results: dict, drift: float = DRIFT, require: tuple[str, ...] | None = None) -> GateReport:
+    """The gate's findings; ``require``: only the rows and concern verdicts of these concerns (verdict.CONCERNS)."""
+    from .verdict import concern_of
     rep = GateReport()
     new_rows = {key(r): r for r in results["rows"]}
     for b in baseline["rows"]:
+        if require is not None and concern_of(b["check"]) not in require:
+            continue
         k = key(b)
         cell = "/".join(str(x) for x in k)
         n = new_rows.get(k)
@@ -144,9 +150,15 @@ def compare(baseline: dict, results: dict, drift: float = DRIFT) -> GateReport:
     base_keys = {key(b) for b in baseline["rows"]}
     rep.new_cells = ["/".join(str(x) for x in k) for k in new_rows if k not in base_keys]
     for v, d in baseline.get("verdicts", {}).items():
-        now = results["verdicts"].get(v, {}).get("verdict", "missing")
-        if VERDICT_RANK.get(now, 4) > VERDICT_RANK.get(d["verdict"], 4):
-            rep.regressions.append((f"{v} (verdict)", d["verdict"], now, "verdict dropped"))
+        now = results["verdicts"].get(v, {})
+        if require is None or not d.get("concerns"):  # the overall verdict (a baseline without concerns: that)
+            pairs = [("verdict", d["verdict"], now.get("verdict", "missing"))]
+        else:
+            pairs = [(c, d["concerns"].get(c, "not audited"),
+                      (now.get("concerns") or {}).get(c, {}).get("verdict", "missing")) for c in require]
+        for what, was, is_now in pairs:
+            if VERDICT_RANK.get(is_now, 4) > VERDICT_RANK.get(was, 4):
+                rep.regressions.append((f"{v} ({what})", was, is_now, "verdict dropped"))
     return rep
 
 

@@ -80,17 +80,21 @@ class ModelSpec:
     name: str
     build: Callable[[], nn.Module]
     description: str
+    # what a failure pattern across models can point at: "bias" (biased adapted layers), "Conv1D"
+    # (weights stored transposed), "fused" (one layer computing several projections)
+    traits: frozenset[str] = frozenset()
 
 
 ZOO: dict[str, ModelSpec] = {
     "qwen3": ModelSpec("qwen3", _qwen3, "tiny Qwen3 (1 layer, hidden 64, 4 heads / 2 kv heads, q/k norm, no bias)"),
-    "qwen2": ModelSpec("qwen2", _qwen2, "tiny Qwen2 (1 layer, hidden 64, 4 heads / 2 kv heads, biased q/k/v)"),
+    "qwen2": ModelSpec("qwen2", _qwen2, "tiny Qwen2 (1 layer, hidden 64, 4 heads / 2 kv heads, biased q/k/v)",
+                       frozenset({"bias"})),
     "llama": ModelSpec("llama", _llama, "tiny Llama (1 layer, hidden 64, 4 heads / 2 kv heads, no bias)"),
-    "mlp": ModelSpec("mlp", ToyMLP, "toy MLP (biased non-square up 48→80 / down 80→48)"),
+    "mlp": ModelSpec("mlp", ToyMLP, "toy MLP (biased non-square up 48→80 / down 80→48)", frozenset({"bias"})),
     "gpt2": ModelSpec("gpt2", _gpt2, "tiny GPT-2 (1 layer, hidden 64, transformers Conv1D layers storing Wᵀ, fused biased "
-                                     "c_attn 64→192, MLP 64→96→64)"),
+                                     "c_attn 64→192, MLP 64→96→64)", frozenset({"bias", "Conv1D", "fused"})),
     "phi3": ModelSpec("phi3", _phi3, "tiny Phi-3 (1 layer, hidden 64, fused qkv_proj 64→128 and gate_up_proj 64→192, "
-                                     "4 heads / 2 kv heads, no bias)"),
+                                     "4 heads / 2 kv heads, no bias)", frozenset({"fused"})),
 }
 
 

@@ -23,13 +23,14 @@ from pathlib import Path
 import jinja2
 
 from .diagnosis import aggregate_findings, departures, deviations_observed, failures, fused_notes
-from .report_config import config_audited, configs_audited, zero_grad_claims
+from .report_config import choices_made, config_audited, configs_audited, zero_grad_claims
 from .report_format import fmt
 from .report_subject import references_overview, subject_excerpts, subject_info, variant_subject
 from .report_summary import (SUMMARY_CHECKS, check_labels, check_overview, deciding_text, measurement_tables,
                              summary_rows, verdict_reasons, verdict_with_defaults)
 from .results import atomic_write
 from .rows import Row
+from .verdict import CONCERNS
 
 OVERHEAD_NOTE = ("tiny models, per-call overhead dominates; not a speed claim; see `nox -s bench`")
 CSV_COLUMNS = tuple(Row.__dataclass_fields__) + ("margin",)
@@ -79,6 +80,7 @@ def render_variant(env: jinja2.Environment, tgt, meta: dict, rows: list[Row], ve
         card=card, impl=tgt.label, meta=meta, subj=variant_subject(tgt, meta), verdict=v,
         deciding=deciding_text(v, rs), reasons=verdict_reasons(v, rs),
         config=config_audited(tgt, meta), configs=configs_audited(tgt, meta, rs), zero_claims=zero_grad_claims(tgt),
+        choices=choices_made(card, rs, meta["subject"]["kind"]),
         fused=fused_notes(rs),
         overview=check_overview(rs), failures=failures(rs),
         deviations=deviations_observed(card, rs), findings=aggregate_findings(rs),
@@ -105,7 +107,7 @@ def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict) -> No
     meta = _meta(meta)
     subj = meta["subject"]
     atomic_write(out / "SUMMARY.md", _env().get_template("summary.md.j2").render(
-        meta=meta, subj=subj, summary=summary_rows(meta, rows, verdicts), checks=SUMMARY_CHECKS,
+        meta=meta, subj=subj, summary=summary_rows(meta, rows, verdicts), checks=SUMMARY_CHECKS, concerns=CONCERNS,
         labels=check_labels(subj), mutants=mutants, overhead_note=OVERHEAD_NOTE,
         references=references_overview(list(verdicts), meta),
         departures=departures(rows) if subj["kind"] != "ours" else None))

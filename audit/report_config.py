@@ -50,7 +50,34 @@ def config_audited(tgt, meta: dict) -> dict:
                        "source": "card" if k in card.config else ("run" if k in ("dtype", "seed") else "default"),
                        "per_model": per_model})
     return {"fields": fields, "overridden": list(overrides),
-            "call": ", ".join(f"{k}={v!r}" for k, v in card.config.items())}
+            "call": ", ".join(f"{k}={v!r}" for k, v in card.config.items()),
+            "canonical": "{" + ", ".join(f'"{k}": {_cfg_value(v)}' for k, v in common.items()) + "}"}
+
+
+def _made_by(option, kind: str) -> str:
+    """ " (the paper's; peft's)": who is known to take an option ("ours" only when ours is the subject)."""
+    who = [{"paper": "the paper's"}.get(m, "ours" if m == "ours" else f"{m}'s") for m in option.makers
+           if m != "ours" or kind == "ours"]
+    return f" ({'; '.join(who)})" if who else ""
+
+
+def choices_made(card, rows: list[Row], kind: str) -> list[dict]:
+    """Per choice the card declares open: the option(s) the subject took, on how many of its cells when
+    more than one, and the options that would also conform."""
+    from .choices import parse
+    taken: dict[str, dict[str, set]] = {}
+    for r in subject_rows(rows):
+        for name, opt in parse(r.choice).items():
+            taken.setdefault(name, {}).setdefault(opt, set()).add((r.place, r.dtype))
+    out = []
+    for c in card.choices:
+        mine = taken.get(c.name, {})
+        took = [c.option(i).label + _made_by(c.option(i), kind) + (f" on {len(cells)} cells" if len(mine) > 1 else "")
+                for i, cells in mine.items()]
+        out.append({"name": c.name, "what": c.what, "took": "; ".join(took) or "not measured in this run",
+                    "others": "; ".join(o.label + _made_by(o, kind) for o in c.options if o.id not in mine) or "-",
+                    "sources": "; ".join(f"{o.id}: {o.source}" for o in c.options)})
+    return out
 
 
 def _case_fields(tgt, case) -> dict:

@@ -16,6 +16,7 @@ from .report_format import DTYPE_SHORT, cell_text, fmt_margin, fmt_ratio, fmt_vs
 from .report_rows import (FINDING, SEVERITY, group_by, max_margin, reference_rows, subject_rows, uniq, worst,
                           worst_status)
 from .rows import BAD, Row
+from .verdict import CONCERNS
 
 SUMMARY_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
                   "placement", "save_load", "merge", "training", "robustness")
@@ -32,6 +33,10 @@ def verdict_with_defaults(v: dict | None) -> dict:
     v.setdefault("references_agreeing", [])
     v.setdefault("reasons", [])
     v.setdefault("deciding", [])
+    v.setdefault("concerns", {})
+    v.setdefault("deciding_concerns", [])
+    v.setdefault("headline", v["verdict"])
+    v.setdefault("required", None)
     return v
 
 
@@ -58,7 +63,25 @@ def verdict_reasons(v: dict, rows: list[Row]) -> list[str]:
 
 # -- per check -----------------------------------------------------------------------------------
 def check_cell(rows: list[Row]) -> str:
-    """SUMMARY cell of one check: status word and worst margin among the rows of that status."""
+    """SUMMARY cell of one check: status word and worst margin among the rows of that status; where the
+    worst status differs between dtypes, one such text per dtype ("**error** bf16 · pass 0.1 fp32"), else
+    where it differs between models, the models that are worse apart from the rest."""
+    judged = [r for r in rows if r.status != "n/a"]
+    by_dtype = group_by(judged, lambda r: r.dtype)
+    if len({worst_status(rs) for rs in by_dtype.values()}) > 1:
+        return " · ".join(f"{_status_cell(rs)} {DTYPE_SHORT.get(d, d)}" for d, rs in by_dtype.items())
+    by_model = group_by(judged, lambda r: r.model)
+    states = {m: worst_status(rs) for m, rs in by_model.items()}
+    if len(set(states.values())) > 1:
+        top = min(states.values(), key=SEVERITY.index)  # SEVERITY runs worst first
+        worse = [m for m, st in states.items() if st == top]
+        rest = [r for m, rs in by_model.items() if m not in worse for r in rs]
+        return (f"{_status_cell([r for m in worse for r in by_model[m]])} {', '.join(worse)} · "
+                f"{_status_cell(rest)} elsewhere")
+    return _status_cell(rows)
+
+
+def _status_cell(rows: list[Row]) -> str:
     s = worst_status(rows)
     if s is None:
         return "-"
@@ -176,6 +199,15 @@ def timing_summary(rows: list[Row], who: str = "ours", other: str = "peft") -> d
 
 
 # -- SUMMARY.md rows -----------------------------------------------------------------------------
+def concern_cell(c: dict | None) -> str:
+    """One concern's verdict in a SUMMARY cell ("-" when it was not audited)."""
+    if not c or c["verdict"] == "not audited":
+        return "-"
+    if c["verdict"] == "non-conformant":
+        return f"**non-conformant** ({', '.join(c['deciding'])})"
+    return c["verdict"] + (f" ({', '.join(c['deciding'])})" if c["verdict"] == "partial" else "")
+
+
 def summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:
     by_variant = group_by(rows, lambda r: r.variant)
     subj_info = meta["subject"]
@@ -186,9 +218,14 @@ def summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:
         subj = subject_rows(rs)
         by_check = group_by(subj, lambda r: r.check)
         findings = aggregate_findings(rs)
+        concerns = v.get("concerns") or {}
         summary.append({"name": name, "impl": meta["implementations"].get(name, f"variants.{name}"),
                         "verdict": v["verdict"], "confidence": v["confidence"],
                         "deciding": deciding_text(v, rs),
+                        "deciding_concerns": ("all audited" if v["verdict"] == "conformant" else
+                                              ", ".join(v.get("deciding_concerns") or []) or "-"),
+                        "concerns": {c: concern_cell(concerns.get(c)) for c in CONCERNS},
+                        "headline": v.get("headline") or v["verdict"],
                         "checks": {c: check_cell(by_check.get(c, [])) for c in SUMMARY_CHECKS},
                         "findings": [finding_line(name, f) for f in findings],
                         "timing": timing_summary(rs, subj_info["who"], subj_info["other"]),

@@ -15,7 +15,7 @@ from . import checks as checks_pkg
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge, within
-from .subjects import LayoutError, NotSupported, ShapeMismatch, Subject, as_subject, from_spec
+from .subjects import LayoutError, LayoutFinding, NotSupported, Subject, as_subject, from_spec
 
 
 @dataclass
@@ -87,10 +87,13 @@ class Progress:
 
 
 def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | None = None) -> list[Row]:
-    """Every check on one cell. A subject layout that cannot be mapped onto the canonical one is a
-    single error row (the first check to meet it); the remaining checks are n/a. ``elsewhere``:
-    {check: dtype} of the dtype-independent checks measured in another dtype of the plan (n/a here)."""
-    layout_error = None
+    """Every check on one cell. A subject layout the formula cannot read is reported once, under the
+    pseudo-check "layout", by the first check to meet it: failing rows naming each tensor missing, extra
+    or of the wrong shape (a LayoutFinding), or one error row for a map that cannot be read at all; every
+    check that needs the canonical state is then n/a with that reason, and the others still run.
+    ``elsewhere``: {check: dtype} of the dtype-independent checks measured in another dtype of the plan
+    (n/a here)."""
+    reported = False
     for name in check_names:
         cell.check = name
         before = len(cell.rows)
@@ -98,23 +101,22 @@ def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | Non
             cell.row("-", None, None, status="n/a",
                      message=f"does not depend on the dtype: measured in {elsewhere[name]}")
             continue
-        if layout_error is not None:
-            cell.row("-", None, None, status="n/a", message=f"the subject's layout cannot be mapped: {layout_error}")
-            continue
         try:
             checks_pkg.load(name).run(cell)
             if len(cell.rows) == before:
                 cell.row("-", None, None, status="error", message="check produced no measurement")
-        except LayoutError as e:  # reported once, under the pseudo-check "layout", before the checks it stops
+        except LayoutError as e:
             del cell.rows[before:]
-            layout_error = str(e)
-            cell.check = "layout"
-            if isinstance(e, ShapeMismatch):  # the subject's tensors have the wrong shapes: a finding
-                cell.row("canonical_shape_mismatch", 1.0, 0.0, message=f"{type(e).__name__}: {e}")
-            else:  # the subject's map is broken
-                cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
-            cell.check = name
-            cell.row("-", None, None, status="n/a", message=f"the subject's layout cannot be mapped: {layout_error}")
+            if not reported:
+                reported = True
+                cell.check = "layout"
+                if isinstance(e, LayoutFinding):  # the subject's state is not the formula's: findings
+                    for metric, message in e.findings:
+                        cell.row(metric, 1.0, 0.0, message=f"{type(e).__name__}: {message}")
+                else:  # the subject's map is broken
+                    cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
+                cell.check = name
+            cell.row("-", None, None, status="n/a", message=f"needs the subject's canonical state: {e}")
         except (NotApplicable, NotSupported) as e:  # NotSupported: the subject lacks what the check needs
             del cell.rows[before:]
             cell.row("-", None, None, status="n/a", message=str(e))

@@ -15,7 +15,7 @@ from references import peft_bridge as bridge
 
 from . import models
 from .numerics import jitter
-from .subjects import Adapted
+from .subjects import Adapted, LayoutError
 from .subjects.ours import Ours
 
 
@@ -48,15 +48,25 @@ def twin(cell, adapted: Adapted) -> Adapted:
         needs_weight = any(t.canonical == "weight" for t in bridge.MAPPINGS[name].tensors)
         model = bridge.build_peft_model(cell.base(), name, cfg, adapted.names,  # on a copy of the base
                                         adapted.state(with_weight=needs_weight), copy_model=models.clone)
-        return Adapted(Peft(), model, name, cfg)
+        return _mapped(Adapted(Peft(), model, name, cfg))
     ours = Ours()
     cal = cell.calibration() if cell.needs_calibration() else None
-    handle = Adapted(ours, ours.attach(cell.fresh_model(), name, cfg, cal), name, cfg)
+    handle = _mapped(Adapted(ours, ours.attach(cell.fresh_model(), name, cfg, cal), name, cfg))
     if set(handle.names) != set(adapted.names):
         raise RuntimeError(f"ours adapted {sorted(set(handle.names) ^ set(adapted.names))} differently from the "
                            "subject: no side-by-side twin")
     _match_ranks(handle, adapted)
     handle.set_state(adapted.state(with_weight=variants.REGISTRY[name].mutates_base_weight))
+    return handle
+
+
+def _mapped(handle: Adapted) -> Adapted:
+    """A reference twin maps onto the canonical layout by construction (the bridge's tensor map): a layout
+    finding on it is the harness's error, never the subject's finding."""
+    try:
+        handle.require_layout()
+    except LayoutError as e:
+        raise RuntimeError(f"the {handle.subject.describe()} twin does not map onto the canonical layout: {e}") from None
     return handle
 
 

@@ -85,9 +85,12 @@ def overall(concerns: dict[str, dict], require: tuple[str, ...] | None = None) -
 def headline(verdict: str, concerns: dict[str, dict]) -> str:
     """One line: the overall verdict and each concern's, e.g. "non-conformant: equation conformant,
     init conformant, checkpoint non-conformant (save_load), ..." (concerns not audited left out)."""
+    audited = {k: v for k, v in concerns.items() if v["verdict"] != "not audited"}
+    if audited and all(v["verdict"] == verdict for v in audited.values()) and verdict == "conformant":
+        return f"{verdict}: every concern audited ({', '.join(audited)})"
     parts = [f"{k} {v['verdict']}" + (f" ({', '.join(v['deciding'])})" if v["verdict"] in ("non-conformant", "partial")
                                        else "")
-             for k, v in concerns.items() if v["verdict"] != "not audited"]
+             for k, v in audited.items()]
     return f"{verdict}: {', '.join(parts) or 'nothing judged'}"
 
 

@@ -415,7 +415,7 @@ def test_baseline_and_mutants_refuse_missing_results(files, capsys, monkeypatch)
                                "--out", str(files / "b.json")], "baseline")
     assert "missing top-level key" in err
     assert cli.main(["baseline", "--results", str(files / "good.json"), "--out", str(files / "b.json")]) == 0
-    assert json.loads((files / "b.json").read_text())["verdicts"] == {"lora": {"verdict": "conformant"}}
+    assert json.loads((files / "b.json").read_text())["verdicts"] == {"lora": {"verdict": "conformant", "concerns": {}}}
     foreign = files / "foreign_out"
     foreign.mkdir()
     (foreign / "results.json").write_text("this is not json")

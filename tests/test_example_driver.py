@@ -147,3 +147,58 @@ def test_hooklib_detach_gives_back_the_base_model(monkeypatch):
         hooklib.attach(model, hooklib.HookConfig(method="ia3"))
     hooklib.attach(model, hooklib.HookConfig(method="ia3", targets=("down_proj",)))  # detached: may attach again
     assert sorted(hooklib.adapted_modules(model)) == ["layers.0.down_proj", "layers.1.down_proj"]
+
+
+LENIENT = '''
+"""hooklib through a driver whose load is lenient, as a library that loads with strict=False: a missing
+tensor keeps its fresh init, an extra one is ignored. The equation is hooklib's own (right)."""
+import json
+
+import torch
+from safetensors import safe_open
+
+from hooklib.checkpoint import META_KEY, adapter_parameters
+from hooklib_driver import HooklibDriver
+
+
+class LenientLoad(HooklibDriver):
+    label = "hooklib with a lenient loader"
+
+    def load(self, base, path, method, cfg):
+        with safe_open(path, framework="pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        model = self.lib.attach(base, self.lib.HookConfig(**json.loads(meta[META_KEY])))
+        with torch.no_grad():
+            for key, p in adapter_parameters(model).items():
+                if key in tensors:
+                    p.copy_(tensors[key])
+        return model
+'''
+
+
+def test_a_right_equation_with_a_lenient_loader_is_non_conformant_on_the_checkpoint_only(tmp_path):
+    """Verdicts by concern: the equation (and everything but the loader) conformant, the checkpoint concern
+    non-conformant, the overall verdict naming it, and one line saying all of it; --require equation
+    judges the equation alone (exit 0)."""
+    (tmp_path / "lenient_driver.py").write_text(LENIENT)
+    spec = f"{tmp_path / 'lenient_driver.py'}:LenientLoad"
+    args = ("--dtypes", "float32", "--configs", "main")
+    proc, res = _audit(tmp_path / "out", spec, *args, paths=(EXAMPLES, THIRDPARTY))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for variant in ("lora", "ia3"):
+        v = res["verdicts"][variant]
+        concerns = {c: x["verdict"] for c, x in v["concerns"].items()}
+        assert v["verdict"] == "non-conformant" and v["deciding_concerns"] == ["checkpoint"], v["headline"]
+        assert concerns["equation"] == "conformant" and concerns["checkpoint"] == "non-conformant"
+        assert {c for c, x in concerns.items() if x not in ("conformant", "not audited")} == {"checkpoint"}
+        assert concerns["merge"] == "not audited"  # hooklib has no merge
+        line = f"**{variant}** non-conformant: equation conformant"
+        summary = (tmp_path / "out" / "SUMMARY.md").read_text()
+        assert any(s.startswith(f"- {line}") and "checkpoint non-conformant (save_load)" in s
+                   for s in summary.splitlines()), summary
+    failing = {(r["check"], r["metric"]) for r in _subject_rows(res) if r["status"] in BAD}
+    assert failing == {("save_load", "missing_key_raises"), ("save_load", "extra_key_raises")}
+    proc, res = _audit(tmp_path / "eq", spec, *args, "--require", "equation", paths=(EXAMPLES, THIRDPARTY))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {v["verdict"] for v in res["verdicts"].values()} == {"conformant"}
+    assert res["meta"]["required"] == ["equation"]

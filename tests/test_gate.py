@@ -202,3 +202,24 @@ def test_gate_refuses_a_drift_below_one(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["gate", "--results", str(tmp_path / "r.json"), "--drift", "0.5"])
     assert e.value.code == 2 and "--drift must be >= 1" in capsys.readouterr().err
+
+
+def test_require_gates_only_the_chosen_concerns(committed, baseline):
+    """A checkpoint regression fails the gate by default and under --require checkpoint, not under
+    --require equation; a baseline made now carries each concern's verdict for that comparison."""
+    doc = copy.deepcopy(committed)
+    row = _first(doc, check="save_load", status="pass")
+    row["status"] = "fail"
+    name = row["variant"]
+    doc["verdicts"][name] = {**doc["verdicts"][name], "verdict": "non-conformant",
+                             "concerns": {"equation": {"verdict": "conformant"},
+                                          "checkpoint": {"verdict": "non-conformant"}}}
+    base = copy.deepcopy(baseline)
+    base["verdicts"][name]["concerns"] = {"equation": "conformant", "checkpoint": "conformant"}
+    assert not gate.compare(base, doc).ok
+    assert not gate.compare(base, doc, require=("checkpoint",)).ok
+    rep = gate.compare(base, doc, require=("equation",))
+    assert rep.ok, gate.render(rep)
+    made = gate.make_baseline({"meta": {}, "rows": [], "verdicts": {"x": {"verdict": "partial", "concerns": {
+        "equation": {"verdict": "partial"}, "init": {"verdict": "conformant"}}}}})
+    assert made["verdicts"]["x"] == {"verdict": "partial", "concerns": {"equation": "partial", "init": "conformant"}}

@@ -137,10 +137,17 @@ def test_failures_carry_a_cheap_diagnosis(rendered):
 def test_summary_shows_verdict_deciding_checks_and_margins(rendered):
     out, _, _ = rendered
     text = (out / "SUMMARY.md").read_text()
-    header = next(ln for ln in text.splitlines() if ln.startswith("| variant |"))
+    concerns, checks = text.split("## By check")
+    header = next(ln for ln in concerns.splitlines() if ln.startswith("| variant |"))
     cols = [c.strip() for c in header.strip("|").split("|")]
-    bad = next(ln for ln in text.splitlines() if ln.startswith("| [bad]"))
-    good = next(ln for ln in text.splitlines() if ln.startswith("| [good]"))
+    bad = dict(zip(cols, (c.strip() for c in next(ln for ln in concerns.splitlines()
+                                                    if ln.startswith("| [bad]")).strip("|").split("|"))))
+    assert bad["verdict"] == "**non-conformant**" and bad["decided by"] == "equation"
+    assert bad["equation"] == "**non-conformant** (paper_parity)"
+    header = next(ln for ln in checks.splitlines() if ln.startswith("| variant |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    bad = next(ln for ln in checks.splitlines() if ln.startswith("| [bad]"))
+    good = next(ln for ln in checks.splitlines() if ln.startswith("| [good]"))
     bad_cells = dict(zip(cols, (c.strip() for c in bad.strip("|").split("|"))))
     good_cells = dict(zip(cols, (c.strip() for c in good.strip("|").split("|"))))
     assert bad_cells["verdict"] == "**non-conformant**" and bad_cells["decided by"] == "paper_parity"
@@ -209,7 +216,8 @@ def test_summary_renders_from_an_older_results_json(tmp_path):
     rows = passing("good")
     old = {"good": {"verdict": "conformant", "confidence": "high", "references_agreeing": [], "reasons": []}}
     report.render_summary(tmp_path, {"seed": 0}, rows, old)
-    line = next(ln for ln in (tmp_path / "SUMMARY.md").read_text().splitlines() if ln.startswith("| [good]"))
+    checks = (tmp_path / "SUMMARY.md").read_text().split("## By check")[1]
+    line = next(ln for ln in checks.splitlines() if ln.startswith("| [good]"))
     assert "**conformant**" in line and "pass 0.5" in line
 
 
@@ -291,7 +299,7 @@ def test_a_peft_subject_is_named_with_its_version_and_its_references(peft_render
     assert "**Subject audited: peft 0.21.2**, the installed peft through its own code paths" in head
     assert "**Judged against:** the paper's formula and ours (variants/) on every variant (lora, eva)." in head
     assert "predates" not in head
-    header = next(ln for ln in summary.splitlines() if ln.startswith("| variant | verdict |"))
+    header = next(ln for ln in summary.splitlines() if ln.startswith("| variant | verdict | confidence |"))
     assert "| ours parity |" in header and "peft parity" not in header
     lora = (peft_rendered / "lora.md").read_text()
     top = lora.split("## Config audited")[0]
@@ -409,3 +417,37 @@ def test_an_installed_library_is_shown_from_its_package_even_inside_the_checkout
     inside = tmp_path / ".nox" / "tests" / "lib" / "python3.11" / "site-packages" / "peft" / "tuners" / "x.py"
     assert _display_path(str(inside), "peft.tuners.x") == "peft/tuners/x.py"
     assert _display_path(str(tmp_path / "audit" / "report.py"), "audit.report") == "audit/report.py"
+
+
+def _r(check, model, dtype, status, metric="m", value=0.5, config="main", variant="lora"):
+    return Row(variant, check, model, dtype, metric, value, 1.0 if status != "error" else None, status, config=config)
+
+
+def test_a_summary_cell_shows_a_bf16_only_failure_as_such():
+    from audit.report_summary import check_cell
+    rows = [_r("paper_parity", m, d, "error" if d == "bfloat16" else "pass") for m in ("qwen3", "gpt2")
+            for d in ("float32", "bfloat16")]
+    assert check_cell(rows) == "pass 0.5 fp32 · **error** bf16"
+    rows = [_r("paper_parity", m, "float32", "fail" if m == "gpt2" else "pass", value=2.0 if m == "gpt2" else 0.5)
+            for m in ("qwen3", "gpt2", "llama")]
+    assert check_cell(rows) == "**fail 2** gpt2 · pass 0.5 elsewhere"
+    assert check_cell([_r("paper_parity", "qwen3", "float32", "pass")]) == "pass 0.5"
+
+
+def test_failure_patterns_name_what_the_failing_cells_share():
+    from audit.diagnosis import cell_pattern, forward_vs_merge
+    models = ("qwen3", "qwen2", "llama", "mlp", "gpt2", "phi3")
+    biased = {"qwen2", "mlp", "gpt2"}
+    rows = [_r("paper_parity", m, "float32", "fail" if m in biased else "pass") for m in models]
+    words = cell_pattern([r for r in rows if r.status == "fail"], rows)
+    assert words == ["only on models with layers with a bias: gpt2, mlp, qwen2"]
+    rows = [_r("paper_parity", m, d, "fail" if d == "bfloat16" else "pass") for m in models for d in ("float32", "bfloat16")]
+    assert cell_pattern([r for r in rows if r.status == "fail"], rows) == ["only in bfloat16 (float32 passes)"]
+    rows = [_r("paper_parity", "mlp", "float32", "fail", config="rslora"), _r("paper_parity", "mlp", "float32", "pass")]
+    assert cell_pattern(rows[:1], rows) == ["only under config rslora (alpha8-r4 passes)"]
+    merge_wrong = [_r("paper_parity", "qwen3", "float32", "pass"),
+                   _r("merge", "qwen3", "float32", "fail", metric="merged_weight_rel_err_vs_paper")]
+    assert forward_vs_merge(merge_wrong).endswith("the merge is wrong")
+    forward_wrong = [_r("paper_parity", "qwen3", "float32", "fail"),
+                     _r("merge", "qwen3", "float32", "pass", metric="merged_weight_rel_err_vs_paper")]
+    assert forward_vs_merge(forward_wrong).endswith("the forward is wrong, the merge right")

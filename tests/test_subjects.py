@@ -1,5 +1,5 @@
 """Subjects: the peft subject's rows come from peft's own code paths (a planted bug in peft's init,
-forward or save shows up), layouts that cannot be mapped are one clear error row, and declared
+forward or save shows up), layouts the formula cannot read are failing findings naming the tensor, and declared
 deviations follow who departs (peft's apply to peft as the subject, not to ours)."""
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_a_method_the_subject_lacks_is_not_audited_with_the_reason():
     assert rows and all(r.status == "n/a" and "peft has no" in r.message for r in rows)
 
 
-# -- layouts that do not fit are one clear error row --------------------------------------------------
+# -- layouts the formula cannot read are failing findings; checks that need no state still run ----------
 
 class DropsMagnitude(Ours):
     """Our runtime, but its name map forgets DoRA's magnitude vector m."""
@@ -104,20 +104,26 @@ class DropsMagnitude(Ours):
         return {k: v for k, v in super().layer_tensors(layer, method).items() if k != "m"}
 
 
-def test_an_unmappable_layout_is_one_error_row_naming_the_tensor():
+def test_a_tensor_the_formula_needs_and_the_subject_lacks_is_a_failing_finding():
+    """DoRA without its magnitude: one failing layout row naming m ("no 'm'"), the checks that read the
+    canonical state n/a with that reason, and the one that reads only outputs (identity) still judged."""
     rows = audit(DropsMagnitude(label="drops m"), "dora", ["identity_at_init", "grad_flow", "paper_parity"])
-    errors = [r for r in rows if r.status == "error"]
-    assert len(errors) == 1 and errors[0].check == "layout"
-    assert "'m'" in errors[0].message and "KeyError" not in errors[0].message
-    assert all(r.status == "n/a" for r in rows if r is not errors[0])
+    layout = [r for r in rows if r.check == "layout"]
+    assert [(r.metric, r.status) for r in layout] == [("missing_tensor[m]", "fail")]
+    assert "no 'm'" in layout[0].message and "KeyError" not in layout[0].message
+    assert not [r for r in rows if r.status == "error"]
+    assert {r.status for r in rows if r.check in ("grad_flow", "paper_parity")} == {"n/a"}
+    assert all("'m'" in r.message for r in rows if r.check in ("grad_flow", "paper_parity"))
+    assert {r.status for r in rows if r.check == "identity_at_init"} == {"pass"}
 
 
 def test_layout_shapes_are_checked_with_a_transpose_hint():
     model = torch.nn.Sequential(torch.nn.Linear(8, 6))
     variants.attach(model, variants.config("lora", r=2, target_names=("0",)))
 
+    handle = Adapted(TransposedB(), model, "lora", variants.state_of(model).cfg.to_dict())
     with pytest.raises(ShapeMismatch, match=r"'B'.*\(transpose\?\)"):
-        Adapted(TransposedB(), model, "lora", variants.state_of(model).cfg.to_dict())
+        handle.state()
 
 
 class TransposedB(Ours):
@@ -131,11 +137,14 @@ class TransposedB(Ours):
 
 def test_a_tensor_of_the_wrong_shape_is_one_failing_layout_row():
     """A shape the paper's layout does not give (peft's OLoRA factors of the un-transposed Conv1D weight)
-    is a finding about the subject: one failing row a card can declare, the other checks n/a."""
+    is a finding about the subject: one failing row a card can declare; checks that need the canonical
+    state are n/a, the identity (outputs only) is still judged."""
     rows = audit(TransposedB(label="B transposed"), "lora", ["identity_at_init", "grad_flow"])
-    bad = [r for r in rows if r.status not in ("n/a",)]
+    bad = [r for r in rows if r.status not in ("n/a", "pass")]
     assert len(bad) == 1 and bad[0].check == "layout" and bad[0].status == "fail"
     assert bad[0].metric == "canonical_shape_mismatch" and "'B'" in bad[0].message
+    assert {r.status for r in rows if r.check == "grad_flow"} == {"n/a"}
+    assert {r.status for r in rows if r.check == "identity_at_init"} == {"pass"}
 
 
 # -- deviations follow who departs ----------------------------------------------------------------------

@@ -195,6 +195,7 @@ class VariantCard:
     deviations: tuple[Deviation, ...] = ()
     perturb: dict[str, float] = field(default_factory=dict)  # tensor -> noise std for parity states
     notes: str = ""
+    internals: str = ""  # about this repo's own implementation: shown only when ours is the subject
     config_id: str = "main"                      # the id of ``config`` in rows, reports and the gate
     config_why: str = "the card's main config"
     configs: tuple[ConfigCase, ...] = ()          # further configs audited (the axes of the method)

@@ -89,15 +89,17 @@ CARD = VariantCard(
     config_why="alpha ≠ r: s = alpha/r = 2, so a missing or wrong division shows; r² = 16 < every zoo layer's width",
     configs=(ConfigCase("alpha6-r2", {"r": 2, "alpha": 6.0}, "alpha ≠ r at another rank: s = 3 (a scale that is "
                         "neither 1 nor r nor alpha), rank ΔW ≤ 4"),
-             ConfigCase("alpha4-r8", {"r": 8, "alpha": 4.0}, "r² = 64 > d_in·d_out/(d_in + d_out) on the toy MLP, so "
-                        "ours materialises ΔW (HadamardDelta, its own backward) instead of the r²-term product: that "
-                        "path with s = 0.5 ≠ 1 (the defaults have s = 1, where a lost scale would not show)"),
+             ConfigCase("alpha4-r8", {"r": 8, "alpha": 4.0}, "r² = 64 > d_in·d_out/(d_in + d_out) on the toy MLP: an "
+                        "implementation that chooses between forming ΔW and the r²-term product by size takes the "
+                        "other path here, with s = 0.5 ≠ 1 (the defaults have s = 1, where a lost scale would not show)"),
              SUBJECT_DEFAULTS),
     deviations=(peft_linear_only("loha", "peft/tuners/loha/model.py:88-92 (layers_mapping: Conv2d, Conv1d, Linear); "
                                          "peft/tuners/lycoris_utils.py:240-259 (TypeError)"),),
     notes="Init: which factor is zero and how the others are drawn are open choices (peft: w2_b = 0, the rest "
           "kaiming-uniform; LyCORIS's own code: w2_a = 0 with Gaussian draws); every one is an exact identity, and "
           "the report says which the subject took. FedPara (§3) trains the Hadamard form from scratch with He init "
-          "(no zero factor). Ours skips materialising ΔW where r²(d_in + d_out) ≤ d_in·d_out, computing "
-          "x ΔWᵀ = (x Vᵀ) Uᵀ exactly with U, V the Khatri–Rao factors.",
+          "(no zero factor).",
+    internals="Ours skips materialising ΔW where r²(d_in + d_out) ≤ d_in·d_out, computing x ΔWᵀ = (x Vᵀ) Uᵀ exactly "
+              "with U, V the Khatri–Rao factors, and materialises it (HadamardDelta, its own backward) otherwise: "
+              "config alpha4-r8 takes that path.",
 )

@@ -177,6 +177,7 @@ def _peft_init(cell: Cell, names) -> Adapted | None:
         cfg = cell.config()
         cal = cell.calibration() if cell.needs_calibration() else None
         handle = Adapted(peft, peft.attach(cell.fresh_model(), cell.card.name, cfg, cal), cell.card.name, cfg)
+        handle.require_layout()  # a ShapeMismatch here is a finding about peft (the caller's row)
     except NotSupported:
         return None  # peft has no such config (DeLoRA's frozen-copy init): the paper statement alone
     return handle if set(handle.names) == set(names) else None

@@ -49,10 +49,25 @@ class LayoutError(ValueError):
     """A subject's tensors cannot be mapped onto the canonical layout; the message names the tensor."""
 
 
-class ShapeMismatch(LayoutError):
+class LayoutFinding(LayoutError):
+    """The subject's state is not what the paper's formula reads: a tensor the formula needs is not there
+    (DoRA without its magnitude), one it cannot account for is (an extra gate), or one has another shape.
+    A measured finding about the subject (failing "layout" rows), not a broken map (an error):
+    ``findings`` holds (metric, message) per problem. Raised when a check asks for the canonical state;
+    checks that do not need it still run."""
+
+    def __init__(self, findings: list[tuple[str, str]]):
+        self.findings = list(findings)
+        super().__init__("; ".join(m for _, m in self.findings))
+
+
+class ShapeMismatch(LayoutFinding):
     """A subject's tensor is where its map says, but its shape is not the one the paper's formula gives
     for this layer and config (e.g. factors of the un-transposed Conv1D weight): a measured finding
     about the subject (a failing "layout" row a card may declare), not a broken map (an error)."""
+
+    def __init__(self, message: str):
+        super().__init__([("canonical_shape_mismatch", message)])
 
 
 class Subject:

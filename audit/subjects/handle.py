@@ -4,7 +4,9 @@ Built from a subject's answers (its adapted layers and its tensor-name map), it 
 everything in canonical form: the state per layer (read and set), gradients, the trainable tensors,
 each layer's live base weight and bias. The map is validated against the paper formula's own
 ``layout`` when the handle is built, so a layout that does not fit is one LayoutError naming the
-tensor, before any check runs.
+tensor; a layout the formula cannot read (a tensor missing, an extra one, a wrong shape) is kept as
+findings and raised (LayoutFinding) when a check asks for the canonical state, so the checks that
+need none still run.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from references import paper
 
-from .base import LayoutError, ShapeMismatch, Subject
+from .base import LayoutError, LayoutFinding, ShapeMismatch, Subject
 
 
 def is_conv1d(mod: nn.Module) -> bool:
@@ -76,6 +78,10 @@ class Adapted:
         self.layers: dict[str, nn.Module] = dict(subject.adapted_layers(model))
         if not self.layers:
             raise LayoutError(f"{subject.describe()} adapted no layer of the model")
+        # layout findings (a tensor the formula needs and the subject lacks, one it cannot account for, a
+        # wrong shape): kept, not raised, so the checks that need no canonical state still run; the
+        # canonical accessors raise them as one LayoutFinding
+        self.findings: dict[str, str] = {}
         self.slots = {n: self._slots(n, m) for n, m in self.layers.items()}
 
     # -- layout -------------------------------------------------------------------------------------
@@ -86,17 +92,20 @@ class Adapted:
         who = f"{self.subject.describe()}, layer {name}"
         if want is None:
             return {k: Slot(t, tr, w) for k, (t, tr, w) in raw.items()}
-        missing = [k for k in want if k not in raw]
-        if missing:
-            k = missing[0]
-            raise LayoutError(f"{who}: the {self.method} formula needs tensor {k!r} {_shape(want[k])}, and the "
-                              f"subject's tensor map has none (it maps {sorted(raw)}; STATE_LAYOUT.md)")
-        extra = [k for k in raw if k not in want]
-        if extra:
-            raise LayoutError(f"{who}: tensor {extra[0]!r} ({raw[extra[0]][2]}) is not part of the {self.method} "
-                              f"layout {sorted(want)} under this config: the paper formula cannot account for it")
+        for k in want:
+            if k not in raw:
+                self.findings.setdefault(f"missing_tensor[{k}]", (
+                    f"no {k!r}: the {self.method} formula needs tensor {k!r} {_shape(want[k])} and the subject does "
+                    f"not store it ({who} maps {sorted(raw)}; references/STATE_LAYOUT.md)"))
+        for k in raw:
+            if k not in want:
+                self.findings.setdefault(f"unexpected_tensor[{k}]", (
+                    f"{who}: tensor {k!r} ({raw[k][2]}) is not part of the {self.method} layout {sorted(want)} under "
+                    "this config: the paper formula cannot account for it"))
         out = {}
         for k, (t, tr, where) in raw.items():
+            if k not in want:
+                continue
             slot = Slot(t, tr, where, want[k])
             try:
                 got = tuple(slot.canonical().shape)
@@ -105,10 +114,21 @@ class Adapted:
                                   f"{tr!r} to {_shape(want[k])}: {e}") from None
             if len(got) != len(want[k]) or any(w is not None and g != w for g, w in zip(got, want[k])):
                 hint = " (transpose?)" if tuple(reversed(got)) == tuple(want[k]) else ""
-                raise ShapeMismatch(f"{who}: tensor {k!r} at {where} maps ({tr}) to shape {got}, but the {self.method} "
-                                  f"layout wants {_shape(want[k])}{hint}")
+                self.findings.setdefault("canonical_shape_mismatch", (
+                    f"{who}: tensor {k!r} at {where} maps ({tr}) to shape {got}, but the {self.method} layout wants "
+                    f"{_shape(want[k])}{hint}"))
+                continue
             out[k] = slot
         return out
+
+    def require_layout(self) -> None:
+        """Raise the layout findings (a LayoutFinding; a ShapeMismatch when a shape is all that is wrong)
+        before anything reads the canonical state."""
+        if not self.findings:
+            return
+        if set(self.findings) == {"canonical_shape_mismatch"}:
+            raise ShapeMismatch(self.findings["canonical_shape_mismatch"])
+        raise LayoutFinding(list(self.findings.items()))
 
     # -- what the checks read -----------------------------------------------------------------------
     @property
@@ -127,11 +147,13 @@ class Adapted:
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         """{canonical: live tensor in canonical layout} of one layer (views: gradients flow)."""
+        self.require_layout()
         return {k: s.canonical() for k, s in self.slots[name].items()}
 
     def state(self, with_weight: bool = False) -> dict[str, dict[str, torch.Tensor]]:
         """Detached canonical copies {layer: {tensor: value}}; ``with_weight`` adds the live base
         weight as "weight" (W_res of the methods that mutate it)."""
+        self.require_layout()
         out = {}
         for n, slots in self.slots.items():
             out[n] = {k: _copy(s.canonical(s.tensor.detach())) for k, s in slots.items()}
@@ -141,6 +163,7 @@ class Adapted:
 
     def set_state(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write canonical values in (a "weight" entry overwrites the layer's base weight)."""
+        self.require_layout()
         for n, values in states.items():
             for k, v in values.items():
                 if k == "weight":
@@ -151,6 +174,7 @@ class Adapted:
 
     def grads(self) -> dict[str, dict[str, torch.Tensor]]:
         """{layer: {trainable tensor: its .grad in canonical layout, zeros where None}}."""
+        self.require_layout()
         return {n: {k: _copy(s.canonical(s.tensor.grad) if s.tensor.grad is not None
                              else torch.zeros_like(s.canonical()).detach())
                     for k, s in slots.items() if s.trainable}
