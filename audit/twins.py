@@ -15,7 +15,7 @@ from references import peft_bridge as bridge
 
 from . import models
 from .numerics import jitter
-from .subjects import Adapted, LayoutError
+from .subjects import Adapted, LayoutError, linear_dims
 from .subjects.ours import Ours
 
 
@@ -43,6 +43,7 @@ def reference_names(card, subject) -> list[str]:
 def twin(cell, adapted: Adapted) -> Adapted:
     """The reference implementation (``reference_name``) holding ``adapted``'s state, on a fresh base."""
     name, cfg = cell.card.name, adapted.cfg
+    _same_layout(adapted)
     if reference_name(cell) == "peft":
         from .subjects.peft import Peft
         needs_weight = any(t.canonical == "weight" for t in bridge.MAPPINGS[name].tensors)
@@ -58,6 +59,22 @@ def twin(cell, adapted: Adapted) -> Adapted:
     _match_ranks(handle, adapted)
     handle.set_state(adapted.state(with_weight=variants.REGISTRY[name].mutates_base_weight))
     return handle
+
+
+def _same_layout(adapted: Adapted) -> None:
+    """A reference implementation lays a layer out by its own rule (the formula's ``layout``); a subject
+    that chose another layout the method allows (LoKr factorising the dimensions otherwise) cannot be
+    held by it: no twin (BridgeUnsupported), the subject is judged against the paper alone."""
+    from references import paper
+    ref = paper.get(adapted.method)
+    for n in adapted.names:
+        d_in, d_out, _ = linear_dims(adapted.base_layer(n))
+        rule = ref.layout(d_in, d_out, adapted.cfg)
+        mine = {k: tuple(v.shape) for k, v in adapted.tensors(n).items()}
+        if set(mine) != set(rule) or any(None not in rule[k] and mine[k] != tuple(rule[k]) for k in rule):
+            raise bridge.BridgeUnsupported(
+                f"the subject lays layer {n} out as {mine}, another of the {adapted.method} layouts the method "
+                f"allows than the reference's {dict(rule)}: no side-by-side twin")
 
 
 def _mapped(handle: Adapted) -> Adapted:

@@ -30,14 +30,17 @@ _WHY_DEAD = {
 
 def _zero_grads(cfg: dict) -> dict[str, ZeroGrad]:
     """The zero factor's Kronecker partner (and the zero half's partner) is dead at step 0; which
-    tensors exist follows the layer shapes (union over the zoo's shapes under this config)."""
-    present = {k for d_in, d_out in ZOO_SHAPES for k in ref.layout(d_in, d_out, cfg)}
+    tensors exist: the subject's (cfg["tensors"]), else LyCORIS's rule over the zoo's shapes."""
+    present = set(cfg.get("tensors") or {k for d_in, d_out in ZOO_SHAPES for k in ref.layout(d_in, d_out, cfg)})
     why = _WHY_DEAD[cfg.get("init_style", "lycoris")]
     return {k: ZeroGrad(why[k]) for k in sorted(present) if k in why}
 
 
 def _trainable(d_in: int, d_out: int, cfg: dict) -> int:
-    return sum(math.prod(s) for s in ref.layout(d_in, d_out, cfg).values())
+    """Every factor entry: of the subject's own factorisation where it is one LoKr allows, else LyCORIS's."""
+    shapes = cfg.get("shapes")
+    layout = (shapes and ref.layout_given(d_in, d_out, cfg, shapes)) or ref.layout(d_in, d_out, cfg)
+    return sum(math.prod(s) for s in layout.values())
 
 
 def _kron_structure(p) -> float:

@@ -45,8 +45,10 @@ def _run(cell: Cell, adapted) -> None:
     card = cell.card
     model = adapted.model
     grads = _grads(cell, adapted)
-    # which tensors are dead at step 0 follows from the init, so from the init options the subject took
-    zero_grads = card.zero_grads_at({**adapted.cfg, **choices.fields(init_choice(cell))})
+    # which tensors are dead at step 0 follows from the init, so from the init options the subject took,
+    # and from which tensors it has (LoKr's factors follow its factorisation: "tensors")
+    zero_grads = card.zero_grads_at({**adapted.cfg, **choices.fields(init_choice(cell)),
+                                     "tensors": sorted({k for n in adapted.names for k in adapted.slots[n]})})
     for tname, gs in sorted(grads.items()):
         claim = zero_grads.get(tname)
         gmin = min(float(g.norm()) for g in gs)
@@ -72,8 +74,9 @@ def _run(cell: Cell, adapted) -> None:
              message="trainable tensors outside the adapter's canonical state")
     if card.trainable_per_layer is not None:
         cfg = adapted.cfg
-        expect = sum(card.trainable_per_layer(*linear_dims(adapted.base_layer(n))[:2], {**cfg, "r_layer": adapted.rank(n)})
-                     for n in adapted.names)
+        expect = sum(card.trainable_per_layer(*linear_dims(adapted.base_layer(n))[:2], {
+            **cfg, "r_layer": adapted.rank(n), "shapes": {k: tuple(v.shape) for k, v in adapted.tensors(n).items()}})
+            for n in adapted.names)
         have = sum(p.numel() for p in adapted.parameters())
         cell.row("trainable_params", have, float(expect), op="==", message="card formula summed over adapted layers")
 

@@ -140,7 +140,7 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
     try:
         tw = twins(cell, adapted)
     except BridgeUnsupported as e:  # peft cannot hold this state here (its HRA takes no Conv1D layer)
-        raise NotApplicable(f"no peft twin: {e}") from None
+        raise NotApplicable(f"no {other} twin: {e}") from None
     refs = ("ref", "ref_jittered")
     note = f"{other} run with {over}: {card.peft_config_reason}; " if over else ""
     label = f"{other} ({tw['ref'].subject.describe()})" if other == "peft" else other

@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from references.peft_bridge import BridgeUnsupported
+
 from .. import models
 from ..cell import Cell, NotApplicable
 from ..measure import peak_memory_bytes, sync
@@ -56,7 +58,10 @@ def _run(cell: Cell, base, ids, adapted, other: str | None) -> None:
     me = cell.subject.kind if cell.subject.kind != other else "subject"
     contenders = {"base": base, me: adapted.model}
     if other is not None:
-        contenders[other] = twin(cell, adapted).model
+        try:
+            contenders[other] = twin(cell, adapted).model
+        except BridgeUnsupported:  # the other cannot hold this subject's state: timed against the base alone
+            other = None
     base.requires_grad_(False)  # frozen as under an adapter
     for m in contenders.values():  # one backward for all three: down to the input embedding
         m.get_input_embeddings().weight.requires_grad_(True)

@@ -88,7 +88,7 @@ class Adapted:
     def _slots(self, name: str, layer: nn.Module) -> dict[str, Slot]:
         d_in, d_out, _ = linear_dims(self.base_layer(name))
         raw = self.subject.layer_tensors(layer, self.method)
-        want = paper.get(self.method).layout(d_in, d_out, self.cfg) if self.method in paper.VARIANTS else None
+        want = self._layout(d_in, d_out, raw)
         who = f"{self.subject.describe()}, layer {name}"
         if want is None:
             return {k: Slot(t, tr, w) for k, (t, tr, w) in raw.items()}
@@ -120,6 +120,19 @@ class Adapted:
                 continue
             out[k] = slot
         return out
+
+    def _layout(self, d_in: int, d_out: int, raw: dict) -> dict[str, tuple] | None:
+        """The layout the paper formula reads for this layer: the one it allows for the subject's own
+        shapes where it allows several (``layout_given``), else its ``layout``; None without a formula."""
+        if self.method not in paper.VARIANTS:
+            return None
+        ref = paper.get(self.method)
+        if hasattr(ref, "layout_given"):
+            given = {k: tuple(t.t().shape if tr == "transpose" else t.shape)
+                     for k, (t, tr, _) in raw.items() if tr in ("identity", "transpose")}
+            if len(given) == len(raw) and (fits := ref.layout_given(d_in, d_out, self.cfg, given)) is not None:
+                return fits
+        return ref.layout(d_in, d_out, self.cfg)
 
     def require_layout(self) -> None:
         """Raise the layout findings (a LayoutFinding; a ShapeMismatch when a shape is all that is wrong)

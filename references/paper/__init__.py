@@ -2,7 +2,10 @@
 
 Every module exposes ``merged(W, b, state, cfg) -> (W_eff, b_eff)``, ``forward(x, W, b, state, cfg)``,
 ``layout(d_in, d_out, cfg) -> {name: shape}`` (the state it reads; None in a shape: any size),
-``EQUATION`` and ``CITATION``; state keys and shapes follow ``references/STATE_LAYOUT.md``.
+``EQUATION`` and ``CITATION``; state keys and shapes follow ``references/STATE_LAYOUT.md``. A module
+whose method allows several layouts for one layer (LoKr: any factorisation of the dimensions) also
+exposes ``layout_given(d_in, d_out, cfg, given) -> {name: shape} | None``: the layout it reads for a
+subject holding tensors of the canonical shapes ``given``, None when they are not one of them.
 """
 
 from __future__ import annotations

@@ -64,6 +64,26 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     return out
 
 
+def layout_given(d_in: int, d_out: int, cfg: dict, given: dict[str, tuple]) -> dict[str, tuple] | None:
+    """The layout this formula reads for a subject whose tensors have the canonical shapes ``given``,
+    when they form a LoKr of this layer under *any* factorisation of its dimensions (which divisor pairs,
+    and which side is low rank, are an implementation's rule, not the method's): W₁ (p, s) as w1 or
+    w1_a (p, k) w1_b (k, s), W₂ (q, t) likewise, with p·q = d_out and s·t = d_in. None when they do not;
+    the caller then holds the subject to ``layout`` (LyCORIS's rule) and reports what differs."""
+    def side(name):
+        if name in given and f"{name}_a" not in given and f"{name}_b" not in given and len(given[name]) == 2:
+            return tuple(given[name])
+        a, b = given.get(f"{name}_a"), given.get(f"{name}_b")
+        if name not in given and a is not None and b is not None and len(a) == len(b) == 2 and a[1] == b[0]:
+            return a[0], b[1]
+        return None
+    w1, w2 = side("w1"), side("w2")
+    known = {"w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b"}
+    if w1 is None or w2 is None or set(given) - known or w1[0] * w2[0] != d_out or w1[1] * w2[1] != d_in:
+        return None
+    return {k: tuple(v) for k, v in given.items()}
+
+
 def scaling(state: dict, cfg: dict) -> float:
     """γ = α/r; γ = 1 when both factors are full matrices (no rank involved; LyCORIS lokr.py)."""
     r, alpha = int(cfg["r"]), float(cfg["alpha"])
