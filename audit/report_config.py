@@ -3,6 +3,7 @@ overrides), its other config cases, and the zero-gradient claims of each."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import variants
 
@@ -51,7 +52,7 @@ def config_audited(tgt, meta: dict) -> dict:
                        "per_model": per_model})
     return {"fields": fields, "overridden": list(overrides),
             "call": ", ".join(f"{k}={v!r}" for k, v in card.config.items()),
-            "canonical": "{" + ", ".join(f'"{k}": {_cfg_value(v)}' for k, v in common.items()) + "}"}
+            "canonical": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in common.items()})}
 
 
 def _made_by(option, kind: str) -> str:

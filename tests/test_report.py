@@ -183,6 +183,12 @@ def test_a_passing_report_is_short_and_folds_its_tables(rendered):
     assert tail.count("| metric | bound |") == len(blocks)
     paper = dict(blocks)[next(s for s, _ in blocks if s.startswith("paper_parity"))]
     assert "| output_rel_err | <= 1.000e-06 | 5.000e-07 | 5.000e-07 | 5.000e-07 | 5.000e-07 | 0.5 |" in paper
+    # every markdown table starts after a blank line (else it renders as text): the config table too
+    lines = text.splitlines()
+    assert all(lines[i - 1] == "" for i, ln in enumerate(lines) if ln.startswith("| ") and
+               not lines[i - 1].startswith("|")), [ln for i, ln in enumerate(lines)
+                                                    if ln.startswith("| ") and lines[i - 1] not in ("",) and
+                                                    not lines[i - 1].startswith("|")]
 
 
 def test_timing_is_labelled_overhead_bound_and_cannot_contradict_itself(rendered):
