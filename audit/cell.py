@@ -94,14 +94,21 @@ class Cell:
         return schema.Config(**fields).to_dict(function_only=True) if schema is not None else fields
 
     def needs_calibration(self) -> bool:
+        """Whether the subject's attach gets calibration batches: the method needs them, our variant takes
+        them, or the method can use them and the subject is not ours (offered: its init may use them)."""
         v = self.variant
-        return self.card.needs_calibration or bool(v is not None and v.needs_calibration)
+        offered = self.card.accepts_calibration and self.subject.kind != "ours"
+        return self.card.needs_calibration or offered or bool(v is not None and v.needs_calibration)
 
     def attach(self, model: nn.Module, **overrides: Any) -> Adapted:
         """The subject attached its own way to ``model``: the canonical handle on it."""
         cfg = self.config(**overrides)
         cal = self.calibration() if self.needs_calibration() else None
-        return Adapted(self.subject, self.subject.attach(model, self.card.name, cfg, cal), self.card.name, cfg)
+        return Adapted(self.subject, self.attach_subject(model, cfg, cal), self.card.name, cfg)
+
+    def attach_subject(self, model: nn.Module, cfg: dict, calibration) -> nn.Module:
+        """The subject's own attach of this card's method, given the resolved targets where it takes them."""
+        return self.subject.attach_with_targets(model, self.card.name, cfg, calibration, self.card.placement_roles)
 
     def adapted(self, **overrides: Any) -> Adapted:
         """A fresh copy of the base with the subject attached: the check's own, to change at will."""
@@ -194,7 +201,9 @@ class _Lent:
         self.obj = obj
         self.model = obj.model if isinstance(obj, Adapted) else obj
         model = self.model
-        self.tensors = [(t, t.detach().clone(), t.requires_grad) for t in _tensors(model)]
+        # the state a subject keeps outside the model is put back too
+        outside = obj.subject.external_parameters(model) if isinstance(obj, Adapted) else []
+        self.tensors = [(t, t.detach().clone(), t.requires_grad) for t in (*_tensors(model), *outside)]
         self.modes = [(m, m.training) for m in model.modules()]
         self.structure = _structure(model)
 

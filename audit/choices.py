@@ -19,7 +19,7 @@ import torch
 from references import paper
 
 from .cards import OpenChoice, Option, VariantCard
-from .formula import formula_outputs, layer_args, subject_outputs
+from .formula import formula_outputs, layer_args, projections, subject_outputs
 from .numerics import rel_err
 from .state import capture
 
@@ -88,7 +88,7 @@ def distance(adapted, cfg: dict, seen: dict, seed: int, ref=None) -> float:
         w, b, state = layer_args(adapted, name)
         t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
         got, trainable = subject_outputs(adapted, name, x, t)
-        y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t)
+        y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, project=projections(adapted, name))
         worst = max(worst, *(rel_err(a, e) for a, e in zip(got, [y, *grads])))
     return worst
 
@@ -103,7 +103,7 @@ def resolve_equation(cell, choices: tuple[OpenChoice, ...]) -> Combo:
     """The subject's equation options at the cell's perturbed state."""
     with cell.shared(perturbed=True) as adapted:
         with torch.no_grad():
-            seen, _ = capture(adapted.layers, lambda: cell.logits(adapted))
+            seen, _ = capture(adapted, lambda: cell.logits(adapted))
         return nearest(adapted, choices, seen, cell.seed + 53)
 
 

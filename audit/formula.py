@@ -14,9 +14,11 @@ from references import paper
 from .numerics import jitter, rel_err
 
 
-def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64, gen=None):
+def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64, gen=None, project=None):
     """(output, [grad wrt x, grads wrt the ``trainable`` state tensors]) of ``ref.forward`` and the
-    loss ⟨y, t⟩, computed in ``dtype`` (inputs jittered by one unit round-off when ``gen`` is given)."""
+    loss ⟨y, t⟩, computed in ``dtype`` (inputs jittered by one unit round-off when ``gen`` is given).
+    ``project``: {tensor: fn} mapping a canonical gradient onto what the subject's stored tensor can
+    show (transforms.py: a full block whose skew part is the state)."""
     def leaf(v, grad):
         if v is None:
             return None
@@ -28,18 +30,26 @@ def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64,
         y = ref.forward(xs, leaf(w, False), leaf(b, False), st, cfg)
         leaves = [xs, *(st[k] for k in trainable)]
         grads = torch.autograd.grad((y * t.to(y.dtype)).sum(), leaves, allow_unused=True)
-    return y.detach(), [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
+    grads = [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
+    if project:
+        grads = grads[:1] + [project.get(k, _same)(g) for k, g in zip(trainable, grads[1:])]
+    return y.detach(), grads
 
 
-def formula_spreads(ref, x, w, b, state, cfg, trainable, t, truth, dtype, seed, scales=None):
+def _same(g):
+    return g
+
+
+def formula_spreads(ref, x, w, b, state, cfg, trainable, t, truth, dtype, seed, scales=None, project=None):
     """{metric: [errors of the formula evaluated in ``dtype``, as is and from a jittered start]}
-    against ``truth`` = (output, grads) in float64; ``scales`` as in ``metric_names``."""
+    against ``truth`` = (output, grads) in float64; ``scales`` as in ``metric_names``, ``project`` as in
+    ``formula_outputs``."""
     out: dict[str, list[float]] = {}
     for gen in (None, torch.Generator().manual_seed(seed)):
         try:
-            y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype, gen)
+            y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype, gen, project)
         except (RuntimeError, NotImplementedError):  # an op without a kernel in this dtype (bf16 solve)
-            y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, torch.float32, gen)
+            y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, torch.float32, gen, project)
         for metric, val, exact, scale in zip(metric_names(trainable, scales), [y, *grads],
                                              [truth[0], *truth[1]], scales_of(trainable, scales)):
             out.setdefault(metric, []).append(rel_err(val, exact, scale))
@@ -68,7 +78,7 @@ def subject_outputs(adapted, name: str, x: torch.Tensor, t: torch.Tensor) -> tup
     params = {k: s.tensor for k, s in slots.items() if s.trainable}
     (y.to(torch.float64) * t).sum().backward(inputs=[x_in, *params.values()])
     out = [y.detach(), x_in.grad,
-           *(slots[k].canonical(p.grad) if p.grad is not None else torch.zeros_like(slots[k].canonical())
+           *(slots[k].grad(p.grad) if p.grad is not None else torch.zeros_like(slots[k].canonical())
              for k, p in params.items())]
     for p in params.values():
         p.grad = None
@@ -80,3 +90,8 @@ def layer_args(adapted, name: str) -> tuple[torch.Tensor, torch.Tensor | None, d
     bias = adapted.bias(name)
     return (adapted.weight(name).detach(), None if bias is None else bias.detach(),
             {k: v.detach() for k, v in adapted.tensors(name).items()})
+
+
+def projections(adapted, name: str) -> dict:
+    """{tensor: fn} mapping each canonical gradient of one layer onto what its stored tensor can show."""
+    return {k: s.transform.project for k, s in adapted.slots[name].items()}

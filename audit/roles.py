@@ -2,8 +2,12 @@
 
 The placement check derives the expected adapted layers from these (``expected_modules``, ``fused_beyond``),
 and the peft subject turns a card's roles into peft ``target_modules`` with them (``LEAVES``, ``key_matches``).
+``resolve_targets`` gives a driver the layers a config asks for in the model at hand (names, roles, kind,
+shape), so it never guesses which module holds a role.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # role -> module name keys, as the audit (not variants/) reads an architecture: a key is a leaf name,
 # or a dotted suffix where the leaf alone is ambiguous (GPT-2's c_proj is the attention output under
@@ -47,4 +51,57 @@ def fused_beyond(names, roles) -> dict[str, tuple[str, ...]]:
         fused = FUSED.get(n.rsplit(".", 1)[-1], ())
         if set(fused) - set(roles):
             out[n] = tuple(r for r in fused if r not in roles)
+    return out
+
+
+def roles_of(name: str) -> tuple[str, ...]:
+    """The roles module ``name`` computes, as LEAVES reads them (several for a fused layer)."""
+    return tuple(r for r in ALL_ROLES if any(key_matches(name, k) for k in LEAVES[r]))
+
+
+@dataclass(frozen=True)
+class Target:
+    """One layer a config asks to adapt, as a driver needs it: its roles, its kind and its canonical
+    (d_out, d_in) shape in the model at hand (GPT-2's fused c_attn is Conv1D with roles q, k, v)."""
+
+    name: str
+    roles: tuple[str, ...]
+    kind: str  # "Linear" or "Conv1D"
+    shape: tuple[int, int]  # (d_out, d_in)
+
+    @property
+    def fused(self) -> bool:
+        return len(self.roles) > 1
+
+
+def resolve_targets(model, cfg: dict, default_roles: tuple[str, ...] = ALL_ROLES) -> dict[str, Target]:
+    """{module name: Target} of the dense layers the canonical ``cfg`` asks for in ``model``: by
+    ``target_names`` (regexes searched in the name), else by ``target_roles`` (default ``default_roles``:
+    the card's placement), minus ``exclude_names``, within ``layers`` (the first integer in the name). A
+    fused layer is a target when any of its roles is asked for (adapted whole). So a driver never guesses
+    which module holds a role (GPT-2's attn.c_proj is o, mlp.c_proj is down)."""
+    import re
+
+    from torch import nn
+    names = [re.compile(p) for p in cfg.get("target_names") or ()]
+    roles = cfg.get("target_roles")
+    roles = tuple(roles) if roles is not None else (() if names else tuple(default_roles))
+    excludes = [re.compile(p) for p in cfg.get("exclude_names") or ()]
+    layers = cfg.get("layers")
+    out = {}
+    for n, m in model.named_modules():
+        conv1d = type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+        if not n or not (isinstance(m, nn.Linear) or conv1d):
+            continue
+        has = roles_of(n)
+        if (names and not any(p.search(n) for p in names)) or (roles and not set(has) & set(roles)):
+            continue
+        if any(p.search(n) for p in excludes):
+            continue
+        index = re.search(r"(?:^|\.)(\d+)(?:\.|$)", n)
+        if layers is not None and (index is None or int(index.group(1)) not in layers):
+            continue
+        w = m.weight
+        out[n] = Target(n, has, "Conv1D" if conv1d else "Linear",
+                        (w.shape[1], w.shape[0]) if conv1d else (w.shape[0], w.shape[1]))
     return out

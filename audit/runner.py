@@ -205,6 +205,17 @@ def cases(card: VariantCard, plan: Plan) -> list:
     return [c for c in card.cases() if only is None or c.id in only or ("main" in only and c.id == card.config_id)]
 
 
+def case_models(case, subject, models: list[str]) -> tuple[str, ...] | None:
+    """The models a config case runs on for this subject: the case's own (None: every model), or, when the
+    subject declares the zoo models it can attach to (``Subject.models``) and none of the case's is among
+    them, the first of the plan's that is (so its corners are audited somewhere)."""
+    allowed = getattr(subject, "models", None)
+    if case.models is None or allowed is None or any(m in allowed for m in case.models):
+        return case.models
+    pick = next((m for m in models if m in allowed), None)
+    return case.models if pick is None else (pick,)
+
+
 def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progress | None) -> list[Row]:
     """Every config × model (of ``models``) × dtype × check of one audited implementation, deviations
     not applied. A corner config runs only on the models, dtypes and checks its case names."""
@@ -218,7 +229,8 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
         for dtype in plan.dtypes:
             unit: list[Row] = []
             for case in todo:
-                if (case.models is not None and model_name not in case.models) or (
+                where = case_models(case, tgt.subject, plan.models)
+                if (where is not None and model_name not in where) or (
                         case.dtypes is not None and dtype not in case.dtypes):
                     continue
                 checks = [c for c in plan.checks if case.checks is None or c in case.checks]
@@ -314,7 +326,7 @@ def _run_parallel(plan: Plan, progress: bool, jobs: int) -> list[Row]:
     bare = replace(plan, targets=[])
     # small units keep both cores busy; the longest first (the model the corner configs run on), so the
     # last to finish are short ones and no core idles at the end
-    weight = {(t.card.name, m): sum(c.models is None or m in c.models for c in cases(t.card, plan))
+    weight = {(t.card.name, m): sum(m in (case_models(c, t.subject, plan.models) or (m,)) for c in cases(t.card, plan))
               for t in plan.targets for m in plan.models}
     units = sorted(weight, key=lambda u: -weight[u])
     if not units:

@@ -31,26 +31,39 @@ def perturb(adapted: Adapted | nn.Module, seed: int, stds: dict[str, float] | No
     adapted.set_state(new)
 
 
-def capture(modules: dict[str, nn.Module], run) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], object]:
+def capture(modules, run) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], object]:
     """Run ``run()``; return ({name: (input, output)} of the given modules (their last call), run's result).
 
     The input is taken before any adapter pre-hook (prepended pre-hook) and the output after every
-    adapter forward hook, so (input, output) is what the adapted layer maps.
+    adapter forward hook, so (input, output) is what the adapted layer maps. ``modules``: {name: module},
+    or an Adapted handle: then each adapted layer is hooked and, where the subject computes the adapted
+    output without calling that module (a library that patches the base layer's forward and calls its
+    own adapter module directly), its base layer, whose call then returns the adapted output.
     """
-    inputs: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
+    if hasattr(modules, "base_layer") and hasattr(modules, "layers"):
+        handle = modules
+        tiers = [handle.layers, {n: handle.base_layer(n) for n in handle.names}]
+    else:
+        tiers = [modules]
+    seen: list[dict[str, list]] = [{} for _ in tiers]
     handles = []
-    for n, mod in modules.items():
-        handles.append(mod.register_forward_pre_hook(
-            lambda m, args, _n=n: inputs.__setitem__(_n, args[0].detach()), prepend=True))
-        handles.append(mod.register_forward_hook(
-            lambda m, args, out, _n=n: outputs.__setitem__(_n, out.detach())))
+    for tier, record in zip(tiers, seen):
+        for n, mod in tier.items():
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, args, _n=n, _r=record: _r.__setitem__(_n, [args[0].detach(), None]), prepend=True))
+            handles.append(mod.register_forward_hook(
+                lambda m, args, out, _n=n, _r=record: _r[_n].__setitem__(1, out.detach()) if _n in _r else None))
     try:
         result = run()
     finally:
         for h in handles:
             h.remove()
-    return {n: (inputs[n], outputs[n]) for n in modules if n in inputs}, result
+    out = {}
+    for n in tiers[0]:
+        got = next((r[n] for r in seen if n in r and r[n][1] is not None), None)
+        if got is not None:
+            out[n] = (got[0], got[1])
+    return out, result
 
 
 def modules_named(model: nn.Module, names) -> dict[str, nn.Module]:

@@ -15,7 +15,7 @@ from references import peft_bridge as bridge
 
 from . import models
 from .numerics import jitter
-from .subjects import Adapted, LayoutError, linear_dims
+from .subjects import Adapted, LayoutError
 from .subjects.ours import Ours
 
 
@@ -68,7 +68,7 @@ def _same_layout(adapted: Adapted) -> None:
     from references import paper
     ref = paper.get(adapted.method)
     for n in adapted.names:
-        d_in, d_out, _ = linear_dims(adapted.base_layer(n))
+        d_in, d_out = adapted.dims(n)
         rule = ref.layout(d_in, d_out, adapted.cfg)
         mine = {k: tuple(v.shape) for k, v in adapted.tensors(n).items()}
         if set(mine) != set(rule) or any(None not in rule[k] and mine[k] != tuple(rule[k]) for k in rule):

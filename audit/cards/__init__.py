@@ -190,6 +190,10 @@ class VariantCard:
     peft_config: dict[str, Any] | None = None    # overrides for the peft comparison, with reason
     peft_config_reason: str = ""
     needs_calibration: bool = False
+    # the method can use calibration data (a data-driven init) though it does not need it: offered to
+    # every subject other than ours (whose variant says whether it takes it), so a library whose init
+    # uses it is audited with it
+    accepts_calibration: bool = False
     bad_inputs: tuple[BadInput, ...] = ()
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # check -> dtype -> tol
     deviations: tuple[Deviation, ...] = ()

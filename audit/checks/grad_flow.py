@@ -14,7 +14,6 @@ import torch
 
 from .. import choices
 from ..cell import Cell
-from ..subjects import linear_dims
 from .init import init_choice
 
 LR = 1e-2
@@ -74,7 +73,7 @@ def _run(cell: Cell, adapted) -> None:
              message="trainable tensors outside the adapter's canonical state")
     if card.trainable_per_layer is not None:
         cfg = adapted.cfg
-        expect = sum(card.trainable_per_layer(*linear_dims(adapted.base_layer(n))[:2], {
+        expect = sum(card.trainable_per_layer(*adapted.dims(n), {
             **cfg, "r_layer": adapted.rank(n), "shapes": {k: tuple(v.shape) for k, v in adapted.tensors(n).items()}})
             for n in adapted.names)
         have = sum(p.numel() for p in adapted.parameters())

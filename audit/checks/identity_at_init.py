@@ -52,7 +52,7 @@ def _base_reference(cell: Cell, names) -> tuple:
 def _judge(cell: Cell, adapted, names, base_out, spread, metric_suffix: str = "", claim: str = "",
            tolerance: float | None = None) -> None:
     """Rows: logits and worst layer (by error/tolerance) of the adapted model vs the base outputs."""
-    seen, y = _outputs(cell, adapted.model, adapted.layers)
+    seen, y = _outputs(cell, adapted.model, adapted)
     logit_err = rel_err(y, base_out[1])
     layer = {n: (rel_err(seen[n][1], base_out[0][n][1]), tolerance or spread_tolerance([spread[1][n]], cell.dtype))
              for n in names}

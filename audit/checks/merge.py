@@ -105,41 +105,73 @@ def _vs_paper(cell: Cell, merged: dict, paper_w: dict, choice: str) -> None:
 
 def run(cell: Cell) -> None:
     subject = cell.subject
-    if not (subject.can("merge") and subject.can("unmerge")):
+    semantics = subject.merge_semantics
+    if semantics == "in_place" and not (subject.can("merge") and subject.can("unmerge")):
         raise NotApplicable(f"{subject.describe()} has no merge/unmerge")
+    if semantics == "state_dict" and not subject.can("merge"):
+        raise NotApplicable(f"{subject.describe()} declares a state-dict merge but has no merge")
     # the cell's perturbed model, not given back: a broken unmerge (or its bookkeeping) must not reach
     # another check
     with cell.shared(perturbed=True, keep=False) as adapted:
-        _run(cell, subject, adapted)
+        _run(cell, subject, adapted, semantics)
 
 
-def _run(cell: Cell, subject, adapted) -> None:
+def _merged_copy(cell: Cell, adapted, merged: dict) -> tuple[dict, torch.Tensor]:
+    """A state-dict merge loaded into a copy of the base: (its adapted layers' weights, its logits)."""
+    from ..state import modules_named
+    from ..subjects import canonical_weight
+    model = cell.fresh_model()
+    missing = [k for k in merged if k not in model.state_dict()]
+    if missing:
+        raise NotSupported(f"the merged state dict names {missing[:3]}, not parameters of the base model")
+    model.load_state_dict(merged, strict=False)
+    mods = modules_named(model, adapted.names)
+    weights = {n: (canonical_weight(m).detach().clone(), None if getattr(m, "bias", None) is None
+                   else m.bias.detach().clone()) for n, m in mods.items()}
+    return weights, cell.logits(model)
+
+
+def _run(cell: Cell, subject, adapted, semantics: str) -> None:
     ref = paper.get(cell.card.name)
     cfg, choice = formula_cfg(cell, adapted)
     _, spreads = merged_reference(cell, adapted, ref, cfg)  # the float64 logits: paper_parity's row
     paper_w = _paper_weights(cell, adapted, ref, cfg)
     before = _weights(adapted)
     with torch.no_grad():
+        if semantics == "on_eval":  # the library merges when the model goes to eval(), unmerges on train()
+            adapted.model.train()
         y = cell.logits(adapted)
         try:
-            subject.merge(adapted.model)
+            if semantics == "state_dict":
+                merged, y_merged = _merged_copy(cell, adapted, subject.merge(adapted.model))
+            else:
+                adapted.model.eval() if semantics == "on_eval" else subject.merge(adapted.model)
+                merged, y_merged = _weights(adapted), cell.logits(adapted)
         except NotSupported as e:
             raise NotApplicable(str(e)) from None
-        merged = _weights(adapted)
         _vs_paper(cell, merged, paper_w, choice)
-        y_merged = cell.logits(adapted)
         cell.row("merged_vs_unmerged_logits_rel_err", rel_err(y_merged, y), spread_tolerance(spreads, cell.dtype),
-                 reference="paper", message=f"{subject.describe()}: merged model vs the same state unmerged; tolerance "
-                                            f"from the paper's merged model in this dtype: {describe(spreads, cell.dtype)}")
+                 reference="paper", message=f"{subject.describe()} ({semantics} merge): merged model vs the same state "
+                                            "unmerged; tolerance from the paper's merged model in this dtype: "
+                                            f"{describe(spreads, cell.dtype)}")
+        if semantics == "state_dict":
+            for metric in ("merge_twice", "unmerge_weight_rel_err", "unmerge_bias_rel_err"):
+                cell.row(metric, None, None, status="n/a", message=f"{subject.describe()} merges into a state dict: "
+                                                                   "its model is never merged, so never unmerged")
+            return
         try:
-            subject.merge(adapted.model)
+            adapted.model.eval() if semantics == "on_eval" else subject.merge(adapted.model)
             twice = float(torch.equal(cell.logits(adapted), y_merged))
             how = "a second merge was accepted and " + ("changed nothing" if twice else "changed the outputs")
         except Exception as e:  # noqa: BLE001 - a refusal (any clear exception) is the other right answer
             twice, how = 1.0, f"a second merge was refused: {type(e).__name__}: {str(e)[:120]}"
         cell.row("merge_twice", twice, 1.0, op="==", message=how)
-        subject.unmerge(adapted.model)
-    after = _weights(adapted)
+        adapted.model.train() if semantics == "on_eval" else subject.unmerge(adapted.model)
+    _unmerge_rows(cell, before, merged, _weights(adapted))
+
+
+def _unmerge_rows(cell: Cell, before: dict, merged: dict, after: dict) -> None:
+    """The adapted layers' weights and biases after merge + unmerge against those before (worst layer)."""
     gen = torch.Generator().manual_seed(cell.seed + 43)
     worst: dict[str, tuple] = {}
     for n, (w0, b0) in before.items():

@@ -15,7 +15,8 @@ from references import paper
 
 from ..cell import Cell, rel_err
 from ..choices import formula_cfg
-from ..formula import formula_outputs, formula_spreads, layer_args, metric_names, scales_of, subject_outputs
+from ..formula import (formula_outputs, formula_spreads, layer_args, metric_names, projections, scales_of,
+                       subject_outputs)
 from ..numerics import describe, jitter, keep_worst, spread_tolerance, term_magnitudes
 from ..state import capture, modules_named
 from ..subjects import canonical_weight
@@ -29,10 +30,11 @@ def layer_parity(cell: Cell, ref, cfg: dict, adapted, name: str, x: torch.Tensor
     w, b, state = layer_args(adapted, name)
     t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
     ours, trainable = subject_outputs(adapted, name, x, t)
-    truth = formula_outputs(ref, x, w, b, state, cfg, trainable, t)
+    proj = projections(adapted, name)
+    truth = formula_outputs(ref, x, w, b, state, cfg, trainable, t, project=proj)
     scales = term_magnitudes(spread_ref or ref, x, w, b, state, cfg, t, trainable)
     spreads = formula_spreads(spread_ref or ref, x, w, b, state, cfg, trainable, t, truth, cell.dtype,
-                              cell.seed + 17, scales)
+                              cell.seed + 17, scales, proj)
     out = {}
     for metric, val, exact, scale in zip(metric_names(trainable, scales), ours, [truth[0], *truth[1]],
                                          scales_of(trainable, scales)):
@@ -95,7 +97,7 @@ def worst_layer_rows(cell: Cell, adapted, ref, reference: str, note: str = "", s
     largest error/tolerance. Returns the model's logits."""
     cfg = adapted.cfg if cfg is None else cfg
     with torch.no_grad():
-        seen, logits = capture(adapted.layers, lambda: cell.logits(adapted))
+        seen, logits = capture(adapted, lambda: cell.logits(adapted))
     worst: dict[str, tuple] = {}
     for name in adapted.names:
         for metric, (err, tol, how) in layer_parity(cell, ref, cfg, adapted, name, seen[name][0], spread_ref).items():

@@ -172,7 +172,9 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
 def _gradients(cell: Cell, handles: dict, tw: dict, adapted, taps, refs: tuple, other: str, cfg: dict) -> None:
     """The model-level gradient rows, then the trajectory (in the plan's first dtype)."""
     scales = _term_scales(cell, tw["truth"], taps, cfg)
-    grads = {k: h.grads() for k, h in tw.items()}
+    # the twins' canonical gradients, as the subject's stored tensors can show them (transforms.py)
+    grads = {k: {n: {t: adapted.slots[n][t].transform.project(g) for t, g in gs.items()} for n, gs in h.grads().items()}
+             for k, h in tw.items()}
     worst = _worst(adapted.grads(), grads["truth"], [grads[r] for r in refs], cell.dtype, scales)
     for k, (err, tol, how) in sorted(worst.items()):
         scaled = any(k in sc for sc in scales.values())
@@ -229,7 +231,7 @@ def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
     with_grads = bool(combo)
     states = peft.state()
     with torch.no_grad():
-        seen, _ = capture(peft.layers, lambda: cell.logits(peft))
+        seen, _ = capture(peft, lambda: cell.logits(peft))
     worst: dict[str, tuple[float, float, str]] = {}
 
     def keep(metric, err, spreads):

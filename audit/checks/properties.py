@@ -15,7 +15,7 @@ import torch
 from ..cell import Cell, NotApplicable
 from ..choices import formula_cfg
 from ..state import modules_named, perturb
-from ..subjects import Adapted, canonical_weight, linear_dims
+from ..subjects import Adapted, canonical_weight
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Probe:
     def _response(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(y(I) − y(0), y(0)) of the adapted layer, float64."""
         w = self.adapted.weight(self.name)
-        d_in = linear_dims(self.adapted.base_layer(self.name))[0]
+        d_in = self.adapted.dims(self.name)[0]
         with torch.no_grad():
             eye = torch.eye(d_in, dtype=w.dtype, device=w.device)
             y_eye = self.module(eye).to(torch.float64)

@@ -12,6 +12,7 @@ import re
 
 from ..cards import BadInput
 from ..cell import Cell, NotApplicable
+from ..subjects import NotSupported
 
 DTYPE_INDEPENDENT = True  # a bad config is refused before any tensor is made, whatever the dtype
 
@@ -45,20 +46,27 @@ def names_problem(message: str, fields: dict) -> bool:
     return False
 
 
-def _attempt(cell: Cell, bad: BadInput) -> tuple[float, str]:
+def _attempt(cell: Cell, bad: BadInput) -> tuple[float | None, str]:
+    """(1 refused as declared, 0 not; None: the subject has no such option, with the reason)."""
+    lacks = {f: why for f, why in cell.subject.unsupported.items() if f in bad.fields}
+    if lacks:
+        return None, "; ".join(f"{cell.subject.describe()} has no {f!r} option: {why}" for f, why in lacks.items())
     try:
         fields = {**cell.config(), **bad.fields}
         if bad.fields.get("target_names"):
             fields.pop("target_roles", None)
         cal = fields.pop("calibration_data", cell.calibration() if cell.needs_calibration() else None)
         with cell.lent_base(purpose="refusals") as model:  # a refusal leaves it as it was: the next reuses it
-            cell.subject.attach(model, cell.card.name, fields, cal)
-    except bad.error as e:
+            cell.attach_subject(model, fields, cal)
+    except Exception as e:  # noqa: BLE001 - judged below: the declared type, else the wrong type is the finding
+        if isinstance(e, NotSupported) and not isinstance(e, bad.error):
+            # the subject says it has no such option or situation: not a failure to refuse
+            return None, f"{cell.subject.describe()} does not support this: {str(e)[:140]}"
+        if not isinstance(e, bad.error):
+            return 0.0, f"raised {type(e).__name__} instead of {bad.error.__name__}: {str(e)[:140]}"
         if names_problem(str(e), bad.fields):
             return 1.0, f"{type(e).__name__}: {str(e)[:140]}"
         return 0.0, f"raised {type(e).__name__} but the message names neither {sorted(bad.fields)} nor the value: {str(e)[:140]}"
-    except Exception as e:  # noqa: BLE001 - the wrong exception type is the finding
-        return 0.0, f"raised {type(e).__name__} instead of {bad.error.__name__}: {str(e)[:140]}"
     return 0.0, f"accepted; expected {bad.error.__name__}"
 
 
@@ -71,10 +79,13 @@ def run(cell: Cell) -> None:
     for bad in ranked + GENERIC + cell.card.bad_inputs:
         label = ",".join(f"{k}={v!r}" for k, v in bad.fields.items()).replace("|", "/")
         ok, msg = _attempt(cell, bad)
-        cell.row(f"raises[{label}]", ok, 1.0, op="==", message=msg)
+        if ok is None:
+            cell.row(f"raises[{label}]", None, None, status="n/a", message=msg)
+        else:
+            cell.row(f"raises[{label}]", ok, 1.0, op="==", message=msg)
     adapted = cell.adapted()
     try:
-        cell.subject.attach(adapted.model, cell.card.name, adapted.cfg, cell.calibration())
+        cell.attach_subject(adapted.model, adapted.cfg, cell.calibration())
         ok, msg = 0.0, "attaching twice was accepted"
     except (RuntimeError, ValueError) as e:  # either is a clear refusal; silently stacking is the bug
         ok, msg = 1.0, f"{type(e).__name__}: {str(e)[:140]}"

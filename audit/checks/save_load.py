@@ -1,7 +1,7 @@
 """save_load: the subject's own save, loaded by its own load into a fresh base model: identical outputs.
 
 Also, where the checkpoint is safetensors: a checkpoint with a missing or an extra tensor must be
-refused on load (a silently half-loaded adapter is the bug this catches), measured in the plan's
+refused on load (the adapter's tensor file: the path ``save`` returns, else the largest one) (a silently half-loaded adapter is the bug this catches), measured in the plan's
 first dtype (which keys a loader accepts does not depend on it). n/a for a subject without save/load.
 """
 from __future__ import annotations
@@ -26,8 +26,11 @@ def _raises(fn, tmpdir: str) -> tuple[float, str]:
     return 0.0, "loaded without an error"
 
 
-def _tensor_file(path: Path) -> Path | None:
-    """The (largest) safetensors file of a saved checkpoint: the path itself or one inside it."""
+def _tensor_file(path: Path, named=None) -> Path | None:
+    """The adapter's safetensors file of a saved checkpoint: the one ``save`` returned, else the path itself,
+    else the largest inside it (a library that saves more than the adapter should return its file)."""
+    if named is not None and Path(named).is_file() and _is_safetensors(Path(named)):
+        return Path(named)
     if path.is_file():
         return path if _is_safetensors(path) else None
     files = sorted(path.rglob("*.safetensors"), key=lambda p: p.stat().st_size, reverse=True)
@@ -74,7 +77,7 @@ def _run(cell: Cell, adapted) -> None:
         y1 = cell.logits(adapted)
     with tempfile.TemporaryDirectory() as d:
         saved = Path(d) / "adapter"
-        subject.save(adapted.model, str(saved))
+        written = subject.save(adapted.model, str(saved))  # a driver may name the adapter's tensor file
         loaded = load(saved)
         with torch.no_grad():
             y2 = cell.logits(loaded)
@@ -94,7 +97,7 @@ def _run(cell: Cell, adapted) -> None:
                 cell.row(metric, None, None, status="n/a", message=f"does not depend on the dtype: measured in "
                                                                    f"{cell.first_dtype}")
             return
-        tensor_file = _tensor_file(saved)
+        tensor_file = _tensor_file(saved, written)
         if tensor_file is None:
             for metric in ("missing_key_raises", "extra_key_raises"):
                 cell.row(metric, None, None, status="n/a", message="the checkpoint has no safetensors file to edit")

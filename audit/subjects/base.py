@@ -4,7 +4,11 @@ A subject attaches *its own way* (its own targeting, init, dtype handling) to a 
 card's name, the canonical config (a plain dict of the fields in references/STATE_LAYOUT.md) and
 optional calibration batches, and then answers a few questions about what it did:
 
-    attach(model, method, cfg, calibration) -> model     required: the model to call (may be a wrapper)
+    attach(model, method, cfg, calibration[, targets]) -> model
+                                                           required: the model to call (may be a wrapper);
+                                                           ``targets`` (when the signature takes it): the
+                                                           layers the config asks for in this model,
+                                                           {name: audit.roles.Target(roles, kind, shape)}
     adapted_layers(model) -> {name: module}                required: the layers it adapted, named as in the
                                                            base model; calling the module is the adapted layer
     tensor_names[method] = {canonical: "path" | (path, transform) | (path, transform, "optional")}
@@ -28,12 +32,15 @@ deviations describe the method itself.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
 
-TRANSFORMS = ("identity", "transpose", "reshape")
+from .transforms import as_transform
+
+TRANSFORMS = ("identity", "transpose", "reshape")  # by name; transforms.py has the ones with parameters
 
 
 class NotSupported(Exception):
@@ -70,12 +77,41 @@ class ShapeMismatch(LayoutFinding):
         super().__init__([("canonical_shape_mismatch", message)])
 
 
+def is_conv1d(mod: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D (GPT-2's projections), recognised by name and its ``nf``."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
+
+
+def linear_dims(mod: nn.Module, transposed: bool | None = None) -> tuple[int, int, bool]:
+    """(d_in, d_out, weight stored transposed) of a dense layer: nn.Linear keeps (d_out, d_in), transformers'
+    Conv1D (d_in, d_out); ``transposed`` says so where a subject's layers store it otherwise."""
+    w = getattr(mod, "weight", None)
+    if w is None or w.dim() != 2:
+        raise LayoutError(f"{type(mod).__name__} is not a dense layer with a 2-D weight")
+    if is_conv1d(mod) if transposed is None else transposed:  # W is (d_in, d_out)
+        return w.shape[0], w.shape[1], True
+    return w.shape[1], w.shape[0], False
+
+
 class Subject:
     """Base class of every subject (see the module docstring). Subclass it in a driver."""
 
     kind: ClassVar[str] = "third-party"
     tensor_names: ClassVar[dict[str, dict[str, Any]]] = {}
     validates_config: ClassVar[bool] = True  # robustness audits the subject's own config validation
+    # the base weight's orientation after attach: None, as transformers does (Conv1D stores (d_in, d_out),
+    # everything else (d_out, d_in)); True, every base weight stored (d_in, d_out) (a fan_in_fan_out layer)
+    fan_in_fan_out: ClassVar[bool | None] = None
+    # config fields (canonical names) the library has no option for: {field: why}; a robustness case that
+    # sets one is n/a with that reason instead of a failure to refuse it
+    unsupported: ClassVar[dict[str, str]] = {}
+    # how the library merges: "in_place" (merge / unmerge write the base weights), "state_dict" (merge
+    # returns a merged state dict of the base model; there is no unmerge), "on_eval" (eval() merges,
+    # train() unmerges: no merge method needed)
+    merge_semantics: ClassVar[str] = "in_place"
+    # the zoo models the library can attach to (None: any); a config corner the card runs on another
+    # model runs on the first of these the plan audits instead
+    models: ClassVar[tuple[str, ...] | None] = None
     label: str = ""
     version: str = ""
 
@@ -97,27 +133,69 @@ class Subject:
             return layer.get_base_layer()
         return getattr(layer, "base_layer", layer)
 
-    def layer_tensors(self, layer: nn.Module, method: str) -> dict[str, tuple[torch.Tensor, str, str]]:
+    def attach_with_targets(self, model: nn.Module, method: str, cfg: dict, calibration, default_roles) -> nn.Module:
+        """``attach``, given the targets the config asks for in this model (``audit.roles.resolve_targets``:
+        {module name: Target(name, roles, kind, shape)}) where the driver's attach takes a ``targets``
+        keyword, so it adapts exactly those modules without guessing names from roles."""
+        params = inspect.signature(self.attach).parameters
+        if "targets" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            from ..roles import resolve_targets
+            try:
+                targets = resolve_targets(model, cfg, default_roles)
+            except Exception:  # noqa: BLE001 - a config the audit cannot read (a bad regex): the subject's to refuse
+                targets = None
+            return self.attach(model, method, cfg, calibration, targets=targets)
+        return self.attach(model, method, cfg, calibration)
+
+    def weight_transposed(self, base_layer: nn.Module) -> bool:
+        """Is this base layer's weight stored (d_in, d_out)? (``fan_in_fan_out``; default: a Conv1D is)."""
+        return is_conv1d(base_layer) if self.fan_in_fan_out is None else bool(self.fan_in_fan_out)
+
+    def external(self, model: nn.Module, name: str) -> Any:
+        """The object holding layer ``name``'s tensors where the subject keeps them outside the model
+        (paths starting with "@" in ``tensor_names`` resolve from it). Optional."""
+        raise LayoutError(f"{self.describe()} declares a tensor path starting with '@' (state kept outside the "
+                          "model) but no external(model, name) to resolve it from")
+
+    def external_parameters(self, model: nn.Module) -> list[torch.Tensor]:
+        """The trainable tensors the subject keeps outside ``model`` (an optimiser needs them; the audit
+        restores them between checks). Default: none."""
+        return []
+
+    def layer_tensors(self, layer: nn.Module, method: str, model: nn.Module | None = None,
+                      name: str = "") -> dict[str, tuple[torch.Tensor, str, str]]:
         """{canonical: (live tensor, transform, where)} of one adapted layer, from ``tensor_names``.
 
-        A path may be a tuple of alternatives (e.g. where older releases kept the tensor), tried in order.
-        A spec ``(path, transform, "optional")`` names a tensor a layer may lack (LoKr's factors exist per
-        the layer's shape and rank): found nowhere, it is left out, and the handle's check against the
-        formula's ``layout`` reports it if that layer's formula needs it."""
+        A path is dotted under the adapted layer; "/path" is under the model's root (state shared by every
+        layer, like VeRA's frozen pair kept at model level); "@path" is under ``external(model, name)``
+        (state kept outside the model). A path may be a tuple of alternatives (e.g. where older releases
+        kept the tensor), tried in order. A spec ``(path, transform, "optional")`` names a tensor a layer
+        may lack (LoKr's factors exist per the layer's shape and rank): found nowhere, it is left out, and
+        the handle's check against the formula's ``layout`` reports it if that layer's formula needs it."""
+        def find(path: str, canonical: str) -> torch.Tensor:
+            if path.startswith("/"):
+                if model is None:
+                    raise LayoutError(f"{self.describe()}: {path!r} is model-level but no model was given")
+                return resolve(model, path[1:], canonical)
+            if path.startswith("@"):
+                return resolve(self.external(model, name), path[1:], canonical)
+            return resolve(layer, path, canonical)
+
         out = {}
         for canonical, spec in self.tensor_names[method].items():
             paths, transform = (spec, "identity") if isinstance(spec, str) else spec[:2]
             optional = not isinstance(spec, str) and len(spec) > 2 and spec[2] == "optional"
-            if transform not in TRANSFORMS:
-                raise LayoutError(f"{self.describe()}: tensor {canonical!r} has transform {transform!r}; "
-                                  f"allowed: {', '.join(TRANSFORMS)}")
+            try:
+                as_transform(transform)
+            except ValueError as e:
+                raise LayoutError(f"{self.describe()}: tensor {canonical!r}: {e}") from None
             paths = (paths,) if isinstance(paths, str) else tuple(paths)
             if len(paths) == 1 and not optional:
-                out[canonical] = (resolve(layer, paths[0], canonical), transform, paths[0])
+                out[canonical] = (find(paths[0], canonical), transform, paths[0])
                 continue
             for path in paths:
                 try:
-                    out[canonical] = (resolve(layer, path, canonical), transform, path)
+                    out[canonical] = (find(path, canonical), transform, path)
                     break
                 except LayoutError:
                     continue
@@ -129,7 +207,9 @@ class Subject:
         return out
 
     # -- optional -----------------------------------------------------------------------------------
-    def save(self, model: nn.Module, path: str) -> None:
+    def save(self, model: nn.Module, path: str) -> str | None:
+        """Write the adapter under ``path``; return the adapter's tensor file when the library writes
+        more than one file (the checkpoint checks edit that one), else None. Optional."""
         raise NotSupported(f"{self.describe()} has no save")
 
     def load(self, base: nn.Module, path: str, method: str, cfg: dict) -> nn.Module:
@@ -138,8 +218,9 @@ class Subject:
     def detach(self, model: nn.Module) -> nn.Module:
         raise NotSupported(f"{self.describe()} has no detach")
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        """Write the adapter into the base weights (inference at the base's cost). Optional."""
+    def merge(self, model: nn.Module):
+        """Write the adapter into the base weights (inference at the base's cost); with
+        ``merge_semantics = "state_dict"``, return the merged state dict instead. Optional."""
         raise NotSupported(f"{self.describe()} has no merge")
 
     def unmerge(self, model: nn.Module) -> nn.Module:

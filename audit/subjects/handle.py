@@ -10,6 +10,7 @@ need none still run.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -17,53 +18,38 @@ from torch import nn
 
 from references import paper
 
-from .base import LayoutError, LayoutFinding, ShapeMismatch, Subject
+from .base import LayoutError, LayoutFinding, ShapeMismatch, Subject, is_conv1d, linear_dims  # noqa: F401
+from .transforms import Transform, as_transform
 
 
-def is_conv1d(mod: nn.Module) -> bool:
-    """transformers.pytorch_utils.Conv1D (GPT-2's projections), recognised by name and its ``nf``."""
-    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")
-
-
-def linear_dims(mod: nn.Module) -> tuple[int, int, bool]:
-    """(d_in, d_out, weight stored transposed) of a dense layer: nn.Linear or transformers' Conv1D."""
-    w = getattr(mod, "weight", None)
-    if w is None or w.dim() != 2:
-        raise LayoutError(f"{type(mod).__name__} is not a dense layer with a 2-D weight")
-    if is_conv1d(mod):  # W is (d_in, d_out)
-        return w.shape[0], w.shape[1], True
-    return w.shape[1], w.shape[0], False
-
-
-def canonical_weight(mod: nn.Module) -> torch.Tensor:
-    """A dense layer's weight in canonical (d_out, d_in) layout: a transpose view for Conv1D, so
-    ``copy_`` into it writes the layer's own weight."""
-    return mod.weight.t() if linear_dims(mod)[2] else mod.weight
+def canonical_weight(mod: nn.Module, transposed: bool | None = None) -> torch.Tensor:
+    """A dense layer's weight in canonical (d_out, d_in) layout: a transpose view where it is stored
+    (d_in, d_out) (``transposed``; default: a Conv1D is), so ``copy_`` into it writes the layer's own weight."""
+    return mod.weight.t() if linear_dims(mod, transposed)[2] else mod.weight
 
 
 @dataclass
 class Slot:
-    """One canonical tensor of one layer: the subject's live tensor and how to map it."""
+    """One canonical tensor of one layer: the subject's live tensor and how to map it (transforms.py)."""
 
     tensor: torch.Tensor
-    transform: str  # "identity", "transpose", "reshape"
+    transform: Transform | str  # a Transform, or the name of a plain one ("identity", "transpose", "reshape")
     where: str      # the subject's path, for messages
     shape: tuple | None = None  # canonical shape (None entries: any size)
 
+    def __post_init__(self):
+        self.transform = as_transform(self.transform)
+
     def canonical(self, t: torch.Tensor | None = None) -> torch.Tensor:
         """``t`` (default: the live tensor) in canonical layout (a view where possible)."""
-        t = self.tensor if t is None else t
-        if self.transform == "transpose":
-            return t.t()
-        if self.transform == "reshape":
-            known = self.shape is not None and None not in self.shape
-            return t.reshape(self.shape if known else (-1,))
-        return t
+        return self.transform.read(self.tensor if t is None else t, self.shape)
+
+    def grad(self, g: torch.Tensor) -> torch.Tensor:
+        """The canonical gradient from the live tensor's gradient ``g``."""
+        return self.transform.grad(g, self.shape)
 
     def write(self, value: torch.Tensor) -> None:
-        v = value.t() if self.transform == "transpose" else value
-        with torch.no_grad():
-            self.tensor.copy_(v.reshape(self.tensor.shape).to(self.tensor.device, self.tensor.dtype))
+        self.transform.write(self.tensor, value)
 
     @property
     def trainable(self) -> bool:
@@ -86,8 +72,8 @@ class Adapted:
 
     # -- layout -------------------------------------------------------------------------------------
     def _slots(self, name: str, layer: nn.Module) -> dict[str, Slot]:
-        d_in, d_out, _ = linear_dims(self.base_layer(name))
-        raw = self.subject.layer_tensors(layer, self.method)
+        d_in, d_out = self.dims(name)
+        raw = _layer_tensors(self.subject, layer, self.method, self.model, name)
         want = self._layout(d_in, d_out, raw)
         who = f"{self.subject.describe()}, layer {name}"
         if want is None:
@@ -128,8 +114,8 @@ class Adapted:
             return None
         ref = paper.get(self.method)
         if hasattr(ref, "layout_given"):
-            given = {k: tuple(t.t().shape if tr == "transpose" else t.shape)
-                     for k, (t, tr, _) in raw.items() if tr in ("identity", "transpose")}
+            given = {k: tuple(as_transform(tr).read(t.detach(), None).shape)
+                     for k, (t, tr, _) in raw.items() if as_transform(tr).name != "reshape"}
             if len(given) == len(raw) and (fits := ref.layout_given(d_in, d_out, self.cfg, given)) is not None:
                 return fits
         return ref.layout(d_in, d_out, self.cfg)
@@ -151,9 +137,15 @@ class Adapted:
     def base_layer(self, name: str) -> nn.Module:
         return self.subject.base_layer(self.layers[name])
 
+    def dims(self, name: str) -> tuple[int, int]:
+        """(d_in, d_out) of the layer, its base weight read in the orientation the subject declares."""
+        base = self.base_layer(name)
+        return linear_dims(base, self.subject.weight_transposed(base))[:2]
+
     def weight(self, name: str) -> torch.Tensor:
         """The layer's live frozen weight in canonical (d_out, d_in) layout (W_res where mutated)."""
-        return canonical_weight(self.base_layer(name))
+        base = self.base_layer(name)
+        return canonical_weight(base, self.subject.weight_transposed(base))
 
     def bias(self, name: str) -> torch.Tensor | None:
         return getattr(self.base_layer(name), "bias", None)
@@ -188,7 +180,7 @@ class Adapted:
     def grads(self) -> dict[str, dict[str, torch.Tensor]]:
         """{layer: {trainable tensor: its .grad in canonical layout, zeros where None}}."""
         self.require_layout()
-        return {n: {k: _copy(s.canonical(s.tensor.grad) if s.tensor.grad is not None
+        return {n: {k: _copy(s.grad(s.tensor.grad) if s.tensor.grad is not None
                              else torch.zeros_like(s.canonical()).detach())
                     for k, s in slots.items() if s.trainable}
                 for n, slots in self.slots.items()}
@@ -197,8 +189,14 @@ class Adapted:
         return {id(s.tensor) for slots in self.slots.values() for s in slots.values()}
 
     def parameters(self) -> list[torch.Tensor]:
-        """Every trainable tensor of the model (what an optimiser gets), mapped or not."""
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """Every trainable tensor of the model and of the state the subject keeps outside it (what an
+        optimiser gets), mapped or not."""
+        seen, out = set(), []
+        for p in (*self.model.parameters(), *self.subject.external_parameters(self.model)):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
 
     def rank(self, name: str) -> int:
         """The layer's rank: rows of A (or u), else the config's r."""
@@ -207,6 +205,15 @@ class Adapted:
             if k in st:
                 return int(st[k].canonical().shape[0])
         return int(self.cfg.get("r", 0) or 0)
+
+
+def _layer_tensors(subject: Subject, layer: nn.Module, method: str, model: nn.Module, name: str) -> dict:
+    """``subject.layer_tensors``, given the model and the layer's name where it takes them (an override
+    written before they existed takes the layer and the method only)."""
+    params = inspect.signature(subject.layer_tensors).parameters
+    if "model" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return subject.layer_tensors(layer, method, model=model, name=name)
+    return subject.layer_tensors(layer, method)
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:

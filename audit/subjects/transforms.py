@@ -1,0 +1,138 @@
+"""How a subject's stored tensor maps onto a canonical one (references/STATE_LAYOUT.md), both ways.
+
+A driver names a transform in its ``tensor_names``: a string for the plain ones ("identity",
+"transpose", "reshape") or an object for the ones with parameters. Each says how to read the canonical
+value off the stored tensor, how to write a canonical value into it, and how the stored tensor's
+gradient relates to the canonical gradient the paper formula gives: ``grad`` maps the stored tensor's
+gradient into canonical space, and ``project`` maps the formula's canonical gradient onto what a stored
+tensor of this kind can show (the identity, except where the stored tensor carries more entries than
+the canonical one uses, as a full block whose skew part is the state).
+
+    Affine(scale, shift)   canonical = scale · stored + shift   (a library keeping w with l = 1 + w: Affine(1, 1))
+    Diagonal()             canonical = the diagonal of a stored (…, n, n) matrix
+    SkewPart(factor)       canonical = factor · (stored − storedᵀ) of stored (…, b, b) blocks (0.5: the skew part)
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Transform:
+    """The identity; subclasses override what differs."""
+
+    name = "identity"
+
+    def read(self, t: torch.Tensor, shape: tuple | None) -> torch.Tensor:
+        return t
+
+    def write(self, t: torch.Tensor, value: torch.Tensor) -> None:
+        """Write canonical ``value`` into the stored tensor ``t`` (no autograd)."""
+        with torch.no_grad():
+            t.copy_(self.stored(value, t).reshape(t.shape).to(t.device, t.dtype))
+
+    def stored(self, value: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The stored tensor that reads as ``value``."""
+        return value
+
+    def grad(self, g: torch.Tensor, shape: tuple | None) -> torch.Tensor:
+        """The canonical gradient from the stored tensor's gradient ``g``."""
+        return self.read(g, shape)
+
+    def project(self, g: torch.Tensor) -> torch.Tensor:
+        """The formula's canonical gradient as this stored tensor can show it."""
+        return g
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Transpose(Transform):
+    name = "transpose"
+
+    def read(self, t, shape):
+        return t.t()
+
+    def stored(self, value, t):
+        return value.t()
+
+
+class Reshape(Transform):
+    name = "reshape"
+
+    def read(self, t, shape):
+        known = shape is not None and None not in shape
+        return t.reshape(shape if known else (-1,))
+
+
+class Affine(Transform):
+    """canonical = scale · stored + shift."""
+
+    name = "affine"
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0):
+        if scale == 0:
+            raise ValueError("Affine: scale must be non-zero (the stored tensor must determine the canonical one)")
+        self.scale, self.shift = float(scale), float(shift)
+
+    def read(self, t, shape):
+        return t * self.scale + self.shift
+
+    def stored(self, value, t):
+        return (value - self.shift) / self.scale
+
+    def grad(self, g, shape):
+        return g / self.scale  # ∂L/∂stored = scale · ∂L/∂canonical
+
+    def __repr__(self):
+        return f"affine(scale={self.scale:g}, shift={self.shift:g})"
+
+
+class Diagonal(Transform):
+    """canonical (…, n) = the diagonal of a stored (…, n, n) matrix; off-diagonal entries are left alone."""
+
+    name = "diagonal"
+
+    def read(self, t, shape):
+        return torch.diagonal(t, dim1=-2, dim2=-1)
+
+    def write(self, t, value):
+        with torch.no_grad():
+            torch.diagonal(t, dim1=-2, dim2=-1).copy_(value.to(t.device, t.dtype))
+
+
+class SkewPart(Transform):
+    """canonical (…, b, b) = factor · (stored − storedᵀ): a library storing full blocks and using their skew
+    part (factor 0.5) or their difference with the transpose (factor 1)."""
+
+    name = "skew part"
+
+    def __init__(self, factor: float = 0.5):
+        self.factor = float(factor)
+
+    def read(self, t, shape):
+        return self.factor * (t - t.transpose(-1, -2))
+
+    def stored(self, value, t):
+        return value / (2 * self.factor)  # a skew value: factor · (v/2f − (v/2f)ᵀ) = v
+
+    def grad(self, g, shape):
+        return g  # ∂L/∂stored = factor · (G − Gᵀ): compared with the formula's G projected the same way
+
+    def project(self, g):
+        return self.factor * (g - g.transpose(-1, -2))
+
+    def __repr__(self):
+        return f"skew part(factor={self.factor:g})"
+
+
+NAMED = {"identity": Transform(), "transpose": Transpose(), "reshape": Reshape()}
+
+
+def as_transform(spec) -> Transform:
+    """A transform from a driver's spec: one of NAMED's strings or a Transform."""
+    if isinstance(spec, Transform):
+        return spec
+    if isinstance(spec, str) and spec in NAMED:
+        return NAMED[spec]
+    raise ValueError(f"unknown transform {spec!r}; allowed: {', '.join(NAMED)} or an audit.subjects.transforms "
+                     "object (Affine, Diagonal, SkewPart)")
