@@ -1,9 +1,10 @@
 """Driver for hooklib (tests/thirdparty/hooklib), an outside LoRA/IA3 hook library: a name map, a config translation.
 Run: python -m audit run --subject examples/hooklib_driver.py:HooklibDriver --variants lora,ia3 --out out/hooklib"""
+import re
 import sys
 from pathlib import Path
 
-from audit.subjects import NotSupported, Subject
+from audit.subjects import Subject
 
 try:
     import hooklib
@@ -12,19 +13,17 @@ except ImportError:  # not on the path: use the copy in this checkout
     import hooklib
 
 RENAME = {"r": "rank", "use_rslora": "rslora", "dtype": "adapter_dtype"}  # canonical field -> HookConfig field
-TARGETING = ("target_roles", "target_names", "exclude_names", "layers")  # translated below, not renamed
+TARGETING = ("target_roles", "target_names", "exclude_names", "layers")  # resolved by the audit: `targets`
 
 
 class HooklibDriver(Subject):
     label, lib = "hooklib (example third-party hook library)", hooklib
     tensor_names = {"lora": {"A": "lora_down", "B": ("lora_up", "transpose")}, "ia3": {"l": ("ia3_scale", "reshape")}}
 
-    def attach(self, model, method, cfg, calibration):
-        if cfg.get("exclude_names") or cfg.get("layers") is not None:
-            raise NotSupported("hooklib selects layers by leaf names or a regex only: no exclude_names / layers")
-        roles, kw = cfg.get("target_roles"), {RENAME.get(k, k): v for k, v in cfg.items() if k not in TARGETING}
-        leaves = None if roles is None else tuple(f"{r}_proj" for r in roles)  # role "q" -> leaf q_proj (zoo naming)
-        config = self.lib.HookConfig(method=method, targets=leaves, regex=tuple(cfg.get("target_names") or ()), **kw)
+    def attach(self, model, method, cfg, calibration, targets=None):  # targets: {module name: roles, kind, shape}
+        kw = {RENAME.get(k, k): v for k, v in cfg.items() if k not in TARGETING}
+        exact = tuple(f"^{re.escape(n)}$" for n in targets or ())  # hooklib selects by regex: the exact names
+        config = self.lib.HookConfig(method=method, regex=exact or tuple(cfg.get("target_names") or ("(?!)",)), **kw)
         return self.lib.attach(model, config)
 
     def adapted_layers(self, model):
