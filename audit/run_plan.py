@@ -186,6 +186,13 @@ def resolve_targets(req) -> list:
             return runner.default_targets(names, spec)
         except ValueError as e:
             raise PlanError(str(e)) from None
+    if spec in subjects.LIBRARIES:  # a built-in subject for another library: every card it maps by default
+        try:
+            subject = subjects.from_spec(spec, flag)
+        except subjects.SpecError as e:
+            raise PlanError(str(e)) from None
+        names = names if names is not None else [n for n in sorted(CARDS) if subject.supports(n) is None]
+        return [runner.Target(get(n), subject, subject.describe(), spec) for n in names]
     cls = load_impl(spec, flag)
     import variants
     if issubclass(cls, variants.Variant):

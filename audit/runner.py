@@ -29,6 +29,9 @@ class Target:
 
     def __post_init__(self):
         self.subject = as_subject(self.subject, self.label)
+        own = tuple(self.subject.deviations(self.card.name))  # a library's declared departures (its subject module)
+        if own:
+            self.card = replace(self.card, deviations=self.card.deviations + own)
 
     @property
     def variant(self):

@@ -5,8 +5,8 @@ See ``base.py`` for the protocol, ``handle.py`` for the canonical view the check
 """
 from .base import LayerNotSupported, LayoutError, LayoutFinding, NotSupported, ShapeMismatch, Subject, resolve
 from .handle import Adapted, canonical_weight, is_conv1d, linear_dims
-from .load import SpecError, as_subject, from_spec, load_class
+from .load import LIBRARIES, SpecError, as_subject, from_spec, load_class
 
-__all__ = ["Adapted", "LayerNotSupported", "LayoutError", "LayoutFinding", "NotSupported", "ShapeMismatch", "SpecError", "Subject", "as_subject",
+__all__ = ["Adapted", "LIBRARIES", "LayerNotSupported", "LayoutError", "LayoutFinding", "NotSupported", "ShapeMismatch", "SpecError", "Subject", "as_subject",
            "canonical_weight", "from_spec", "is_conv1d",
            "linear_dims", "load_class", "resolve"]

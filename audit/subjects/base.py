@@ -147,6 +147,12 @@ class Subject:
             return self.attach(model, method, cfg, calibration, targets=targets)
         return self.attach(model, method, cfg, calibration)
 
+    def deviations(self, method: str) -> tuple:
+        """The library's own declared departures from the paper for ``method`` (``audit.cards.Deviation``s
+        naming it as who departs, each with its source): added to the card's for this subject's audit, so
+        a library's findings live in its subject's module. Default: none."""
+        return ()
+
     def weight_transposed(self, base_layer: nn.Module) -> bool:
         """Is this base layer's weight stored (d_in, d_out)? (``fan_in_fan_out``; default: a Conv1D is)."""
         return is_conv1d(base_layer) if self.fan_in_fan_out is None else bool(self.fan_in_fan_out)

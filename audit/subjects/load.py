@@ -1,5 +1,6 @@
-"""Subjects by name: ``ours``, ``peft``, or ``MODULE:Class`` / ``FILE.py:Class`` naming a
-``variants.Variant`` subclass (run by our runtime) or an ``audit.subjects.Subject`` (a driver)."""
+"""Subjects by name: ``ours``, ``peft``, a built-in one for another library (``lycoris``, ``torchtune``:
+optional extras), or ``MODULE:Class`` / ``FILE.py:Class`` naming a ``variants.Variant`` subclass (run by
+our runtime) or an ``audit.subjects.Subject`` (a driver)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,10 @@ class SpecError(ValueError):
     """A subject spec that cannot be loaded; the message says why (the CLI turns it into exit 2)."""
 
 
+# built-in subjects for other libraries (optional extras): name -> (module under audit.subjects, class, extra)
+LIBRARIES = {"lycoris": ("lycoris", "Lycoris", "lycoris"), "torchtune": ("torchtune", "Torchtune", "torchtune")}
+
+
 def from_spec(spec: str, flag: str = "--subject") -> Subject:
     """The subject named by ``spec`` (see the module docstring)."""
     if spec == "ours":
@@ -24,7 +29,21 @@ def from_spec(spec: str, flag: str = "--subject") -> Subject:
     if spec == "peft":
         from .peft import Peft
         return Peft()
+    if spec in LIBRARIES:
+        return library_subject(spec, flag)
     return as_subject(load_class(spec, flag), spec)
+
+
+def library_subject(name: str, flag: str = "--subject") -> Subject:
+    """A built-in subject for another library; a SpecError naming the extra when the library is absent."""
+    module, cls, extra = LIBRARIES[name]
+    try:
+        mod = importlib.import_module(f"{__package__}.{module}")
+        return getattr(mod, cls)()
+    except ImportError as e:
+        raise SpecError(f"{flag} {name}: the library does not import ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); install it with "
+                        f"pip install 'adapter-audit[{extra}]' or run nox -s audit-{name}") from None
 
 
 def as_subject(cls, label: str = "") -> Subject:
