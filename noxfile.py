@@ -1,4 +1,5 @@
-"""Entry points: nox -s tests | audit | audit-peft | gate | baseline | seeds | bench. Options after `--` pass through.
+"""Entry points: nox -s tests | audit | audit-peft | audit-lycoris | audit-torchtune | gate | baseline | seeds | bench.
+Options after `--` pass through.
 
 `python -m audit run` exits 1 when a verdict is non-conformant or a row errors; the sessions that go
 on to compare or render (audit, gate, baseline, seeds) accept that and let the next step decide."""
@@ -15,16 +16,18 @@ nox.options.sessions = ["tests"]
 PYTHON = "3.11"
 
 
-def _install(session: nox.Session) -> None:
+def _install(session: nox.Session, extras: str = "audit,dev") -> None:
     # torch first, pinned to the local CPU build: an unpinned torch would pull a multi-GB CUDA wheel.
     session.install("-c", "constraints.txt", "torch")
-    session.install("-c", "constraints.txt", "-e", ".[audit,dev]")
+    session.install("-c", "constraints.txt", "-e", f".[{extras}]")
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pytest exit code 5, no tests collected, fails the session)."""
-    _install(session)
+    """Run the test suite (pytest exit code 5, no tests collected, fails the session). The torchtune extra is
+    installed too (about 25 s), so --subject torchtune is tested; ADAPTER_AUDIT_NO_EXTRAS=1 leaves it out
+    (its tests then skip, saying so)."""
+    _install(session, "audit,dev" if os.environ.get("ADAPTER_AUDIT_NO_EXTRAS") == "1" else "audit,dev,torchtune")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -61,6 +64,27 @@ def audit_peft(session: nox.Session) -> None:
     if "--out" not in args:
         args = ["--out", "reports/peft", *args]
     _audit_and_judge(session, ["--subject", "peft", *args], mutants=False)
+
+
+def _audit_library(session: nox.Session, name: str, extras: str) -> None:
+    """Audit another library as the subject into reports/<name>/ (options pass through)."""
+    _install(session, extras)
+    args = session.posargs or []
+    if "--out" not in args:
+        args = ["--out", f"reports/{name}", *args]
+    _audit_and_judge(session, ["--subject", name, *args], mutants=False)
+
+
+@nox.session(name="audit-lycoris", python=PYTHON)
+def audit_lycoris(session: nox.Session) -> None:
+    """Audit the LyCORIS library (the LoHa/LoKr authors' code) as the subject; writes reports/lycoris/."""
+    _audit_library(session, "lycoris", "audit,dev")
+
+
+@nox.session(name="audit-torchtune", python=PYTHON)
+def audit_torchtune(session: nox.Session) -> None:
+    """Audit torchtune's LoRA and DoRA modules as the subject; writes reports/torchtune/."""
+    _audit_library(session, "torchtune", "audit,dev,torchtune")
 
 
 @nox.session(python=PYTHON)

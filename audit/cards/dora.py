@@ -10,10 +10,10 @@ NORM_GRADIENT = OpenChoice(
     "norm_gradient", "whether the gradient flows through the row norm ‖W + sBA‖ (the values are the same)",
     "equation",
     (Option("through", "through the norm (eq. 5 as written)", "arXiv 2402.09353 §4.1 eq. (5)",
-            {"detach_norm": False}, ("paper",)),
+            {"detach_norm": False}, ("paper", "lycoris")),
      Option("detached", "the norm a constant in backprop (§4.3's memory saving)",
             "arXiv 2402.09353 §4.3; peft/tuners/lora/dora.py (weight_norm.detach())",
-            {"detach_norm": True}, ("peft", "ours"))),
+            {"detach_norm": True}, ("peft", "ours", "torchtune"))),
     affects="gradients")
 
 

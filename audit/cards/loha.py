@@ -59,7 +59,7 @@ ZERO_FACTOR = OpenChoice(
     "zero_factor", "which of the four factors is zero at init (any one makes ΔW = 0)", "init",
     tuple(Option(n, f"{n} = 0", src, {"zero_factor": n}, makers) for n, src, makers in (
         ("w2_b", "peft loha/layer.py reset_adapter_parameters (init_weights=True)", ("peft", "ours")),
-        ("w2_a", "LyCORIS lycoris/modules/loha.py (the authors' code)", ("LyCORIS",)),
+        ("w2_a", "LyCORIS lycoris/modules/loha.py (the authors' code)", ("lycoris",)),
         ("w1_a", "any zero factor keeps ΔW = 0 (FedPara §3's product)", ()),
         ("w1_b", "any zero factor keeps ΔW = 0 (FedPara §3's product)", ()))))
 FACTOR_DRAW = OpenChoice(
@@ -68,7 +68,7 @@ FACTOR_DRAW = OpenChoice(
             {"factor_draw": "kaiming_uniform"}, ("peft", "ours")),
      Option("gaussian", "Gaussian N(0, σ²), σ free per tensor",
             "LyCORIS lycoris/modules/loha.py (w1_a ~ N(0, 0.1²), w1_b, w2_b ~ N(0, 1))",
-            {"factor_draw": "gaussian"}, ("LyCORIS",))))
+            {"factor_draw": "gaussian"}, ("lycoris",))))
 
 CARD = VariantCard(
     name="loha",

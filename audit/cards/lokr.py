@@ -60,13 +60,13 @@ def _kron_structure(p) -> float:
 ZERO_SIDE = OpenChoice(
     "zero_factor", "which Kronecker side is zero at init (either makes ΔW = 0)", "init",
     (Option("w2", "W₂ (or W₂ᵦ) = 0", "LyCORIS lycoris/modules/lokr.py (the authors' code)", {"init_style": "lycoris"},
-            ("LyCORIS", "ours")),
+            ("lycoris", "ours")),
      Option("w1", "W₁ (or W₁ₐ) = 0", "peft tuners/lokr/layer.py reset_adapter_parameters (init_weights=True)",
             {"init_style": "peft"}, ("peft",))))
 KRON_ORDER = OpenChoice(
     "kron_order", "which factor is the grid of blocks and which the block", "equation",
     (Option("w1w2", "ΔW = W₁ ⊗ W₂", "arXiv 2309.14859 §3; LyCORIS lokr.py and peft (make_kron(w1, w2))",
-            {"kron_order": "w1w2"}, ("paper", "peft", "ours")),
+            {"kron_order": "w1w2"}, ("paper", "peft", "ours", "lycoris")),
      Option("w2w1", "ΔW = W₂ ⊗ W₁", "arXiv 2309.14859 §3: any Kronecker factorisation of ΔW is LoKr's",
             {"kron_order": "w2w1"})),
     affects="outputs")

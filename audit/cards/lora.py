@@ -9,7 +9,7 @@ A_DRAW = OpenChoice(
             {"init_A": "gaussian"}, ("paper",)),
      Option("kaiming_uniform", "kaiming-uniform U(±1/√d_in)",
             "peft tuners/lora/layer.py reset_lora_parameters (init_lora_weights=True: kaiming_uniform_(a=√5))",
-            {"init_A": "kaiming_uniform"}, ("peft", "ours"))))
+            {"init_A": "kaiming_uniform"}, ("peft", "ours", "lycoris", "torchtune"))))
 
 CARD = VariantCard(
     name="lora",
