@@ -77,26 +77,44 @@ def formula_cfg(cell, adapted) -> tuple[dict, str]:
     return {**adapted.cfg, **fields(combo)}, label(combo)
 
 
-def distance(adapted, cfg: dict, seen: dict, seed: int, ref=None) -> float:
-    """The largest relative error, over layers and over output, input gradient and trainable tensors'
-    gradients, between ``adapted``'s layers and the float64 formula under ``cfg``."""
+def errors(adapted, cfg: dict, seen: dict, seed: int, ref=None) -> list[float]:
+    """The relative errors, per layer and per quantity (output, input gradient, each trainable tensor's
+    gradient), between ``adapted``'s layers and the float64 formula under ``cfg``, in a fixed order."""
     ref = ref or paper.get(adapted.method)
     g = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    out = []
     for name in adapted.names:
         x = seen[name][0]
         w, b, state = layer_args(adapted, name)
         t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
         got, trainable = subject_outputs(adapted, name, x, t)
         y, grads = formula_outputs(ref, x, w, b, state, cfg, trainable, t, project=projections(adapted, name))
-        worst = max(worst, *(rel_err(a, e) for a, e in zip(got, [y, *grads])))
-    return worst
+        out += [rel_err(a, e) for a, e in zip(got, [y, *grads])]
+    return out
+
+
+def distance(adapted, cfg: dict, seen: dict, seed: int, ref=None) -> float:
+    """The largest of ``errors``: how far the subject is from the formula under ``cfg``."""
+    return max(errors(adapted, cfg, seen, seed, ref))
 
 
 def nearest(adapted, choices: tuple[OpenChoice, ...], seen: dict, seed: int) -> Combo:
-    """The combination whose formula is nearest ``adapted`` (ties: the first declared)."""
-    scored = [(distance(adapted, {**adapted.cfg, **fields(c)}, seen, seed), i, c) for i, c in enumerate(combos(choices))]
-    return min(scored, key=lambda s: (s[0], s[1]))[2]
+    """The combination whose formula is nearest ``adapted``, quantity by quantity: each option's error on
+    each quantity over the best any option reaches there, the largest such ratio being the option's
+    score. A quantity no option changes (an output every option gets equally wrong, as a departure
+    elsewhere in the subject makes it) then weighs nothing, where the largest raw error would tie the
+    options on it. Ties: an option the subject is declared to take, then the first declared."""
+    options = combos(choices)
+    errs = [errors(adapted, {**adapted.cfg, **fields(c)}, seen, seed) for c in options]
+    floor = 1e-15
+    best = [min(col) for col in zip(*errs)]
+    kind = getattr(adapted.subject, "kind", "")
+
+    def score(i: int) -> tuple:
+        ratio = max(((e + floor) / (b + floor) for e, b in zip(errs[i], best)), default=1.0)
+        declared = all(kind in o.makers for _, o in options[i])
+        return (round(ratio, 9), not declared, i)
+    return options[min(range(len(options)), key=score)]
 
 
 def resolve_equation(cell, choices: tuple[OpenChoice, ...]) -> Combo:

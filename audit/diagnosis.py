@@ -209,13 +209,16 @@ def finding_line(variant: str, f: dict) -> str:
     return f"{variant}: {f['reference']} {finding_line_text(f)}"
 
 
-def _card_deviation(variant: str, dev_id: str):
+def _card_deviation(variant: str, dev_id: str, deviations: dict | None = None):
+    """The declared deviation ``dev_id`` of a card: from ``deviations`` ({card: its deviations as audited,
+    a subject's own included}) where given, else the card's."""
     from .cards import CARDS
     card = CARDS.get(variant)
-    return next((d for d in (card.deviations if card else ()) if d.id == dev_id), None)
+    found = (deviations or {}).get(variant, card.deviations if card else ())
+    return next((d for d in found if d.id == dev_id), None)
 
 
-def departures(rows: list[Row]) -> dict:
+def departures(rows: list[Row], deviations: dict | None = None) -> dict:
     """The subject's departures from the papers over the whole run (for a subject other than ours,
     e.g. peft): each declared deviation observed on the subject's rows (xfail, or re-judged under a
     declared tolerance), grouped by deviation id over the cards, with its reason and source from the
@@ -224,7 +227,7 @@ def departures(rows: list[Row]) -> dict:
     declared = []
     for dev_id, rs in group_by([r for r in subj if r.deviation], lambda r: r.deviation).items():
         cards = uniq(r.variant for r in rs)
-        dev = next((d for d in (_card_deviation(c, dev_id) for c in cards) if d is not None), None)
+        dev = next((d for d in (_card_deviation(c, dev_id, deviations) for c in cards) if d is not None), None)
         kind = dev.kind if dev is not None else ""
         seen = [r for r in rs if r.status == "xfail" or (kind == "tolerance" and r.status == "pass")]
         if not seen:
@@ -235,7 +238,7 @@ def departures(rows: list[Row]) -> dict:
             f"{', '.join(DTYPE_SHORT.get(d, d) for d in uniq(r.dtype for r in g))}"
             for (c, m), g in group_by(seen, lambda r: (r.check, r.metric)).items())
         declared.append({"id": dev_id, "cards": cards,
-                         "by": ("peft" if dev.reference == "peft" else "the card (the method itself)")
+                         "by": ("the card (the method itself)" if dev.reference == "paper" else dev.reference)
                          if dev is not None else "-",
                          "observed": ", ".join(f"{len(v)} {k}" for k, v in counts.items()) + f": {where_}",
                          "reason": dev.reason if dev is not None else "-",

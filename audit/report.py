@@ -96,10 +96,10 @@ def render(out: Path, meta: dict, rows: list[Row], verdicts: dict, targets) -> N
     for tgt in targets:
         atomic_write(out / f"{tgt.card.name}.md", render_variant(env, tgt, m, rows, verdicts.get(tgt.card.name)))
     write_csv(out, rows)
-    render_summary(out, meta, rows, verdicts)
+    render_summary(out, meta, rows, verdicts, {t.card.name: t.card.deviations for t in targets})
 
 
-def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict) -> None:
+def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict, deviations: dict | None = None) -> None:
     """SUMMARY.md from the rows; the mutant table comes from DIR/mutants.json when it exists."""
     out = Path(out)
     mutants_path = out / "mutants.json"
@@ -110,4 +110,4 @@ def render_summary(out: Path, meta: dict, rows: list[Row], verdicts: dict) -> No
         meta=meta, subj=subj, summary=summary_rows(meta, rows, verdicts), checks=SUMMARY_CHECKS, concerns=CONCERNS,
         labels=check_labels(subj), mutants=mutants, overhead_note=OVERHEAD_NOTE,
         references=references_overview(list(verdicts), meta),
-        departures=departures(rows) if subj["kind"] != "ours" else None))
+        departures=departures(rows, deviations) if subj["kind"] != "ours" else None))

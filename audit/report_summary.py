@@ -18,10 +18,10 @@ from .report_rows import (FINDING, SEVERITY, group_by, max_margin, reference_row
 from .rows import BAD, Row
 from .verdict import CONCERNS
 
-SUMMARY_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
+SUMMARY_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "lycoris_parity", "properties",
                   "placement", "save_load", "merge", "training", "robustness")
 CHECK_LABELS = {"identity_at_init": "identity", "grad_flow": "grad flow", "paper_parity": "paper parity",
-                "peft_parity": "peft parity", "save_load": "save/load"}
+                "peft_parity": "peft parity", "lycoris_parity": "LyCORIS parity", "save_load": "save/load"}
 TIMING_SHOWN = ("fwd_bwd_ratio_vs_base", "fwd_bwd_peak_mem_mb[")  # plus every judged timing row
 
 

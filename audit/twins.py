@@ -15,7 +15,7 @@ from references import peft_bridge as bridge
 
 from . import models
 from .numerics import jitter
-from .subjects import Adapted, LayoutError
+from .subjects import LIBRARIES, Adapted, LayoutError
 from .subjects.ours import Ours
 
 
@@ -36,15 +36,20 @@ def reference_names(card, subject) -> list[str]:
     """Every reference the subject is judged against on ``card``: the paper formula, then the other
     implementation (or the independent port)."""
     other = other_implementation(card, subject)
-    ports = [r for r in card.references if r not in ("paper", "peft")] if subject.kind != "peft" else []
+    ports = [r for r in card.references if r not in ("paper", "peft", subject.kind)
+             and not (r == "antipasto3" and subject.kind == "peft")]
     return ["paper", *([other] if other else []), *ports]
 
 
-def twin(cell, adapted: Adapted) -> Adapted:
-    """The reference implementation (``reference_name``) holding ``adapted``'s state, on a fresh base."""
+def twin(cell, adapted: Adapted, other: str | None = None, dtype: torch.dtype | None = None) -> Adapted:
+    """The reference implementation ``other`` (default ``reference_name``) holding ``adapted``'s state, on
+    a fresh base (in ``dtype``, for a library whose state lives outside the model and cannot be copied)."""
     name, cfg = cell.card.name, adapted.cfg
+    other = other or reference_name(cell)
     _same_layout(adapted)
-    if reference_name(cell) == "peft":
+    if other in LIBRARIES:
+        return _library_twin(cell, adapted, other, dtype)
+    if other == "peft":
         from .subjects.peft import Peft
         needs_weight = any(t.canonical == "weight" for t in bridge.MAPPINGS[name].tensors)
         model = bridge.build_peft_model(cell.base(), name, cfg, adapted.names,  # on a copy of the base
@@ -58,6 +63,29 @@ def twin(cell, adapted: Adapted) -> Adapted:
                            "subject: no side-by-side twin")
     _match_ranks(handle, adapted)
     handle.set_state(adapted.state(with_weight=variants.REGISTRY[name].mutates_base_weight))
+    return handle
+
+
+def _library_twin(cell, adapted: Adapted, other: str, dtype: torch.dtype | None) -> Adapted:
+    """Another library's built-in subject attached to a fresh base (cast to ``dtype``) for the same targets,
+    then holding ``adapted``'s canonical state."""
+    from .subjects import LayerNotSupported, NotSupported, from_spec
+    subject = from_spec(other)
+    model = cell.fresh_model() if dtype is None else cell.fresh_model().to(dtype)
+    try:
+        attached = subject.attach_with_targets(model, cell.card.name, adapted.cfg, None, cell.card.placement_roles)
+    except (LayerNotSupported, NotSupported) as e:
+        raise bridge.BridgeUnsupported(f"{subject.describe()} cannot hold this state here: {e}") from None
+    if dtype is not None:  # the library's own tensors too (it may create its adapters in float32 regardless)
+        with torch.no_grad():
+            for p in subject.external_parameters(attached):
+                p.data = p.data.to(dtype)
+    handle = _mapped(Adapted(subject, attached, cell.card.name, adapted.cfg))
+    if set(handle.names) != set(adapted.names):
+        raise bridge.BridgeUnsupported(f"{subject.describe()} adapted {sorted(set(handle.names) ^ set(adapted.names))} "
+                                       "differently from the subject: no side-by-side twin")
+    state = adapted.state()
+    handle.set_state({n: {k: v.to(dtype) if dtype is not None else v for k, v in st.items()} for n, st in state.items()})
     return handle
 
 
@@ -110,14 +138,18 @@ def copy_of(handle: Adapted, dtype: torch.dtype | None = None) -> Adapted:
     return Adapted(handle.subject, model, handle.method, handle.cfg)
 
 
-def twins(cell, adapted: Adapted) -> dict[str, Adapted]:
-    """The reference in the run's precision ("ref"), from a start jittered by one unit round-off
-    ("ref_jittered"), and in float64 on the same (exactly representable) weights ("truth")."""
-    ref = twin(cell, adapted)
-    jittered, truth = copy_of(ref), copy_of(ref, torch.float64)
+def twins(cell, adapted: Adapted, other: str | None = None) -> dict[str, Adapted]:
+    """The reference ``other`` (default ``reference_name``) in the run's precision ("ref"), from a start
+    jittered by one unit round-off ("ref_jittered"), and in float64 on the same (exactly representable)
+    weights ("truth"). A library keeping its state outside the model is attached afresh for each."""
+    ref = twin(cell, adapted, other)
+    if ref.subject.external_parameters(ref.model):  # a copy of the model would not carry the state
+        jittered, truth = twin(cell, adapted, other), twin(cell, adapted, other, torch.float64)
+    else:
+        jittered, truth = copy_of(ref), copy_of(ref, torch.float64)
     gen = torch.Generator().manual_seed(cell.seed + 23)
     with torch.no_grad():
-        for p in jittered.model.parameters():
+        for p in jittered.parameters():
             if p.requires_grad:
                 p.copy_(jitter(p, cell.dtype, gen))
     return {"ref": ref, "ref_jittered": jittered, "truth": truth}

@@ -12,7 +12,7 @@
 Rows with ``about == "reference"`` audit the external reference itself (peft's layers against the
 paper, peft's default init or targets): they are *reference findings*, reported on their own and
 never part of the subject's verdict. Confidence counts the independent references whose parity
-checks ran and passed: 2 high, 1 medium, 0 low (none when nothing was judged).
+checks ran and passed: 2 or more high, 1 medium, 0 low (none when nothing was judged).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from .rows import BAD, Row
 
-PARITY = (("paper_parity", "paper"), ("peft_parity", "external"))
+PARITY = (("paper_parity", "paper"), ("peft_parity", "external"), ("lycoris_parity", "lycoris"))
 FINDING = ("fail", "xfail", "xpass", "error")
 
 # What a library author acts on: each check answers one concern. "equation" is what the method computes
@@ -29,7 +29,8 @@ FINDING = ("fail", "xfail", "xpass", "error")
 # reads); the others are the init, merge, checkpoint, input validation, placement and speed parts
 # around it. A check not listed counts as equation.
 CONCERNS: dict[str, tuple[str, ...]] = {
-    "equation": ("layout", "identity_at_init", "paper_parity", "peft_parity", "grad_flow", "properties", "training"),
+    "equation": ("layout", "identity_at_init", "paper_parity", "peft_parity", "lycoris_parity", "grad_flow",
+                 "properties", "training"),
     "init": ("init",),
     "merge": ("merge",),
     "checkpoint": ("save_load",),
@@ -171,7 +172,7 @@ def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None) -> dict:
     if not reasons:
         reasons = [f"all {sum(r.status == 'pass' for r in counted)} measurements pass"
                    f" ({sum(r.status == 'n/a' for r in counted)} n/a)"]
-    confidence = "none" if verdict == "not audited" else {2: "high", 1: "medium"}.get(len(refs), "low")
+    confidence = "none" if verdict == "not audited" else {0: "low", 1: "medium"}.get(len(refs), "high")
     return {"verdict": verdict, "confidence": confidence, "references_agreeing": refs, "reasons": reasons,
             "deciding": deciding, "deciding_concerns": deciding_concerns, "concerns": concerns,
             "headline": headline(verdict, concerns), "required": list(require) if require else None,

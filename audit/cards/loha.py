@@ -77,7 +77,7 @@ CARD = VariantCard(
     arxiv="2108.06098",
     equation="ΔW = s·(w1_a w1_b) ⊙ (w2_a w2_b),  s = α/r,  W′ = W + ΔW (bias unchanged);  one factor = 0 at init",
     config={"r": 4, "alpha": 8.0},
-    references=("paper", "peft"),
+    references=("paper", "peft", "lycoris"),
     identity="exact",
     zero_grads=_zero_grads,
     trainable_per_layer=lambda d_in, d_out, c: 2 * c["r_layer"] * (d_in + d_out),

@@ -93,7 +93,7 @@ CARD = VariantCard(
     equation="ΔW = γ·(W₁ ⊗ W₂),  W₂ = W₂ₐW₂ᵦ when r < max(out_k, in_n)/2;  γ = α/r (γ = 1 when W₁, W₂ are both full);  "
              "W_eff = W + ΔW, b unchanged",
     config={"r": 2, "alpha": 4.0},
-    references=("paper", "peft"),
+    references=("paper", "peft", "lycoris"),
     identity="exact",
     zero_grads=_zero_grads,
     trainable_per_layer=_trainable,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-CHECK_ORDER = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "properties",
+CHECK_ORDER = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "lycoris_parity", "properties",
                "placement", "save_load", "merge", "training", "robustness", "timing")
 
 

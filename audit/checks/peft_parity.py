@@ -63,25 +63,32 @@ def _worst(ours: dict, truth: dict, refs: list[dict], dtype, scales: dict | None
 
 
 class _LayerTaps:
-    """Records each adapted layer's input (before any adapter pre-hook) and the loss gradient at its output."""
+    """Records each adapted layer's input (before any adapter pre-hook) and the loss gradient at its output;
+    at the base layer where the library does not call its adapter module (as state.capture does)."""
 
     def __init__(self, adapted, names):
-        self.seen: dict[str, list] = {}
+        self.tiers: list[dict[str, list]] = [{}, {}]  # the adapted layer's records, the base layer's
         self.handles = []
         for n in names:
-            mod = adapted.layers[n]
-            self.handles.append(mod.register_forward_pre_hook(self._pre(n), prepend=True))
-            self.handles.append(mod.register_forward_hook(self._hook(n)))
+            for tier, mod in enumerate((adapted.layers[n], adapted.base_layer(n))):
+                if tier and mod is adapted.layers[n]:
+                    continue
+                self.handles.append(mod.register_forward_pre_hook(self._pre(n, tier), prepend=True))
+                self.handles.append(mod.register_forward_hook(self._hook(n, tier)))
 
-    def _pre(self, n):
+    @property
+    def seen(self) -> dict[str, list]:
+        return {**self.tiers[1], **self.tiers[0]}  # the adapted layer's where it was called
+
+    def _pre(self, n, tier):
         def hook(mod, args):
-            self.seen[n] = [args[0].detach(), None]
+            self.tiers[tier][n] = [args[0].detach(), None]
         return hook
 
-    def _hook(self, n):
+    def _hook(self, n, tier):
         def hook(mod, args, out):
             if out.requires_grad:
-                out.register_hook(lambda g: self.seen[n].__setitem__(1, g.detach()))
+                out.register_hook(lambda g: self.tiers[tier][n].__setitem__(1, g.detach()))
         return hook
 
     def remove(self):
@@ -118,11 +125,17 @@ def run(cell: Cell) -> None:
         _run(cell, adapted, other, over)
 
 
+def run_against(cell: Cell, other: str) -> None:
+    """The side-by-side rows against the reference implementation ``other`` (lycoris_parity's)."""
+    with cell.shared(perturbed=True) as adapted:
+        _run(cell, adapted, other, {})
+
+
 def _other_choices(cell: Cell, adapted, other: str) -> tuple[str, bool]:
     """(a note on the open choices where the subject and ``other`` take different options, whether their
     outputs differ): both conform (the card's choices), so side by side only what they share is compared."""
     _, mine = formula_cfg(cell, adapted)
-    apart = differing(cell.card, mine, made_by(cell.card, "ours" if other == "ours" else "peft"))
+    apart = differing(cell.card, mine, made_by(cell.card, other))
     if not apart:
         return "", False
     note = "; ".join(f"{c.name}: the subject takes '{m.label}', {other} '{o.label}'" for c, m, o in apart)
@@ -138,7 +151,7 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
     if outputs_differ:
         raise NotApplicable(apart)
     try:
-        tw = twins(cell, adapted)
+        tw = twins(cell, adapted, other)
     except BridgeUnsupported as e:  # peft cannot hold this state here (its HRA takes no Conv1D layer)
         raise NotApplicable(f"no {other} twin: {e}") from None
     refs = ("ref", "ref_jittered")
@@ -149,6 +162,8 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
     y = {}
     try:  # one forward per implementation gives the logits row and, backwards, the gradient rows
         for k, h in handles.items():
+            for p in h.parameters():  # the state a library keeps outside the model too
+                p.grad = None
             h.model.zero_grad(set_to_none=True)
             loss, y[k] = _loss(cell, h)
             loss.backward()
@@ -163,10 +178,10 @@ def _run(cell: Cell, adapted, other: str, over: dict) -> None:
             cell.row(metric, None, None, status="n/a", reference=other, message=apart)
     else:
         _gradients(cell, handles, tw, adapted, taps, refs, other, formula_cfg(cell, adapted)[0])
-    if other == "peft" and cell.dtype_name == "float32":
-        # peft's layers vs the paper, a reference finding: in float32 only (peft's own low-precision
-        # arithmetic is what `--subject peft` audits, in every dtype, as the subject)
-        _peft_vs_paper(cell, tw["ref"], cfg)
+    if other != "ours" and cell.dtype_name == "float32":
+        # the reference's layers vs the paper, a reference finding: in float32 only (its own low-precision
+        # arithmetic is what `--subject peft` / `--subject lycoris` audits, in every dtype, as the subject)
+        _reference_vs_paper(cell, tw["ref"], cfg, other)
 
 
 def _gradients(cell: Cell, handles: dict, tw: dict, adapted, taps, refs: tuple, other: str, cfg: dict) -> None:
@@ -221,12 +236,12 @@ def _trajectory(cell: Cell, handles: dict, tw: dict, adapted, refs: tuple, other
              message=f"adapter tensors after each of {STEPS} Adam steps, worst tensor; {how}")
 
 
-def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
-    """Audit peft itself (as a reference): its layer outputs (and, where the card has an equation choice,
-    its gradients) vs the paper formula under the options peft is declared to take, on peft's own
-    state, judged like paper_parity (float64 truth, the formula's spread in the run's precision)."""
+def _reference_vs_paper(cell: Cell, peft, cfg: dict, who: str = "peft") -> None:
+    """Audit the reference ``who`` itself: its layer outputs (and, where the card has an equation choice,
+    its gradients) vs the paper formula under the options it is declared to take, on its own state,
+    judged like paper_parity (float64 truth, the formula's spread in the run's precision)."""
     ref = paper.get(cell.card.name)
-    combo = made_by(cell.card, "peft")
+    combo = made_by(cell.card, who)
     cfg = {**cfg, **fields(combo or ())}
     with_grads = bool(combo)
     states = peft.state()
@@ -247,7 +262,8 @@ def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
         t = torch.randn(x.shape[:-1] + (w.shape[0],), generator=g, dtype=torch.float64)
         trainable = []
         if with_grads:
-            peft.model.zero_grad(set_to_none=True)
+            for p in peft.parameters():  # the state it keeps outside the model too
+                p.grad = None
             (layer(x).double() * t).sum().backward()
             pg = peft.grads()[n]
             trainable = [k for k in state if k in pg]
@@ -255,12 +271,12 @@ def _peft_vs_paper(cell: Cell, peft, cfg: dict) -> None:
         with torch.no_grad():
             y_peft = layer(x)
         spreads = formula_spreads(ref, x, w, b, state, cfg, trainable, t, truth, cell.dtype, cell.seed + 29)
-        keep("peft_layer_vs_paper_rel_err", rel_err(y_peft, truth[0]), spreads["output_rel_err"])
+        keep(f"{who}_layer_vs_paper_rel_err", rel_err(y_peft, truth[0]), spreads["output_rel_err"])
         for k, g_ref in zip(trainable, truth[1][1:]):
-            keep(f"peft_grad_vs_paper[{k}]", rel_err(pg[k], g_ref), spreads[f"grad_rel_err[{k}]"])
-    made = f" under peft's open choices ({label(combo)})" if combo else ""
+            keep(f"{who}_grad_vs_paper[{k}]", rel_err(pg[k], g_ref), spreads[f"grad_rel_err[{k}]"])
+    made = f" under {who}'s open choices ({label(combo)})" if combo else ""
     for metric, (err, tol, how) in sorted(worst.items()):
-        what = ("peft's own layer outputs vs the paper formula (worst layer)" if metric.startswith("peft_layer")
-                else "peft's gradients vs the paper formula (worst layer)")
-        cell.row(metric, err, tol, reference="peft", about="reference", message=f"{what}{made}; {how}",
+        what = (f"{who}'s own layer outputs vs the paper formula (worst layer)" if "_layer_" in metric
+                else f"{who}'s gradients vs the paper formula (worst layer)")
+        cell.row(metric, err, tol, reference=who, about="reference", message=f"{what}{made}; {how}",
                  choice=label(combo) if combo else "")

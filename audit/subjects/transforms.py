@@ -11,6 +11,8 @@ the canonical one uses, as a full block whose skew part is the state).
     Affine(scale, shift)   canonical = scale · stored + shift   (a library keeping w with l = 1 + w: Affine(1, 1))
     Diagonal()             canonical = the diagonal of a stored (…, n, n) matrix
     SkewPart(factor)       canonical = factor · (stored − storedᵀ) of stored (…, b, b) blocks (0.5: the skew part)
+    PackedSkew()           canonical = the strict upper triangle of stored − storedᵀ, row-major (…, b(b−1)/2):
+                           full blocks stored where the canonical state packs each skew block (OFT's Q)
 """
 from __future__ import annotations
 
@@ -125,6 +127,38 @@ class SkewPart(Transform):
         return f"skew part(factor={self.factor:g})"
 
 
+class PackedSkew(Transform):
+    """LyCORIS's diag-OFT stores full blocks B (n, b, b) and rotates by the Cayley map of Q = B − Bᵀ
+    (lycoris/modules/diag_oft.py:120-131); the canonical Q (references/STATE_LAYOUT.md) is the strict upper
+    triangle of each Q_i, row-major (n, b(b−1)/2). Written back as B = that triangle (lower part zero), so
+    B − Bᵀ is the canonical Q_i. ∂L/∂B = G − Gᵀ (G = ∂L/∂Q_i), whose upper triangle is ∂L/∂q."""
+
+    name = "packed skew"
+
+    @staticmethod
+    def _index(b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = torch.triu_indices(b, b, 1, device=device)
+        return rows, cols
+
+    def read(self, t, shape):
+        rows, cols = self._index(t.shape[-1], t.device)
+        return (t - t.transpose(-1, -2))[..., rows, cols]
+
+    def write(self, t, value):
+        rows, cols = self._index(t.shape[-1], t.device)
+        with torch.no_grad():
+            new = torch.zeros_like(t)
+            new[..., rows, cols] = value.to(t.device, t.dtype)
+            t.copy_(new)
+
+    def grad(self, g, shape):
+        rows, cols = self._index(g.shape[-1], g.device)
+        return g[..., rows, cols]
+
+    def __repr__(self):
+        return "packed skew (strict upper triangle of B − Bᵀ)"
+
+
 NAMED = {"identity": Transform(), "transpose": Transpose(), "reshape": Reshape()}
 
 
@@ -135,4 +169,4 @@ def as_transform(spec) -> Transform:
     if isinstance(spec, str) and spec in NAMED:
         return NAMED[spec]
     raise ValueError(f"unknown transform {spec!r}; allowed: {', '.join(NAMED)} or an audit.subjects.transforms "
-                     "object (Affine, Diagonal, SkewPart)")
+                     "object (Affine, Diagonal, SkewPart, PackedSkew)")
