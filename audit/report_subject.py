@@ -13,7 +13,11 @@ from .report_rows import uniq
 SUBJECT_GLOSS = {"ours": "this repo's hook runtime and variants",
                  "peft": "the installed peft through its own code paths (its config classes, targeting, init "
                          "and save/load)",
-                 "third-party": "a driver (an `audit.subjects.Subject`) running its library's own code"}
+                 "third-party": "a driver (an `audit.subjects.Subject`) running its library's own code",
+                 "lycoris": "the LyCORIS library (the LoHa/LoKr authors' code) through its own network, modules, init, "
+                            "save/load and merge (audit/subjects/lycoris.py)",
+                 "torchtune": "torchtune's LoRALinear/DoRALinear put in place the torchtune way, with its adapter and "
+                              "merged checkpoints (audit/subjects/torchtune.py)"}
 OTHER = {"ours": "peft", "peft": "ours"}  # the implementation a subject is compared with side by side
 
 
