@@ -8,28 +8,14 @@ through ``audit.cli.main``. Skipped when torchtune (the ``torchtune`` extra) is 
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 
 import pytest
 import torch
 
 
-def _import_or_skip():
-    """torchtune's peft modules (torchao's import-time warnings silenced), or a skip naming the extra."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pytest.importorskip("torchtune.modules.peft",
-                                       reason="torchtune is not installed (pip install 'adapter-audit[torchtune]')")
-    finally:
-        logger.setLevel(level)
-
-
-tt = _import_or_skip()
+_subject = pytest.importorskip("audit.subjects.torchtune", exc_type=ImportError,
+                               reason="torchtune is not installed (pip install 'adapter-audit[torchtune]')")
+tt = _subject._import_torchtune()  # torchtune's peft modules, torchao's import noise silenced
 
 from audit import models  # noqa: E402
 from audit.roles import resolve_targets  # noqa: E402
