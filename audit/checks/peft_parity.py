@@ -29,6 +29,17 @@ from ..twins import reference_name, twins
 from .paper_parity import worst_layer_rows
 
 STEPS, LR = 2, 1e-3  # two Adam steps: the second sees the first's moments (a few-step trajectory)
+# Adam's ε, relative to the truth's first gradient (RMS over every trainable element), the same for every
+# implementation. Why not torch's 1e-8: Adam moves element i by lr·g_i/(|g_i| + ε), whose sensitivity to
+# g_i is lr·ε/(|g_i| + ε)² ≤ lr/ε. A gradient's rounding error is relative to the scale G of the terms it
+# sums (u·G, not u·|g_i|), so an element whose sum cancels to |g_i| ≈ ε carries a relative error of
+# u·G/ε and Adam hands it to the state almost whole: with G ≈ 1e-3 and ε = 1e-8 one element of a correct
+# float32 LoHa moved 2e-7 from the truth (measured, seed 4), 8× the reference's spread, which a same-order
+# reference never samples. With ε = EPS_REL·G the state's error from gradient rounding is at most
+# lr·k·u/EPS_REL per element: rounding level, as the tolerance assumes. Elements with |g| ≫ G still take
+# Adam's normalised step; the rest an SGD-like one; the same ε for every implementation, so a bug still
+# moves the path as far as it moves the gradients.
+EPS_REL = 1.0
 
 
 def _loss(cell: Cell, adapted) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +219,10 @@ def _gradients(cell: Cell, handles: dict, tw: dict, adapted, taps, refs: tuple, 
 
 def _trajectory(cell: Cell, handles: dict, tw: dict, adapted, refs: tuple, other: str) -> None:
     """STEPS Adam steps side by side from the gradients already computed: logits and states along the way."""
-    opts = {k: torch.optim.Adam(h.parameters(), lr=LR) for k, h in handles.items()}
+    grads = [p.grad.double().flatten() for p in tw["truth"].parameters() if p.grad is not None]
+    scale = float(torch.cat(grads).pow(2).mean().sqrt()) if grads else 0.0
+    eps = EPS_REL * scale if scale > 0 else 1e-8  # no gradient at all: torch's default (nothing to amplify)
+    opts = {k: torch.optim.Adam(h.parameters(), lr=LR, eps=eps) for k, h in handles.items()}
     logits_err: dict[str, float] = {k: 0.0 for k in ("subject", *refs)}
     state_worst: dict[str, tuple[float, float, str]] = {}
     for step in range(STEPS):
@@ -230,7 +244,8 @@ def _trajectory(cell: Cell, handles: dict, tw: dict, adapted, refs: tuple, other
             keep_worst(state_worst, k, cur)
     spreads = [logits_err[r] for r in refs]
     cell.row("trajectory_logits_rel_err", logits_err["subject"], spread_tolerance(spreads, cell.dtype), reference=other,
-             message=f"max over {STEPS} Adam steps (lr {LR}) run side by side; {describe(spreads, cell.dtype)}")
+             message=f"max over {STEPS} Adam steps (lr {LR}, ε {eps:.1e} = the truth's gradient RMS) run side by side; "
+                     f"{describe(spreads, cell.dtype)}")
     err, tol, how = max(state_worst.values(), key=lambda v: v[0] / v[1])
     cell.row("trajectory_state_rel_err", err, tol, reference=other,
              message=f"adapter tensors after each of {STEPS} Adam steps, worst tensor; {how}")
