@@ -200,9 +200,10 @@ def timing_summary(rows: list[Row], who: str = "ours", other: str = "peft") -> d
 
 # -- SUMMARY.md rows -----------------------------------------------------------------------------
 def concern_cell(c: dict | None) -> str:
-    """One concern's verdict in a SUMMARY cell ("-" when it was not audited)."""
+    """One concern's verdict in a SUMMARY cell ("-" when it was not audited; the declared departure that
+    kept it from being compared, if one did)."""
     if not c or c["verdict"] == "not audited":
-        return "-"
+        return f"not audited (declared: {', '.join(c['deciding'])})" if c and c["deciding"] else "-"
     if c["verdict"] == "non-conformant":
         return f"**non-conformant** ({', '.join(c['deciding'])})"
     return c["verdict"] + (f" ({', '.join(c['deciding'])})" if c["verdict"] == "partial" else "")

@@ -55,8 +55,8 @@ def concern_verdict(concern: str, rows: list[Row]) -> dict:
     parity = concern != "equation" or any(r.check in dict(PARITY) for r in judged)
     if bad:
         verdict, deciding = "non-conformant", sorted({r.check for r in bad})
-    elif not judged or not parity:
-        verdict, deciding = "not audited", []
+    elif not judged or not parity:  # a declared departure that stopped the comparison (a layout) is named
+        verdict, deciding = "not audited", sorted({r.check for r in declared})
     elif declared:
         verdict, deciding = "partial", sorted({r.check for r in declared})
     else:
@@ -76,7 +76,8 @@ def overall(concerns: dict[str, dict], require: tuple[str, ...] | None = None) -
     equation_needed = require is None or "equation" in require
     if (equation_needed and verdicts.get("equation", "not audited") == "not audited") or \
             all(v == "not audited" for v in verdicts.values()):
-        return "not audited", []
+        return "not audited", [k for k, v in concerns.items() if v["verdict"] == "not audited" and v["deciding"]
+                               and k in verdicts]
     partial = [k for k, v in verdicts.items() if v == "partial"]
     if partial:
         return "partial", partial
@@ -85,12 +86,13 @@ def overall(concerns: dict[str, dict], require: tuple[str, ...] | None = None) -
 
 def headline(verdict: str, concerns: dict[str, dict]) -> str:
     """One line: the overall verdict and each concern's, e.g. "non-conformant: equation conformant,
-    init conformant, checkpoint non-conformant (save_load), ..." (concerns not audited left out)."""
-    audited = {k: v for k, v in concerns.items() if v["verdict"] != "not audited"}
+    init conformant, checkpoint non-conformant (save_load), ..." (concerns not audited left out, but for
+    one a declared departure kept from being compared: "equation not audited (declared: layout)")."""
+    audited = {k: v for k, v in concerns.items() if v["verdict"] != "not audited" or v["deciding"]}
     if audited and all(v["verdict"] == verdict for v in audited.values()) and verdict == "conformant":
         return f"{verdict}: every concern audited ({', '.join(audited)})"
     parts = [f"{k} {v['verdict']}" + (f" ({', '.join(v['deciding'])})" if v["verdict"] in ("non-conformant", "partial")
-                                       else "")
+                                       else f" (declared: {', '.join(v['deciding'])})" if v["deciding"] else "")
              for k, v in audited.items()]
     return f"{verdict}: {', '.join(parts) or 'nothing judged'}"
 

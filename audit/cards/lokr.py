@@ -78,7 +78,7 @@ _FULL = ConfigCase("full-alpha16", {"r": 8, "alpha": 16.0},
 # peft's scale departure (ΔW twice the paper's on config full-alpha16), measured on the toy MLP in float32 with
 # seeds 0-4 (the config's only cell): paper_parity's layer gradients of w1, w2 are off by exactly γ_peft/γ − 1 = 1
 # (up to rounding), its outputs by 0.63-0.79 and logits by 0.77-0.90; peft_parity (peft vs ours holding peft's
-# state): logits 0.77-0.90, trajectory state 0.009-0.012, and model-level gradients 7.3-12.6 (the loss residual
+# state): logits 0.77-0.90, trajectory state 0.006-0.008, and model-level gradients 7.3-12.6 (the loss residual
 # changes with the logits, so the factor 2 is amplified). Magnitudes: those maxima with headroom for other seeds.
 _SCALE_REASON = ("peft scales ΔW by alpha/r also when both Kronecker factors are full matrices (scaling = alpha / r "
                  "for every layer); the authors' LyCORIS sets alpha = r there (γ = 1: no rank is involved). With "

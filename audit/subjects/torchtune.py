@@ -305,7 +305,7 @@ DEVIATIONS["dora"] = _VALIDATION + (
     *_both_dtypes("torchtune-dora-bias-scaled-vs-peft", "peft_parity",
                   "logits_rel_err|trajectory_logits_rel_err|trajectory_state_rel_err",
                   _DORA_BIAS + ". Side by side with peft holding the same state: logits off by a relative 0.008-0.094, "
-                  "after two Adam steps 0.008-0.10, the states after them 0.007-0.035; declared up to 0.3",
+                  "after two Adam steps 0.008-0.14, the states after them 0.0009-0.016; declared up to 0.3",
                   _DORA_SRC, 0.3),
     # "grad_rel_err" alone: the n/a row peft_parity writes while the norm-gradient options of the two are read apart
     *_both_dtypes("torchtune-dora-bias-scaled-vs-peft-grads-AB", "peft_parity",
