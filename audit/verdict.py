@@ -92,7 +92,8 @@ def headline(verdict: str, concerns: dict[str, dict]) -> str:
     if audited and all(v["verdict"] == verdict for v in audited.values()) and verdict == "conformant":
         return f"{verdict}: every concern audited ({', '.join(audited)})"
     parts = [f"{k} {v['verdict']}" + (f" ({', '.join(v['deciding'])})" if v["verdict"] in ("non-conformant", "partial")
-                                       else f" (declared: {', '.join(v['deciding'])})" if v["deciding"] else "")
+                                       else f" (declared: {', '.join(v['deciding'])})" if v["verdict"] == "not audited"
+                                       else "")
              for k, v in audited.items()]
     return f"{verdict}: {', '.join(parts) or 'nothing judged'}"
 

@@ -457,3 +457,23 @@ def test_failure_patterns_name_what_the_failing_cells_share():
     forward_wrong = [_r("paper_parity", "qwen3", "float32", "fail"),
                      _r("merge", "qwen3", "float32", "pass", metric="merged_weight_rel_err_vs_paper")]
     assert forward_vs_merge(forward_wrong).endswith("the forward is wrong, the merge right")
+
+
+def test_a_declared_departure_that_stopped_the_comparison_is_named_and_conformant_concerns_stay_plain():
+    """OFT in LyCORIS: a declared layout departure (xfail) leaves no parity row to judge, so the equation is
+    not audited, and the headline and SUMMARY cell say which declared departure stopped it; a conformant
+    concern beside a partial one reads "conformant", never listing the checks that passed as declared."""
+    stopped = [row("oft", "layout", "canonical_shape_mismatch", 1.0, 0.0, status="xfail", deviation="lib-oft-side"),
+               row("oft", "identity_at_init", "logits_rel_err", 0.0, 1e-6),
+               row("oft", "paper_parity", "output_rel_err", None, None, status="n/a"),
+               row("oft", "save_load", "missing_key_refused", 0.0, 1.0, op="==", status="xfail", deviation="d")]
+    v = verdict.verdict_of(stopped)
+    assert v["verdict"] == "not audited" and v["deciding_concerns"] == ["equation"]
+    assert "equation not audited (declared: layout)" in v["headline"]
+    from audit.report_summary import concern_cell
+    assert concern_cell(v["concerns"]["equation"]) == "not audited (declared: layout)"
+    assert concern_cell(None) == "-"
+    mixed = verdict.verdict_of(passing("lora") + [row("lora", "save_load", "missing_key_refused", 0.0, 1.0, op="==",
+                                                      status="xfail", deviation="d")])
+    assert mixed["verdict"] == "partial"
+    assert "equation conformant," in mixed["headline"] and "declared" not in mixed["headline"]
