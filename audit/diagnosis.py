@@ -162,6 +162,8 @@ def failures(rows: list[Row]) -> list[dict]:
 def deviations_observed(card, rows: list[Row]) -> list[dict]:
     out = []
     for d in card.deviations:
+        if not d.in_release():  # another release's departure: not this run's business
+            continue
         rs = [r for r in rows if r.deviation == d.id]
         counts = group_by(rs, lambda r: r.status)
         m, w = max_margin(rs)
@@ -174,7 +176,7 @@ def deviations_observed(card, rows: list[Row]) -> list[dict]:
         out.append({"id": d.id, "check": d.check, "metric": d.metric, "reference": d.reference, "kind": d.kind,
                     "covers": covers, "observed": observed, "reason": d.reason, "source": d.source,
                     "where": ", ".join(filter(None, [", ".join(d.models) if d.models else "",
-                                                     ", ".join(d.dtypes) if d.dtypes else ""])) or "all"})
+                                                     ", ".join(d.dtypes) if d.dtypes else "", d.scope()])) or "all"})
     return out
 
 

@@ -145,9 +145,9 @@ def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ou
     known = {c.id for c in card.cases()}
     out: list[Row] = []
     for config_id, rs in by_config.items():
-        # a --config case is not among the card's own: it takes the deviations that name no config
+        # a config not among the card's own (rows merged from elsewhere): the deviations that name none
         at = card.at(config_id) if config_id in known else replace(
-            card, config_id=config_id, deviations=tuple(d for d in card.deviations if d.configs is None))
+            card, config_id=config_id, deviations=tuple(d for d in card.deviations if d.configs is None and not d.when))
         out += _apply(at, rs, subject_kind)
     return out
 
@@ -155,7 +155,7 @@ def apply_deviations(card: VariantCard, rows: list[Row], subject_kind: str = "ou
 def _apply(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
     """apply_deviations for the rows of one config (``card`` is the card at that config)."""
     used: set[str] = set()
-    devs = [d for d in card.deviations if d.subjects is None or subject_kind in d.subjects]
+    devs = [d for d in card.deviations if (d.subjects is None or subject_kind in d.subjects) and d.in_release()]
     for r in rows:
         if r.status in ("error", "n/a"):
             continue

@@ -11,6 +11,8 @@ import pkgutil
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
 
+from .. import library_versions
+
 DeviationKind = Literal["xfail", "tolerance", "expected_raise"]
 
 
@@ -31,6 +33,13 @@ class Deviation:
     peft is a reference and the subject's own rows (partial) when peft is the subject.
     ``subjects`` lists the subject kinds ("ours", "peft", "third-party") under whose audit the
     deviation's rows exist (None: every kind); outside them it is neither applied nor required.
+
+    Scope. ``releases`` (a PEP 440 specifier, e.g. ">=0.14,<0.18") limits a library's departure to the
+    releases of the library ``reference`` names that have it: outside them it is neither applied nor
+    required, so an older release without the behaviour is judged by the paper alone. ``configs``
+    names config ids, and applies wherever the audited config has the same values (a ``--config`` that
+    spells out a card config gets its deviations); ``when`` ties it to field values directly
+    ({"use_cayley_neumann": False}), whatever the config is called.
     """
 
     id: str
@@ -46,8 +55,14 @@ class Deviation:
     dtypes: tuple[str, ...] | None = None
     subjects: tuple[str, ...] | None = None
     configs: tuple[str, ...] | None = None  # config ids it applies to (None: every config of the card)
+    releases: str | None = None  # PEP 440 range of the ``reference`` library's releases that depart so
+    when: dict[str, Any] | None = None  # config field values under which it applies
 
     def __post_init__(self):
+        if self.releases is not None:
+            if self.reference == "paper":
+                raise ValueError(f"deviation {self.id!r}: the paper has no releases; releases= scopes a library's")
+            library_versions.specifier(self.releases, f"deviation {self.id!r}")
         if self.kind == "xfail" and self.magnitude is None:
             raise ValueError(f"deviation {self.id!r}: an xfail must state the magnitude it covers")
         if self.kind == "tolerance" and self.tolerance is None:
@@ -59,6 +74,17 @@ class Deviation:
         ok = any(metric.startswith(m[:-1]) if m.endswith("*") else metric == m for m in self.metric.split("|"))
         return (ok and (self.models is None or model in self.models)
                 and (self.dtypes is None or dtype in self.dtypes))
+
+    def in_release(self) -> bool:
+        """Does the installed release of the library this deviation describes have it?"""
+        return self.releases is None or library_versions.in_range(
+            self.releases, library_versions.installed(self.reference))
+
+    def scope(self) -> str:
+        """The release range and field values it is limited to, for reports ("" when it has none)."""
+        parts = [f"{self.reference} {self.releases}"] if self.releases else []
+        parts += [f"{k}={v!r}" for k, v in (self.when or {}).items()]
+        return ", ".join(parts)
 
     def applies_to(self, row, subject_kind: str) -> bool:
         """Is ``row`` about the implementation this deviation describes (see the class docstring)?"""
@@ -224,10 +250,22 @@ class VariantCard:
     def at(self, case: "ConfigCase | str") -> "VariantCard":
         """This card as audited under ``case``: its config, zero-gradient claims and deviations."""
         case = self.case(case) if isinstance(case, str) else case
-        return replace(self, config={**self.config, **case.fields}, config_id=case.id, config_why=case.why,
+        config = {**self.config, **case.fields}
+        return replace(self, config=config, config_id=case.id, config_why=case.why,
                        config_subject_defaults=case.subject_defaults,
                        zero_grads=self.zero_grads if case.zero_grads is None else case.zero_grads,
-                       deviations=tuple(d for d in self.deviations if d.configs is None or case.id in d.configs))
+                       deviations=tuple(d for d in self.deviations if self._deviation_at(d, case, config)))
+
+    def _deviation_at(self, d: Deviation, case: "ConfigCase", config: dict) -> bool:
+        """Does ``d`` apply to the config ``case`` (whose values are ``config``)? By id, or by the values
+        of the configs it names (not for the subject's own defaults, whose values the subject sets)."""
+        if d.when and any(k not in config or config[k] != v for k, v in d.when.items()):
+            return False
+        if d.configs is None or case.id in d.configs:
+            return True
+        ids = {c.id: c for c in self.cases()}
+        return not case.subject_defaults and any(
+            c in ids and not ids[c].subject_defaults and {**self.config, **ids[c].fields} == config for c in d.configs)
 
     def with_case(self, case: ConfigCase) -> "VariantCard":
         """The card with one more config (``--config``), replacing one of the same id."""
