@@ -15,6 +15,7 @@ from . import checks as checks_pkg
 from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge, within
+from .subject_errors import raised_by_subject
 from .subjects import LayoutError, LayoutFinding, NotSupported, Subject, as_subject, from_spec
 
 
@@ -125,6 +126,10 @@ def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | Non
             cell.row("-", None, None, status="n/a", message=str(e))
         except Exception as e:  # noqa: BLE001 - one crashing check must not stop the audit
             del cell.rows[before:]
+            raised = raised_by_subject(cell.subject, e)
+            if raised:  # the library's own code raised: a finding about it, not an audit error
+                cell.row("subject_raised", 1.0, 0.0, op="==", status="fail", message=raised)
+                continue
             tb = traceback.extract_tb(e.__traceback__)[-1]
             cell.row("-", None, None, status="error",
                      message=f"{type(e).__name__}: {str(e)[:300]} (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})")

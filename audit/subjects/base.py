@@ -114,6 +114,8 @@ class Subject:
     models: ClassVar[tuple[str, ...] | None] = None
     label: str = ""
     version: str = ""
+    # importable packages whose code is the library's (code_roots): its exceptions are findings about it
+    code_packages: ClassVar[tuple[str, ...]] = ()
 
     # -- required -----------------------------------------------------------------------------------
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
@@ -244,6 +246,23 @@ class Subject:
 
     def describe(self) -> str:
         return self.label or type(self).__name__
+
+    def code_roots(self) -> tuple[str, ...]:
+        """Folders (or files) holding the library's own code: an exception raised there is a finding about
+        the subject, not an audit error (audit/subject_errors.py). Default: the packages named in
+        ``code_packages``, the module of a ``lib`` attribute, and a driver's own file outside audit/."""
+        import importlib
+        import os
+        roots = []
+        modules = [getattr(self, "lib", None)] + [importlib.import_module(p) for p in self.code_packages]
+        for module in modules:
+            path = getattr(module, "__file__", None)
+            if path:
+                roots.append(os.path.dirname(path) if path.endswith("__init__.py") else path)
+        driver = inspect.getsourcefile(type(self)) or ""
+        if driver and not os.path.realpath(driver).startswith(os.path.dirname(os.path.dirname(__file__))):
+            roots.append(driver)
+        return tuple(roots)
 
 
 def resolve(layer: nn.Module, path: str, canonical: str = "") -> torch.Tensor:

@@ -82,6 +82,7 @@ def _defaults() -> tuple[int, float]:
 
 class Lycoris(Subject):
     kind = "lycoris"
+    code_packages = ("lycoris",)
     label = f"lycoris-lora {VERSION}"
     version = VERSION
     tensor_names = {

@@ -3,6 +3,7 @@
 alternative implementations do): attach, targeting, save and load are the runtime's own."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable
 
 from torch import nn
@@ -14,6 +15,7 @@ from .base import Subject
 
 class Ours(Subject):
     kind = "ours"
+    code_packages = ("variants",)
 
     def __init__(self, variant: type[variants.Variant] | None = None, label: str = ""):
         self.variant = variant  # None: the registry's class for the card
@@ -22,6 +24,11 @@ class Ours(Subject):
 
     def variant_for(self, method: str) -> type[variants.Variant]:
         return self.variant or variants.REGISTRY[method]
+
+    def code_roots(self) -> tuple[str, ...]:
+        """variants/ and, for a user's Variant subclass, the file that defines it."""
+        extra = () if self.variant is None else (inspect.getsourcefile(self.variant) or "",)
+        return super().code_roots() + tuple(p for p in extra if p)
 
     def supports(self, method: str) -> str | None:
         if self.variant is None and method not in variants.REGISTRY:

@@ -75,6 +75,7 @@ def _at_least(have: str, need: str) -> bool:
 
 class Peft(Subject):
     kind = "peft"
+    code_packages = ("peft",)
     validates_config = False  # configs reach peft through this translation; its refusals would be ours
 
     def __init__(self):

@@ -113,6 +113,7 @@ def _dev(id_: str, check: str, metric: str, kind: str, reason: str, source: str,
 
 class Torchtune(Subject):
     kind = "torchtune"
+    code_packages = ("torchtune", "torchao")
     tensor_names = {"lora": {"A": "lora_a.weight", "B": "lora_b.weight"},
                     "dora": {"A": "lora_a.weight", "B": "lora_b.weight", "m": "magnitude"}}
     merge_semantics = "state_dict"
