@@ -151,3 +151,38 @@ def test_encoder_projection_roles(name, roles):
     path above the leaf tells them apart."""
     from variants._targets import roles_of
     assert roles_of(name) == roles
+
+
+@pytest.mark.parametrize("fields", [{"target_roles": ("o",)}, {"target_names": ("q_proj", "up")},
+                                    {"exclude_names": ("k_proj",)}])
+def test_placement_judges_the_targets_the_config_asks_for(fields):
+    """A narrowed config (only o_proj, a name, one layer) is judged against what it asks for, not the card's
+    placement: no 'missing targets'; adapting more than it asks for still fails."""
+    from dataclasses import replace as dc_replace
+
+    from audit import models
+    from audit.cards import get
+    from audit.cell import Cell
+    from audit.roles import resolve_targets
+    from audit.checks import placement
+    from audit.subjects.ours import Ours
+
+    def placed(card, subject):
+        cell = Cell(card, subject, "qwen3", "float32")
+        cell.check = "placement"
+        placement.run(cell)
+        return {r.metric: r for r in cell.rows}
+
+    plain = get("lora")
+    card = dc_replace(plain, config={**plain.config, **fields})
+    rows = placed(card, Ours())
+    assert rows["missing_targets"].status == rows["unexpected_targets"].status == "pass", rows
+    assert "expected per the config (" in rows["missing_targets"].message
+
+    class Overreaching(Ours):  # adapts every projection whatever the config asks for
+        def attach(self, model, method, cfg, calibration, targets=None):
+            return super().attach(model, method, {k: v for k, v in cfg.items() if k not in fields}, calibration)
+    base = models.build("qwen3")
+    everything, adapted = len(resolve_targets(base, {})), len(resolve_targets(base, fields))
+    over = placed(card, Overreaching())["unexpected_targets"]
+    assert over.status == "fail" and over.value == everything - adapted > 0, over

@@ -12,18 +12,28 @@ from __future__ import annotations
 import re
 
 from ..cell import Cell, NotApplicable
-from ..roles import ALL_ROLES, expected_modules, fused_beyond, key_matches
+from ..roles import ALL_ROLES, expected_modules, fused_beyond, key_matches, resolve_targets
 from ..subjects import LayerNotSupported
 
 DTYPE_INDEPENDENT = True  # which layers are adapted is a property of names and config, not of the dtype
 
+NARROWING = ("target_names", "target_roles", "exclude_names", "layers")  # config fields that choose the targets
 FUSED_NOTE = "; fused layers adapted as one, beyond the "  # the report reads the note after it (diagnosis.fused_notes)
 
 
 def run(cell: Cell) -> None:
     card = cell.card
     base = cell.fresh_model()
-    expected = expected_modules(base, card.placement_roles)
+    cfg = cell.config()
+    asked = {k: cfg[k] for k in NARROWING if cfg.get(k) not in (None, (), [])}
+    if asked:  # the config names its targets: judge those, not the paper's placement
+        expected = set(resolve_targets(base, cfg, card.placement_roles))
+        src = "the config (" + ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in asked.items()) + ")"
+        if not expected:
+            raise NotApplicable(f"{src} selects no layer of this model")
+    else:
+        expected = expected_modules(base, card.placement_roles)
+        src = card.placement_source
     if not expected:
         raise NotApplicable(f"this model has no {'/'.join(card.placement_roles)} projections to adapt")
     try:
@@ -33,14 +43,14 @@ def run(cell: Cell) -> None:
                  message=f"all {len(expected)} expected targets refused, e.g. {sorted(expected)[:2]}: {e}")
         return
     missing, extra = sorted(expected - actual), sorted(actual - expected)
-    src = card.placement_source
     beyond = fused_beyond(sorted(actual & expected), card.placement_roles)  # sorted: same message every run
     fused = (f"{FUSED_NOTE}{'/'.join(card.placement_roles)} placement: "
              + ", ".join(f"{n} (+{'/'.join(r)})" for n, r in list(beyond.items())[:2])
              + (" ..." if len(beyond) > 2 else "")) if beyond else ""
     cell.row("missing_targets", len(missing), 0.0, message=f"expected per {src}; missing: {missing[:4]}{fused}")
     cell.row("unexpected_targets", len(extra), 0.0, message=f"expected per {src}; unexpected: {extra[:4]}")
-    if ("peft" in card.references or cell.subject.kind == "peft") and tuple(card.placement_roles) != ALL_ROLES:
+    if ("peft" in card.references or cell.subject.kind == "peft") and tuple(card.placement_roles) != ALL_ROLES \
+            and not asked:
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         if model_type is None:
             return
