@@ -21,8 +21,11 @@ def installed(library: str) -> str | None:
     except Exception:  # noqa: BLE001 - not installed, or broken: no release to scope by
         return None
     version = getattr(module, "__version__", None)
-    if version:
-        return str(version)
+    return str(version) if version else distribution(library)
+
+
+def distribution(library: str) -> str | None:
+    """The version of the installed distribution first on the path (no import: also for a broken one)."""
     try:
         from importlib.metadata import version as dist_version
         return dist_version(DISTRIBUTIONS.get(library, library))

@@ -63,6 +63,21 @@ class Built:
                 "references": {t.card.name: reference_names(t.card, t.subject) for t in targets}}
 
 
+def check_peft_imports() -> None:
+    """peft is the subject or a reference of most cards: a release that does not import with the installed
+    transformers (peft 0.16/0.17 need transformers' HybridCache, gone in transformers 5) is a usage error
+    naming both versions, before any work, not a traceback."""
+    try:
+        import peft  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any failure to import is the same usage error
+        from .library_versions import distribution
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PlanError(f"peft {distribution('peft') or '(version unknown)'} does not import with transformers "
+                        f"{distribution('transformers') or '(not installed)'}: {type(e).__name__}: {first}; install a "
+                        "transformers that release supports (nox -s peft-matrix pins one per release) or "
+                        "another peft") from None
+
+
 def build(req: RunRequest) -> Built:
     """Check every option of ``req`` and make the plan; PlanError at the first that cannot be used."""
     from . import runner
@@ -72,6 +87,7 @@ def build(req: RunRequest) -> Built:
     model_names = select_models(req.models, req.model_path)
     dtypes = select_dtypes(req.dtypes)
     check_device(req.device)
+    check_peft_imports()
 
     targets = resolve_targets(req)
     check_dtypes_supported(dtypes, targets)

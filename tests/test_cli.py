@@ -564,3 +564,22 @@ def test_ctrl_c_stops_a_parallel_run_cleanly(tmp_path):
         time.sleep(0.1)
     assert not [w for w in workers if _is_worker(w, parent_cmd)], \
         "worker processes outlived the interrupted run"
+
+
+def test_a_peft_release_that_does_not_import_is_a_usage_error(tmp_path):
+    """A peft that raises on import (peft 0.16 under transformers 5: HybridCache is gone) exits 2 naming the
+    release, transformers' version and the import error, before any work and without a traceback."""
+    site = tmp_path / "site"
+    (site / "peft").mkdir(parents=True)
+    (site / "peft" / "__init__.py").write_text(
+        "raise ImportError(\"cannot import name 'HybridCache' from 'transformers'\")\n")
+    (site / "peft-0.16.0.dist-info").mkdir()
+    (site / "peft-0.16.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: peft\nVersion: 0.16.0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "audit", "run", "--subject", "peft", "--out", str(out), *TINY],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "peft 0.16.0 does not import with transformers" in proc.stderr
+    assert "HybridCache" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
