@@ -1,4 +1,5 @@
-"""Entry points: nox -s tests | audit | audit-peft | audit-lycoris | audit-torchtune | gate | baseline | seeds | bench.
+"""Entry points: nox -s tests | audit | audit-peft | audit-lycoris | audit-torchtune | gate | baseline | seeds | bench |
+peft-matrix.
 Options after `--` pass through.
 
 `python -m audit run` exits 1 when a verdict is non-conformant or a row errors; the sessions that go
@@ -177,52 +178,16 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/table.py", out)
 
 
-# peft releases `nox -s peft-release` audits by default (validated: 0.10.0 predates autocast_adapter_dtype,
-# PiSSA, HRA and EVA and keeps DoRA's magnitude in a ParameterDict; 0.15.2 has all but RoAd/DeLoRA), and
-# the extra pins a release needs in its throwaway folder: 0.16.x/0.17.x import transformers' HybridCache,
-# which transformers 5 removed (transformers 4.57 then needs an older hub client and tokenizers).
-PEFT_RELEASES = "0.10.0,0.15.2"
-_TRANSFORMERS_4 = ("transformers==4.57.6", "huggingface_hub==0.36.2", "tokenizers==0.22.1", "requests",
-                   "urllib3", "charset_normalizer", "certifi")
-PEFT_RELEASE_PINS = {"0.16.": _TRANSFORMERS_4, "0.17.": _TRANSFORMERS_4}
-
-
-@nox.session(name="peft-release", python=PYTHON)
-def peft_release(session: nox.Session) -> None:
-    """Audit older peft releases as the subject: each of PEFT_RELEASES (comma-separated, default
-    0.10.0,0.15.2) goes with --no-deps into its own throwaway folder that shadows the session's peft
-    (PYTHONPATH); every peft method is audited (n/a where the release lacks it); one line per release
-    gives each method's verdict. Options after `--` pass to `run` (e.g. --models mlp)."""
-    import json
-    import time
-
+@nox.session(name="peft-matrix", python=PYTHON)
+def peft_matrix(session: nox.Session) -> None:
+    """Audit every peft release from 0.10.0 to the newest as the subject and write reports/peft-releases.md
+    and .json (a method x release table of verdicts per concern; each finding's first and last release).
+    Each release goes into its own folder under .peft-matrix/ (cached: a rerun resumes and re-audits only
+    what changed). Options after `--` go to `python -m audit peft-matrix`, e.g. --releases 0.10.0,0.15.2,
+    --jobs 2, --shard 1/4 (then --merge the shard files), and after a second `--` to each release's run.
+    Not part of CI (it installs releases from the package index); the report it writes is committed."""
     _install(session)
-    releases = [r.strip() for r in os.environ.get("PEFT_RELEASES", PEFT_RELEASES).split(",") if r.strip()]
-    if not releases:
-        session.error("PEFT_RELEASES names no release")
-    tmp = session.create_tmp()
-    lines = []
-    for release in releases:
-        site, out = os.path.join(tmp, f"site-{release}"), os.path.join(tmp, f"peft-{release}")
-        pins = next((p for prefix, p in PEFT_RELEASE_PINS.items() if release.startswith(prefix)), ())
-        # pip itself, not session.install: --no-install must not skip it (the folder is the point)
-        session.run("python", "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", site,
-                    f"peft=={release}", *pins)
-        t0 = time.perf_counter()
-        # --subject peft audits every peft method by default (n/a where this release lacks it)
-        session.run("python", "-m", "audit", "run", "--subject", "peft", "--out", out, "--quiet",
-                    *session.posargs, env={"PYTHONPATH": site}, success_codes=[0, 1])
-        seconds = time.perf_counter() - t0
-        with open(os.path.join(out, "results.json")) as f:
-            results = json.load(f)
-        versions = results["meta"]["versions"]
-        if versions.get("peft") != release:
-            session.error(f"the audit ran peft {versions.get('peft')}, not {release}: {site} did not shadow it")
-        cells = []
-        for method, v in results["verdicts"].items():
-            counts = v.get("counts", {})
-            cells.append(f"{method}={'n/a' if counts.get('n/a', 0) == sum(counts.values()) else v['verdict']}")
-        lines.append(f"peft {release} (transformers {versions.get('transformers')}): {' '.join(cells)} "
-                     f"[{seconds:.0f} s, {out}]")
-    for line in lines:
-        session.log(line)
+    args = session.posargs or []
+    if "--out" not in args and "--merge" not in args:
+        args = ["--out", "reports", *args]
+    session.run("python", "-m", "audit", "peft-matrix", *args)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from . import run_plan
+from . import results, run_plan
 from .cli_args import DTYPES, build_parser
 from .run_plan import PlanError, check_out_dir, load_impl, normalise_dtypes
 
@@ -201,7 +202,44 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FINDINGS
 
 
-COMMANDS = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants": cmd_mutants, "seeds": cmd_seeds}
+def cmd_peft_matrix(args: argparse.Namespace) -> int:
+    from . import peft_matrix as pm
+    from . import peft_matrix_report as report
+    try:
+        if args.merge:
+            if args.shard or args.releases or args.run_options:
+                raise UsageError("--merge renders shard files and audits nothing: drop --releases, --shard and run options")
+            records = report.read_shards(args.merge)
+        else:
+            if args.jobs < 1:
+                raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+            options = pm.check_run_options(args.run_options)
+            shard = pm.parse_shard(args.shard)
+            releases = pm.shard_of(pm.parse_releases(args.releases), shard)
+            check_out_dir(args.out)
+            records = pm.run_matrix(releases, args.cache, options, args.jobs, progress=not args.quiet)
+            if shard is not None:
+                path = args.out / f"peft-releases.shard-{shard[0]}-of-{shard[1]}.json"
+                results.atomic_write(path, json.dumps({"kind": "peft-matrix-shard", "releases": records}, indent=1) + "\n")
+                print(f"wrote {path} ({len(records)} releases); render with --merge once every shard is done")
+                return EXIT_OK if all(r["status"] in ("audited", "does not import") for r in records) else EXIT_FINDINGS
+    except (pm.MatrixError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not records:
+        raise UsageError("no release to render")
+    md, _ = report.write(records, args.out)
+    for r in records:
+        verdicts = {m: c["verdict"] for m, c in r.get("methods", {}).items() if c["verdict"] != "absent"}
+        bad = sorted(m for m, v in verdicts.items() if v == "non-conformant")
+        print(f"peft {r['release']}: {r['status']}" + (f", {len(verdicts)} methods, non-conformant: "
+                                                      f"{', '.join(bad) or 'none'}" if r["status"] == "audited" else
+                                                      f" ({r.get('message', '')})"))
+    print(f"wrote {md} and {md.with_suffix('.json')}")
+    return EXIT_OK if all(r["status"] in ("audited", "does not import") for r in records) else EXIT_FINDINGS
+
+
+COMMANDS = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "mutants": cmd_mutants, "seeds": cmd_seeds,
+            "peft-matrix": cmd_peft_matrix}
 
 
 def main(argv: list[str] | None = None) -> int:

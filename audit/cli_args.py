@@ -172,4 +172,33 @@ def build_parser() -> argparse.ArgumentParser:
                               "1 otherwise (non-conformant, not audited, missing, or differing); "
                               "2 a missing or foreign file")
     s.add_argument("--results", type=Path, nargs="+", required=True, help="results.json files, one per seed")
+    _peft_matrix_parser(sub)
     return p
+
+
+def _peft_matrix_parser(sub) -> None:
+    x = sub.add_parser(
+        "peft-matrix", help="audit every peft release as the subject; write DIR/peft-releases.md and .json",
+        formatter_class=_Help,
+        description=_wrap("Install each peft release into its own folder under --cache (with the transformers it "
+                          "imports with), audit it with `run --subject peft`, and render a method x release table "
+                          "of verdicts, overall and per concern, with each finding's first and last release. A "
+                          "release's summary is cached under a key of the release, the run options and the "
+                          "audit's source: a rerun resumes and re-audits only what changed. Options after `--` go "
+                          "to every release's `run` (e.g. -- --models mlp,qwen3)."),
+        epilog="exit codes: 0 every release audited (or found not to import), 1 a release could not be installed "
+               "or its audit crashed, 2 usage error")
+    x.add_argument("--releases", default=None, metavar="LIST",
+                   help="comma-separated releases (e.g. 0.10.0,0.15.2) or all: every final release on the package "
+                        "index from 0.10.0 on (default)")
+    x.add_argument("--out", type=Path, default=Path("reports"), help="folder for peft-releases.md/.json (or a shard file)")
+    x.add_argument("--cache", type=Path, default=Path(".peft-matrix"),
+                   help="folder for each release's install, results and summary (reused across runs)")
+    x.add_argument("--jobs", type=int, default=1, help="releases audited at the same time (each gets cores/jobs)")
+    x.add_argument("--shard", default=None, metavar="I/N",
+                   help="audit only every N-th release starting at the I-th and write DIR/peft-releases.shard-I-of-N.json "
+                        "(a CI job matrix: one shard per job, then --merge)")
+    x.add_argument("--merge", type=Path, nargs="+", default=None, metavar="SHARD",
+                   help="render shard files into peft-releases.md/.json (audits nothing)")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.add_argument("run_options", nargs=argparse.REMAINDER, help="after --: options for each release's run")

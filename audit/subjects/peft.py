@@ -7,7 +7,7 @@ Where each canonical tensor lives is read from the peft bridge's mapping data
 (references/peft_bridge), with the older releases' paths as alternatives (OLDER_PATHS); a method the
 installed release lacks is not supported (its rows are n/a with the reason), nor is a release older
 than OLDEST; arguments a release lacks are found by asking it (its config fields, get_peft_model's
-signature). ``nox -s peft-release`` audits older releases installed into throwaway folders.
+signature). ``nox -s peft-matrix`` audits every release since 0.10.0, each installed into its own folder.
 """
 from __future__ import annotations
 

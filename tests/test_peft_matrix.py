@@ -1,0 +1,116 @@
+"""The peft release matrix (audit/peft_matrix.py, audit/peft_matrix_report.py) without the package index:
+options validated before any work, the cache reused only under the same key, shards merged, and the
+matrix built from release summaries (verdict cells, the findings that decided them, each finding's first
+and last release)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from audit import cli, peft_matrix, peft_matrix_report
+from audit.rows import Row
+from audit.verdict import verdicts
+
+
+def _results(release: str, failing: bool, absent: tuple[str, ...] = ()) -> dict:
+    """A results.json as `run --subject peft` writes it: lora with a passing parity row and a declared
+    checkpoint departure, plus an init failure when ``failing``; methods in ``absent`` all n/a."""
+    rows = [Row("lora", "paper_parity", "mlp", "float32", "output_rel_err", 1e-7, 1e-6, "pass", config="main"),
+            Row("lora", "save_load", "mlp", "float32", "missing_key_raises", 0.0, 1.0, "xfail", op="==",
+                deviation="peft-load-missing-keys", config="main"),
+            Row("lora", "init", "mlp", "float32", "B_max_abs", 0.5 if failing else 0.0, 0.0,
+                "fail" if failing else "pass", config="main")]
+    rows += [Row(m, c, "mlp", "float32", "-", None, None, "n/a", message=f"peft {release} has no {m}")
+             for m in absent for c in ("init", "paper_parity")]
+    return {"meta": {"versions": {"peft": release, "transformers": "5.0"}, "git_commit": "abc", "argv": []},
+            "rows": [asdict(r) for r in rows], "verdicts": verdicts(rows)}
+
+
+def _records(spec: dict[str, tuple[bool, tuple[str, ...]]]) -> list[dict]:
+    return [{"release": rel, "status": "audited", "seconds": 1.0, **peft_matrix_report.summarise(_results(rel, f, a))}
+            for rel, (f, a) in spec.items()]
+
+
+def test_a_finding_has_its_first_and_last_release_and_decides_its_cells():
+    doc = peft_matrix_report.matrix(_records({"0.12.0": (False, ()), "0.10.0": (True, ("vera",)),
+                                              "0.11.0": (True, ())}))
+    assert [r["release"] for r in doc["releases"]] == ["0.10.0", "0.11.0", "0.12.0"]  # by version, not as given
+    init = next(f for f in doc["findings"] if f["check"] == "init")
+    assert (init["first"], init["last"], init["releases"]) == ("0.10.0", "0.11.0", ["0.10.0", "0.11.0"])
+    assert "B_max_abs on mlp/float32@main: 0.5 (<= 0)" in init["message"]
+    cells = {r["release"]: r["methods"]["lora"] for r in doc["releases"]}
+    assert cells["0.10.0"]["verdict"] == "non-conformant" and cells["0.12.0"]["verdict"] == "partial"
+    assert doc["releases"][0]["methods"]["vera"]["verdict"] == "absent"
+    md = peft_matrix_report.render_markdown(doc)
+    ids = {f["check"]: f["id"] for f in doc["findings"]}
+    row_010 = next(ln for ln in md.splitlines() if ln.startswith("| 0.10.0 | 5.0 |"))
+    assert f"✗ [{ids['init']}](#{ids['init'].lower()})" in row_010  # the undeclared finding decides it
+    row_012 = next(ln for ln in md.splitlines() if ln.startswith("| 0.12.0 | 5.0 |"))
+    assert f"~ [{ids['save_load']}]" in row_012 and ids["init"] + "]" not in row_012
+    assert "| – |" in row_010  # vera is absent from 0.10.0
+
+
+@pytest.mark.parametrize("spec, error", [("0.10.0,zero", "not a release number"), (",", "names no release")])
+def test_bad_release_lists_are_refused(spec, error):
+    with pytest.raises(peft_matrix.MatrixError, match=error):
+        peft_matrix.parse_releases(spec)
+
+
+@pytest.mark.parametrize("spec, error", [("3/2", "between 1 and 2"), ("a/b", "must look like"), ("0/4", "between")])
+def test_bad_shards_are_refused(spec, error):
+    with pytest.raises(peft_matrix.MatrixError, match=error):
+        peft_matrix.parse_shard(spec)
+
+
+def test_shards_split_every_release_exactly_once():
+    releases = [f"0.{i}.0" for i in range(10, 23)]
+    parts = [peft_matrix.shard_of(releases, (i, 4)) for i in range(1, 5)]
+    assert sorted(sum(parts, []), key=releases.index) == releases and all(parts)
+
+
+@pytest.mark.parametrize("options, error", [(["--out", "x"], "sets --out"), (["--models", "nosuch"], None),
+                                            (["--bogus"], "not understood")])
+def test_run_options_are_validated(options, error):
+    if error is None:  # a model name is checked by run itself, later: the parser accepts it
+        assert peft_matrix.check_run_options(["--", *options]) == options
+        return
+    with pytest.raises(peft_matrix.MatrixError, match=error):
+        peft_matrix.check_run_options(options)
+
+
+def test_the_cache_is_reused_only_under_the_same_key(tmp_path, monkeypatch):
+    calls = []
+
+    def install(release, site):
+        calls.append(release)
+        raise RuntimeError("offline")
+    monkeypatch.setattr(peft_matrix, "_install", install)
+    key = {"release": "0.13.0", "pins": [], "options": [], "source": "k1"}
+    (tmp_path / "0.13.0").mkdir()
+    (tmp_path / "0.13.0" / "record.json").write_text(json.dumps({"release": "0.13.0", "key": key,
+                                                                  "status": "audited", "seconds": 3.0}))
+    hit = peft_matrix.audit_release("0.13.0", tmp_path, [], 1, "k1")
+    assert hit["cached"] and calls == []
+    miss = peft_matrix.audit_release("0.13.0", tmp_path, [], 1, "k2")  # the audit's code changed
+    assert calls == ["0.13.0"] and miss["status"] == "not installed" and "offline" in miss["message"]
+
+
+def test_merge_renders_shards_and_refuses_overlaps(tmp_path, capsys):
+    recs = _records({"0.10.0": (True, ()), "0.11.0": (False, ())})
+    for i, rec in enumerate(recs, 1):
+        (tmp_path / f"s{i}.json").write_text(json.dumps({"kind": "peft-matrix-shard", "releases": [rec]}))
+    out = tmp_path / "out"
+    assert cli.main(["peft-matrix", "--merge", str(tmp_path / "s1.json"), str(tmp_path / "s2.json"),
+                     "--out", str(out)]) == 0
+    doc = json.loads((out / "peft-releases.json").read_text())
+    assert [r["release"] for r in doc["releases"]] == ["0.10.0", "0.11.0"]
+    assert (out / "peft-releases.md").read_text().startswith("# peft releases against the papers")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["peft-matrix", "--merge", str(tmp_path / "s1.json"), str(tmp_path / "s1.json"), "--out", str(out)])
+    assert e.value.code == 2 and "in two shards" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        cli.main(["peft-matrix", "--merge", str(tmp_path / "other.json"), "--out", str(out)])
+    assert "not a peft-matrix shard file" in capsys.readouterr().err
