@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import results, run_plan
@@ -103,6 +104,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     verdicts = verdict.verdicts(rows, args.require)
+    for t in plan.targets:  # judged out of every config the card has, not only those this run selected
+        cov = verdicts.get(t.card.name, {}).get("coverage")
+        if cov:
+            cov["configs"]["of"] = sorted(set(cov["configs"]["of"]) | {c.id for c in runner.cases(t.card, replace(
+                plan, only_configs=None))})
     meta = results.provenance(req.seed, req.device, sys.argv)
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": plan.models,
                  "dtypes": plan.dtypes, "checks": plan.checks, "model_notes": built.model_notes,
@@ -115,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         results.write(out, meta, rows, verdicts)  # last: a results.json always comes with its reports
         removed = remove_stale_reports(out, {t.card.name for t in plan.targets})
     for name, v in verdicts.items():  # one line each: the verdict, its confidence and every concern's verdict
-        print(f"{name:10s} {v['verdict']:15s} confidence {v['confidence']:7s} {v['headline'].split(': ', 1)[1]}")
+        print(f"{name:10s} {v['verdict']:15s} confidence {v['confidence']:7s} {v['headline'].split(': ', 1)[1]} "
+              f"[{verdict.coverage_text(v.get('coverage'))}]")
     print(f"wrote {out}/results.json, SUMMARY.md and {len(verdicts)} variant reports "
           f"in {meta['wall_seconds']:.1f}s" + (f"; removed stale {', '.join(p.name for p in removed)}" if removed else ""))
     if hits:

@@ -30,7 +30,7 @@ from .report_summary import (SUMMARY_CHECKS, check_labels, check_overview, decid
                              summary_rows, verdict_reasons, verdict_with_defaults)
 from .results import atomic_write
 from .rows import Row
-from .verdict import CONCERNS
+from .verdict import CONCERNS, coverage_text
 
 OVERHEAD_NOTE = ("tiny models, per-call overhead dominates; not a speed claim; see `nox -s bench`")
 CSV_COLUMNS = tuple(Row.__dataclass_fields__) + ("margin",)
@@ -79,6 +79,7 @@ def render_variant(env: jinja2.Environment, tgt, meta: dict, rows: list[Row], ve
     return env.get_template("variant.md.j2").render(
         card=card, impl=tgt.label, meta=meta, subj=variant_subject(tgt, meta), verdict=v,
         deciding=deciding_text(v, rs), reasons=verdict_reasons(v, rs),
+        coverage=coverage_text(v.get("coverage")) or "nothing judged",
         config=config_audited(tgt, meta), configs=configs_audited(tgt, meta, rs), zero_claims=zero_grad_claims(tgt),
         choices=choices_made(card, rs, meta["subject"]["kind"]),
         fused=fused_notes(rs),

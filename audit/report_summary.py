@@ -16,7 +16,7 @@ from .report_format import DTYPE_SHORT, cell_text, fmt_margin, fmt_ratio, fmt_vs
 from .report_rows import (FINDING, SEVERITY, group_by, max_margin, reference_rows, subject_rows, uniq, worst,
                           worst_status)
 from .rows import BAD, Row
-from .verdict import CONCERNS
+from .verdict import CONCERNS, coverage_text
 
 SUMMARY_CHECKS = ("identity_at_init", "init", "grad_flow", "paper_parity", "peft_parity", "lycoris_parity", "properties",
                   "placement", "save_load", "merge", "training", "robustness")
@@ -222,6 +222,7 @@ def summary_rows(meta: dict, rows: list[Row], verdicts: dict) -> list[dict]:
         concerns = v.get("concerns") or {}
         summary.append({"name": name, "impl": meta["implementations"].get(name, f"variants.{name}"),
                         "verdict": v["verdict"], "confidence": v["confidence"],
+                        "coverage": coverage_text(v.get("coverage")).replace("judged on ", "") or "-",
                         "deciding": deciding_text(v, rs),
                         "deciding_concerns": ("all audited" if v["verdict"] == "conformant" else
                                               ", ".join(v.get("deciding_concerns") or []) or "-"),

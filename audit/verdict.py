@@ -144,6 +144,29 @@ def _finding(r: Row) -> dict:
             "reference": r.reference, "message": r.message}
 
 
+def coverage(subject: list[Row]) -> dict[str, dict[str, list[str]]]:
+    """How much a verdict rests on: the configs, models and dtypes with a judged subject row, each out of
+    those the run audited for it (a corner config judged alone must not read like a full audit)."""
+    judged = [r for r in subject if r.status not in ("n/a", "error")]
+    out = {}
+    for what, read in (("configs", lambda r: r.config_id), ("models", lambda r: r.model), ("dtypes", lambda r: r.dtype)):
+        out[what] = {"judged": sorted({read(r) for r in judged if r.model != "-"}),
+                     "of": sorted({read(r) for r in subject if r.model != "-"})}
+    return out
+
+
+def coverage_text(cov: dict | None) -> str:
+    """"judged on 2/5 configs, 6/6 models, 1/2 dtypes" (names shown where one or two of several were judged)."""
+    if not cov:
+        return ""
+    parts = []
+    for what in ("configs", "models", "dtypes"):
+        judged, of = cov[what]["judged"], cov[what]["of"]
+        names = f" ({', '.join(judged)})" if 0 < len(judged) <= 2 and len(judged) < len(of) else ""
+        parts.append(f"{len(judged)}/{len(of)} {what}{names}")
+    return "judged on " + ", ".join(parts)
+
+
 def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None) -> dict:
     """A variant's verdict: per concern (``CONCERNS``) and overall (over the ``require``'d concerns,
     default all), with the reasons, the checks and concerns that decided it and per-check margins."""
@@ -179,6 +202,7 @@ def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None) -> dict:
     return {"verdict": verdict, "confidence": confidence, "references_agreeing": refs, "reasons": reasons,
             "deciding": deciding, "deciding_concerns": deciding_concerns, "concerns": concerns,
             "headline": headline(verdict, concerns), "required": list(require) if require else None,
+            "coverage": coverage(counted),
             "check_margins": check_margins(subject),
             "counts": {s: sum(r.status == s for r in subject) for s in ("pass", "fail", "xfail", "xpass", "error", "n/a")},
             "reference_findings": [_finding(r) for r in rs if r.about == "reference" and r.status in FINDING]}

@@ -86,3 +86,19 @@ def test_printed_values_never_look_equal_to_their_tolerance():
 ])
 def test_robustness_judges_what_the_message_names_not_its_wording(message, fields, ok):
     assert names_problem(message, fields) is ok
+
+
+def test_coverage_says_how_much_a_verdict_rests_on():
+    """A verdict judged on one corner config with the rest n/a says so: configs, models and dtypes with a
+    judged row, out of those audited."""
+    from audit.rows import Row
+    from audit.verdict import coverage_text, verdicts
+    rows = [Row("lora", "paper_parity", "mlp", "float32", "output_rel_err", 1e-7, 1e-6, "pass", config="corner"),
+            Row("lora", "paper_parity", "qwen3", "float32", "-", None, None, "n/a", config="corner"),
+            Row("lora", "paper_parity", "mlp", "bfloat16", "-", None, None, "n/a", config="main-cfg"),
+            Row("lora", "paper_parity", "qwen3", "bfloat16", "-", None, None, "error", config="main-cfg")]
+    v = verdicts(rows)["lora"]
+    assert v["coverage"]["configs"] == {"judged": ["corner"], "of": ["corner", "main-cfg"]}
+    assert v["coverage"]["dtypes"] == {"judged": ["float32"], "of": ["bfloat16", "float32"]}
+    assert coverage_text(v["coverage"]) == ("judged on 1/2 configs (corner), 1/2 models (mlp), "
+                                            "1/2 dtypes (float32)")
