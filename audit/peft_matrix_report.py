@@ -21,6 +21,9 @@ UNDECLARED = ("fail", "xpass", "error")
 def _finding_key(method: str, r: dict) -> str:
     """What makes two rows the same finding across releases: method, check, metric family, and whether it
     was a declared departure (which one) or not."""
+    if r["metric"] == "subject_raised":  # one crash, whichever checks met it, whatever line it moved to
+        raised = re.sub(r"^.*? raised in ", "raised in ", r["message"])
+        return f"{method} · subject_raised · {re.sub(r' [(][^()]*:[0-9]+[)]$', '', raised)[:160]}"
     family = re.sub(r"\[.*\]$", "", r["metric"]) if r["check"] != "layout" else r["metric"]
     kind = f"declared {r['deviation']}" if r["status"] == "xfail" else r["status"]
     return f"{method} · {r['check']} · {family} · {kind}"
@@ -55,10 +58,12 @@ def summarise(results: dict) -> dict:
         for r in rs:
             if r["status"] in UNDECLARED + ("xfail",):
                 key = _finding_key(method, r)
-                f = findings.setdefault(key, {"method": method, "check": r["check"], "concern": concern_of(r["check"]),
-                                              "status": r["status"], "deviation": r["deviation"],
-                                              "message": _what(r), "where": set()})
+                f = findings.setdefault(key, {"method": method, "check": r["check"], "status": r["status"],
+                                              "deviation": r["deviation"], "message": _what(r), "where": set(),
+                                              "checks": set(), "concerns": set()})
                 f["where"].add(f"{r['model']}/{r['dtype']}")
+                f["checks"].add(r["check"])
+                f["concerns"].add(concern_of(r["check"]))
                 keys.append(key)
         methods[method] = {
             "verdict": v["verdict"], "headline": v["headline"],
@@ -70,7 +75,8 @@ def summarise(results: dict) -> dict:
     return {"transformers": versions.get("transformers"), "torch": versions.get("torch"),
             "audit_commit": results["meta"].get("git_commit"), "argv": results["meta"].get("argv", [])[2:],
             "methods": methods,
-            "findings": {k: {**f, "where": sorted(f["where"])} for k, f in sorted(findings.items())}}
+            "findings": {k: {**f, **{s: sorted(f[s]) for s in ("where", "checks", "concerns")}}
+                         for k, f in sorted(findings.items())}}
 
 
 def _deciding(cell: dict, findings: dict) -> list[str]:
@@ -90,6 +96,8 @@ def matrix(records: list[dict]) -> dict:
         for key, f in rec.get("findings", {}).items():
             entry = seen.setdefault(key, {**f, "key": key, "releases": []})
             entry["releases"].append(rec["release"])
+            for field in ("checks", "concerns"):  # a crash may meet other checks in another release
+                entry[field] = sorted(set(entry[field]) | set(f[field]))
     order = sorted(seen, key=lambda k: (Version(seen[k]["releases"][0]), seen[k]["method"], k))
     for i, key in enumerate(order, 1):
         seen[key].update(id=f"F{i}", first=seen[key]["releases"][0], last=seen[key]["releases"][-1])
@@ -105,7 +113,7 @@ def _cell(rec: dict, method: str, ids: dict, findings: dict, concern: str | None
         if cell["verdict"] == "absent":
             return "–"
         verdict = cell["concerns"].get(concern, "not audited")
-        links = [k for k in _deciding({**cell, "verdict": verdict}, findings) if findings[k]["concern"] == concern]
+        links = [k for k in _deciding({**cell, "verdict": verdict}, findings) if concern in findings[k]["concerns"]]
     else:
         verdict, links = cell["verdict"], _deciding(cell, findings)
     return " ".join([SYMBOL[verdict]] + [f"[{ids[k]}](#{ids[k].lower()})" for k in links])
@@ -144,7 +152,7 @@ def render_markdown(doc: dict) -> str:
             "what (as first seen) |", "|---|---|---|---|---|---|---|---|"]
     for f in doc["findings"]:
         what = f["message"].replace("|", "\\|")
-        out.append(f"| <a id=\"{f['id'].lower()}\"></a>{f['id']} | {f['method']} | {f['concern']} | "
+        out.append(f"| <a id=\"{f['id'].lower()}\"></a>{f['id']} | {f['method']} | {', '.join(f['concerns'])} | "
                    f"{f['key'].split(' · ', 1)[1]} | {f['first']} | {f['last']} | {len(f['releases'])} | {what} |")
     out += ["", "## Releases", "", "| release | status | transformers | seconds | coverage per method "
             "(configs/models/dtypes judged) |", "|---|---|---|---|---|"]

@@ -183,7 +183,9 @@ def _apply(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
                 r.message = (f"declared deviation {dev.id!r} is no longer observed: update the card. "
                              + r.message)
             break
-    judged = {(r.check, r.model, r.dtype) for r in rows if r.status not in ("n/a", "error")}
+    # a check that crashed in the subject (subject_raised) measured none of its metrics: nothing to require
+    judged = {(r.check, r.model, r.dtype) for r in rows if r.status not in ("n/a", "error")
+              and r.metric != "subject_raised"}
     for dev in devs:  # required only where its check was judged on one of its models and dtypes, and its
         # own rows (if any were written) were not all n/a (e.g. peft has no default targets to audit)
         own = [r for r in rows if dev.matches(r.check, r.metric, r.model, r.dtype)]

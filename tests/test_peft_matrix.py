@@ -114,3 +114,42 @@ def test_merge_renders_shards_and_refuses_overlaps(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["peft-matrix", "--merge", str(tmp_path / "other.json"), "--out", str(out)])
     assert "not a peft-matrix shard file" in capsys.readouterr().err
+
+
+# -- the committed matrix: three fixes from peft's history, each seen on both sides of its release ---------
+
+# (method, concern, the finding's check · metric, last release with the bug, first with the fix, peft's fix)
+HISTORICAL_FIXES = [
+    ("adalora", "init", "init · E_max_abs", "0.11.1", "0.12.0",
+     "FIX Init AdaLoRA to be identity transform (#1884): λ (lora_E) was drawn at random, so ΔW ≠ 0 at init"),
+    ("lokr", "equation", "paper_parity · output_rel_err", "0.13.2", "0.14.0",
+     "FIX Several bugs in LoKr (#2180): get_delta_weight left out the α/r scale (make_kron(w1, w2) unscaled)"),
+    ("oft", "equation", "paper_parity · output_rel_err", "0.17.1", "0.18.0",
+     "ENH Updates to OFT (#2805): the Neumann-series Cayley transform computed another R than (I + Q)(I − Q)⁻¹"),
+]
+
+
+@pytest.mark.parametrize("method, concern, finding, buggy, fixed, fix", HISTORICAL_FIXES,
+                         ids=[f[0] for f in HISTORICAL_FIXES])
+def test_the_matrix_shows_a_historical_fix_on_both_sides(method, concern, finding, buggy, fixed, fix):
+    """The release with the bug is non-conformant in that concern with the finding named; the release with
+    peft's fix is conformant, or partial only for declared departures that name their source."""
+    from conftest import committed_report
+
+    from audit.cards import get
+    from audit.subjects.peft import Peft
+    doc = committed_report("reports/peft-releases.json")
+    releases = {r["release"]: r for r in doc["releases"]}
+    assert len([r for r in doc["releases"] if r["status"] == "audited"]) >= 12
+    findings = {f["key"]: f for f in doc["findings"]}
+    before, after = releases[buggy]["methods"][method], releases[fixed]["methods"][method]
+    assert before["verdict"] == "non-conformant" and before["concerns"][concern] == "non-conformant", fix
+    named = [k for k in before["findings"] if finding in k and findings[k]["status"] == "fail"]
+    assert named, f"{method} {buggy}: no {finding} finding ({fix})"
+    assert fixed not in findings[named[0]]["releases"] and findings[named[0]]["last"] != fixed
+    assert after["verdict"] in ("conformant", "partial") and after["concerns"][concern] in ("conformant", "partial"), fix
+    declared = {d.id: d for d in (*get(method).deviations, *Peft().deviations(method))}
+    for key in after["findings"]:
+        f = findings[key]
+        assert f["status"] == "xfail", f"{method} {fixed}: undeclared finding {key}"
+        assert f["deviation"] in declared and declared[f["deviation"]].source, f"{f['deviation']}: no sourced declaration"
