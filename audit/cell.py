@@ -39,6 +39,7 @@ class Cell:
     _base_cache: dict[str, Any] = field(default_factory=dict)
     _lent: dict[tuple, "_Lent"] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)  # results several checks of this cell share
+    layout_error: Exception | None = None  # the first LayoutError a check met and worked around (layout_seen)
 
     def __post_init__(self):
         self.subject = as_subject(self.subject)
@@ -127,12 +128,17 @@ class Cell:
         and the next borrower gets a fresh one (tests/test_lending.py: no audit row changes). ``keep``
         False: the borrower changes what a restore cannot see (a merge's bookkeeping) and the model is
         dropped after it, unconditionally."""
-        from .state import perturb
+        from .state import perturb, perturb_raw
+        from .subjects import LayoutError
 
         def make() -> Adapted:
             adapted = self.adapted(**overrides)
             if perturbed:
-                perturb(adapted, self.seed, self.card.perturb)
+                try:
+                    perturb(adapted, self.seed, self.card.perturb)
+                except LayoutError as e:  # reported under "layout"; what reads no canonical state still runs
+                    self.layout_seen(e)
+                    perturb_raw(adapted, self.seed)
             return adapted
         with self._lend(("adapted", perturbed, tuple(sorted(overrides.items()))), make, keep=keep) as adapted:
             yield adapted
@@ -161,6 +167,12 @@ class Cell:
         finally:
             if keep and lent.restore():
                 store[key] = lent
+
+    def layout_seen(self, e: Exception) -> None:
+        """A check met a state it cannot read canonically and went on without it (perturbed in the subject's own
+        layout, or a row n/a): run_cell reports the layout finding once, as when a check stops on it."""
+        if self.layout_error is None:
+            self.layout_error = e
 
     def about(self, implementation: str) -> str:
         """"subject" when ``implementation`` (e.g. "peft") is the one under audit, else "reference"."""

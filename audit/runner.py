@@ -98,6 +98,20 @@ def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | Non
     ``elsewhere``: {check: dtype} of the dtype-independent checks measured in another dtype of the plan
     (n/a here)."""
     reported = False
+
+    def report_layout(e: LayoutError, name: str) -> None:
+        nonlocal reported
+        if reported:
+            return
+        reported = True
+        cell.check = "layout"
+        if isinstance(e, LayoutFinding):  # the subject's state is not the formula's: findings
+            for metric, message in e.findings:
+                cell.row(metric, 1.0, 0.0, message=f"{type(e).__name__}: {message}")
+        else:  # the subject's map is broken
+            cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
+        cell.check = name
+
     for name in check_names:
         cell.check = name
         before = len(cell.rows)
@@ -111,15 +125,7 @@ def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | Non
                 cell.row("-", None, None, status="error", message="check produced no measurement")
         except LayoutError as e:
             del cell.rows[before:]
-            if not reported:
-                reported = True
-                cell.check = "layout"
-                if isinstance(e, LayoutFinding):  # the subject's state is not the formula's: findings
-                    for metric, message in e.findings:
-                        cell.row(metric, 1.0, 0.0, message=f"{type(e).__name__}: {message}")
-                else:  # the subject's map is broken
-                    cell.row("-", None, None, status="error", message=f"LayoutError: {e}")
-                cell.check = name
+            report_layout(e, name)
             cell.row("-", None, None, status="n/a", message=f"needs the subject's canonical state: {e}")
         except (NotApplicable, NotSupported) as e:  # NotSupported: the subject lacks what the check needs
             del cell.rows[before:]
@@ -133,6 +139,8 @@ def run_cell(cell: Cell, check_names: list[str], elsewhere: dict[str, str] | Non
             tb = traceback.extract_tb(e.__traceback__)[-1]
             cell.row("-", None, None, status="error",
                      message=f"{type(e).__name__}: {str(e)[:300]} (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})")
+        if cell.layout_error is not None:  # met and worked around inside the check (cell.layout_seen)
+            report_layout(cell.layout_error, name)
     return cell.rows
 
 

@@ -31,6 +31,19 @@ def perturb(adapted: Adapted | nn.Module, seed: int, stds: dict[str, float] | No
     adapted.set_state(new)
 
 
+def perturb_raw(adapted: Adapted, seed: int, rel: float = 0.1, absolute: float = 0.02) -> None:
+    """``perturb`` in the subject's own layout, for a subject whose canonical state cannot be read (a layout
+    finding): every trainable tensor of the adapted model t + σ·N(0, 1), σ = rel·rms(t) (``absolute`` where
+    t is all zero), so the checks that read only outputs and base weights (merge, save/load) still run away
+    from identity."""
+    g = torch.Generator().manual_seed(seed + 12345)
+    with torch.no_grad():
+        for p in adapted.parameters():  # the model's and those the subject keeps outside it, in a fixed order
+            rms = float(p.double().pow(2).mean().sqrt())
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * (rel * rms if rms > 0 else absolute)
+            p.add_(noise.to(p.device, p.dtype))
+
+
 def capture(modules, run) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], object]:
     """Run ``run()``; return ({name: (input, output)} of the given modules (their last call), run's result).
 

@@ -128,3 +128,48 @@ def test_progress_counts_undeclared_failures_only():
     bar = runner.Progress(2, stream=io.StringIO())
     bar.step("ia3 / qwen3", judged)
     assert bar.failing == 1
+
+
+# -- a layout finding does not stop what can run without the canonical state ---------------------------------
+
+def _oft_defaults_cell(subject):
+    """peft's OFT at its own defaults on the MLP: the block size it picks is not the config's (a layout finding)."""
+    from audit.cards import get
+    from audit.cell import Cell
+    card = get("oft")
+    return Cell(card.at(next(c for c in card.cases() if c.id == "defaults")), subject, "mlp", "float32")
+
+
+def test_a_layout_finding_still_merges_and_reloads_in_the_subjects_own_layout():
+    from audit import runner
+    from audit.subjects.peft import Peft
+    rows = runner.run_cell(_oft_defaults_cell(Peft()), ["merge", "save_load"])
+    assert [r.metric for r in rows if r.check == "layout"] == ["canonical_shape_mismatch"]
+    merge = {r.metric: r for r in rows if r.check == "merge"}
+    assert merge["merged_weight_rel_err_vs_paper"].status == "n/a"
+    assert merge["merged_vs_unmerged_logits_rel_err"].status == "pass"
+    assert "one rounding of the adapted layers' weights" in merge["merged_vs_unmerged_logits_rel_err"].message
+    assert merge["unmerge_weight_rel_err"].status == "pass" and merge["unmerge_weight_rel_err"].value > 0  # not identity
+    reload = {r.metric: r for r in rows if r.check == "save_load"}
+    assert reload["logits_max_abs_diff"].status == "pass"
+    assert "by name" in reload["adapter_tensors_max_abs_diff"].message
+
+
+def test_a_broken_merge_shows_through_a_layout_finding():
+    """The same cell with a merge that leaves the weights 1% off: the merge row fails, layout or not."""
+    import torch
+
+    from audit import runner
+    from audit.subjects.peft import Peft
+
+    class SloppyMerge(Peft):
+        def merge(self, model):
+            out = super().merge(model)
+            with torch.no_grad():
+                for name, module in model.named_modules():
+                    if name.endswith("up_proj.base_layer"):
+                        module.weight.mul_(1.01)
+            return out
+    rows = runner.run_cell(_oft_defaults_cell(SloppyMerge()), ["merge"])
+    merge = {r.metric: r for r in rows if r.check == "merge"}
+    assert merge["merged_vs_unmerged_logits_rel_err"].status == "fail"

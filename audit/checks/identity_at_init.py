@@ -37,7 +37,7 @@ def _rounding_spread(cell: Cell, names, base_out) -> tuple[float, dict[str, floa
     return rel_err(y, base_out[1]), {n: rel_err(seen[n][1], base_out[0][n][1]) for n in names}
 
 
-def _base_reference(cell: Cell, names) -> tuple:
+def base_reference(cell: Cell, names) -> tuple:
     """(base outputs, their one-ulp rounding spread) for these adapted layers, computed once per base
     model and layer set (every card adapting the same layers shares them)."""
     cache = cell._base_cache.setdefault("identity", {})
@@ -75,7 +75,7 @@ def run(cell: Cell) -> None:
 def _run(cell: Cell, adapted) -> None:
     card = cell.card
     names = adapted.names
-    base_out, spread = _base_reference(cell, names)
+    base_out, spread = base_reference(cell, names)
     claim = f"claim: {card.identity}"
     # "offset" is judged strictly, unless the card declares the offset as a tolerance deviation
     _judge(cell, adapted, names, base_out, spread, claim=claim, tolerance=0.0 if card.identity == "offset" else None)

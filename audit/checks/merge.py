@@ -28,9 +28,10 @@ from references import paper
 
 from ..cell import Cell, NotApplicable, rel_err
 from ..numerics import describe, jitter, keep_worst, spread_tolerance
-from ..subjects import NotSupported
+from ..subjects import LayoutError, NotSupported
 from ..choices import formula_cfg
 from ..formula import layer_args
+from .identity_at_init import base_reference
 from .paper_parity import merged_reference
 
 
@@ -131,11 +132,26 @@ def _merged_copy(cell: Cell, adapted, merged: dict) -> tuple[dict, torch.Tensor]
     return weights, cell.logits(model)
 
 
-def _run(cell: Cell, subject, adapted, semantics: str) -> None:
+def _paper_side(cell: Cell, adapted) -> tuple[dict | None, list[float], str, str]:
+    """(the paper's merged weights, the merged model's spreads, their description, the subject's choices);
+    where the subject's state has no canonical reading (a layout finding), no paper weights and the spread
+    of one rounding of the adapted layers' weights in this dtype (the base model, jittered by one ulp): the
+    merge is still judged against the subject's own unmerged model."""
     ref = paper.get(cell.card.name)
-    cfg, choice = formula_cfg(cell, adapted)
-    _, spreads = merged_reference(cell, adapted, ref, cfg)  # the float64 logits: paper_parity's row
-    paper_w = _paper_weights(cell, adapted, ref, cfg)
+    try:
+        cfg, choice = formula_cfg(cell, adapted)
+        _, spreads = merged_reference(cell, adapted, ref, cfg)  # the float64 logits: paper_parity's row
+        return _paper_weights(cell, adapted, ref, cfg), spreads, describe(spreads, cell.dtype), choice
+    except LayoutError as e:
+        cell.layout_seen(e)
+        _, (spread, _) = base_reference(cell, adapted.names)
+        return None, [spread], ("tolerance from one rounding of the adapted layers' weights in this dtype (the "
+                                f"paper's merged model needs the canonical state: {e}); "
+                                + describe([spread], cell.dtype).replace("reference spread", "one-ulp spread")), ""
+
+
+def _run(cell: Cell, subject, adapted, semantics: str) -> None:
+    paper_w, spreads, how, choice = _paper_side(cell, adapted)
     before = _weights(adapted)
     with torch.no_grad():
         if semantics == "on_eval":  # the library merges when the model goes to eval(), unmerges on train()
@@ -149,11 +165,15 @@ def _run(cell: Cell, subject, adapted, semantics: str) -> None:
                 merged, y_merged = _weights(adapted), cell.logits(adapted)
         except NotSupported as e:
             raise NotApplicable(str(e)) from None
-        _vs_paper(cell, merged, paper_w, choice)
+        if paper_w is not None:
+            _vs_paper(cell, merged, paper_w, choice)
+            how = f"tolerance from the paper's merged model in this dtype: {how}"
+        else:
+            cell.row("merged_weight_rel_err_vs_paper", None, None, status="n/a",
+                     message="needs the subject's canonical state (layout finding)")
         cell.row("merged_vs_unmerged_logits_rel_err", rel_err(y_merged, y), spread_tolerance(spreads, cell.dtype),
                  reference="paper", message=f"{subject.describe()} ({semantics} merge): merged model vs the same state "
-                                            "unmerged; tolerance from the paper's merged model in this dtype: "
-                                            f"{describe(spreads, cell.dtype)}")
+                                            f"unmerged; {how}")
         if semantics == "state_dict":
             for metric in ("merge_twice", "unmerge_weight_rel_err", "unmerge_bias_rel_err"):
                 cell.row(metric, None, None, status="n/a", message=f"{subject.describe()} merges into a state dict: "
