@@ -102,7 +102,9 @@ def matrix(records: list[dict]) -> dict:
     for i, key in enumerate(order, 1):
         seen[key].update(id=f"F{i}", first=seen[key]["releases"][0], last=seen[key]["releases"][-1])
     methods = sorted({m for rec in records for m in rec.get("methods", {})})
-    return {"releases": records, "methods": methods, "findings": [seen[k] for k in order]}
+    # each release keeps its cells (which name their findings by key); the findings themselves are listed once
+    slim = [{k: v for k, v in rec.items() if k not in ("findings", "key")} for rec in records]
+    return {"releases": slim, "methods": methods, "findings": [seen[k] for k in order]}
 
 
 def _cell(rec: dict, method: str, ids: dict, findings: dict, concern: str | None = None) -> str:
