@@ -153,3 +153,22 @@ def test_the_matrix_shows_a_historical_fix_on_both_sides(method, concern, findin
         f = findings[key]
         assert f["status"] == "xfail", f"{method} {fixed}: undeclared finding {key}"
         assert f["deviation"] in declared and declared[f["deviation"]].source, f"{f['deviation']}: no sourced declaration"
+
+
+def test_a_cached_release_is_sharded_and_merged_without_the_package_index(tmp_path, capsys):
+    """The CLI path a CI job matrix takes: a release whose cache entry has the current key is not installed
+    again; its shard file carries the summary, and --merge renders it."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    (cache / "0.13.0" / "out").mkdir(parents=True)
+    (cache / "0.13.0" / "out" / "results.json").write_text(json.dumps(_results("0.13.0", failing=True)))
+    key = {"release": "0.13.0", "pins": [], "options": [], "source": peft_matrix.source_key()}
+    (cache / "0.13.0" / "record.json").write_text(json.dumps({"release": "0.13.0", "key": key,
+                                                              "status": "audited", "seconds": 2.0}))
+    assert cli.main(["peft-matrix", "--releases", "0.13.0", "--shard", "1/1", "--cache", str(cache),
+                     "--out", str(out), "--quiet"]) == 0
+    shard = out / "peft-releases.shard-1-of-1.json"
+    rec = json.loads(shard.read_text())["releases"][0]
+    assert rec["cached"] and rec["methods"]["lora"]["verdict"] == "non-conformant"
+    assert cli.main(["peft-matrix", "--merge", str(shard), "--out", str(out)]) == 0
+    assert "| 0.13.0 | 5.0 | ✗ [F" in (out / "peft-releases.md").read_text()
+    assert "peft 0.13.0: audited, 1 methods, non-conformant: lora" in capsys.readouterr().out
