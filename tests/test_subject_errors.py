@@ -66,3 +66,12 @@ def test_peft_crashing_on_conv1d_is_a_finding_about_peft():
     assert rows and all(r.status == "fail" and r.metric == "subject_raised" for r in rows), rows
     assert rows[0].message.startswith(f"{subject.describe()} raised in ")
     assert "(peft/tuners/" in rows[0].message
+
+
+def test_a_code_package_that_does_not_import_is_no_root_and_no_crash():
+    """code_roots runs while an exception is handled: a package the library names but the machine lacks must
+    not raise there (it would escape run_cell); the driver's own file still counts."""
+    class NamesAMissingPackage(CrashesInAttach):
+        code_packages = ("variants", "no_such_package_for_adapter_audit")
+    rows = _rows(NamesAMissingPackage())
+    assert [(r.metric, r.status) for r in rows] == [("subject_raised", "fail")]

@@ -253,8 +253,12 @@ class Subject:
         ``code_packages``, the module of a ``lib`` attribute, and a driver's own file outside audit/."""
         import importlib
         import os
-        roots = []
-        modules = [getattr(self, "lib", None)] + [importlib.import_module(p) for p in self.code_packages]
+        roots, modules = [], [getattr(self, "lib", None)]
+        for package in self.code_packages:  # called while handling an exception: a missing package is no root
+            try:
+                modules.append(importlib.import_module(package))
+            except ImportError:
+                continue
         for module in modules:
             path = getattr(module, "__file__", None)
             if path:
