@@ -103,12 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = runner.run(plan, progress=not req.quiet, jobs=req.jobs)
     except KeyboardInterrupt:
         return _interrupted()
-    verdicts = verdict.verdicts(rows, args.require)
-    for t in plan.targets:  # judged out of every config the card has, not only those this run selected
-        cov = verdicts.get(t.card.name, {}).get("coverage")
-        if cov:
-            cov["configs"]["of"] = sorted(set(cov["configs"]["of"]) | {c.id for c in runner.cases(t.card, replace(
-                plan, only_configs=None))})
+    # coverage counts every config the card has, not only those this run selected (--configs)
+    every = {t.card.name: [c.id for c in runner.cases(t.card, replace(plan, only_configs=None))] for t in plan.targets}
+    verdicts = verdict.verdicts(rows, args.require, every)
     meta = results.provenance(req.seed, req.device, sys.argv)
     meta.update({"wall_seconds": round(time.perf_counter() - t0, 2), "models": plan.models,
                  "dtypes": plan.dtypes, "checks": plan.checks, "model_notes": built.model_notes,
@@ -229,7 +226,7 @@ def cmd_peft_matrix(args: argparse.Namespace) -> int:
                 path = args.out / f"peft-releases.shard-{shard[0]}-of-{shard[1]}.json"
                 results.atomic_write(path, json.dumps({"kind": "peft-matrix-shard", "releases": records}, indent=1) + "\n")
                 print(f"wrote {path} ({len(records)} releases); render with --merge once every shard is done")
-                return EXIT_OK if all(r["status"] in ("audited", "does not import") for r in records) else EXIT_FINDINGS
+                return _matrix_exit(records)
     except (pm.MatrixError, ValueError) as e:
         raise UsageError(str(e)) from None
     if not records:
@@ -242,6 +239,11 @@ def cmd_peft_matrix(args: argparse.Namespace) -> int:
                                                       f"{', '.join(bad) or 'none'}" if r["status"] == "audited" else
                                                       f" ({r.get('message', '')})"))
     print(f"wrote {md} and {md.with_suffix('.json')}")
+    return _matrix_exit(records)
+
+
+def _matrix_exit(records: list[dict]) -> int:
+    """0 when every release was audited (or found not to import), 1 when one could not be installed or crashed."""
     return EXIT_OK if all(r["status"] in ("audited", "does not import") for r in records) else EXIT_FINDINGS
 
 

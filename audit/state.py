@@ -25,10 +25,19 @@ def perturb(adapted: Adapted | nn.Module, seed: int, stds: dict[str, float] | No
         for tname, t in tensors.items():
             if not adapted.slots[name][tname].trainable:
                 continue
-            rms = float(t.double().pow(2).mean().sqrt())
-            sigma = stds.get(tname, rel * rms if rms > 0 else absolute)
-            new[name][tname] = t + (torch.randn(t.shape, generator=g, dtype=torch.float64) * sigma).to(t.device, t.dtype)
+            new[name][tname] = t + _noise(t, g, stds.get(tname, _sigma(t, rel, absolute)))
     adapted.set_state(new)
+
+
+def _sigma(t: torch.Tensor, rel: float, absolute: float) -> float:
+    """rel·rms(t), or ``absolute`` where t is all zero."""
+    rms = float(t.double().pow(2).mean().sqrt())
+    return rel * rms if rms > 0 else absolute
+
+
+def _noise(t: torch.Tensor, g: torch.Generator, sigma: float) -> torch.Tensor:
+    """σ·N(0, 1) of t's shape, drawn in float64 from ``g``, in t's dtype and device."""
+    return (torch.randn(t.shape, generator=g, dtype=torch.float64) * sigma).to(t.device, t.dtype)
 
 
 def perturb_raw(adapted: Adapted, seed: int, rel: float = 0.1, absolute: float = 0.02) -> None:
@@ -39,9 +48,7 @@ def perturb_raw(adapted: Adapted, seed: int, rel: float = 0.1, absolute: float =
     g = torch.Generator().manual_seed(seed + 12345)
     with torch.no_grad():
         for p in adapted.parameters():  # the model's and those the subject keeps outside it, in a fixed order
-            rms = float(p.double().pow(2).mean().sqrt())
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * (rel * rms if rms > 0 else absolute)
-            p.add_(noise.to(p.device, p.dtype))
+            p.add_(_noise(p, g, _sigma(p, rel, absolute)))
 
 
 def capture(modules, run) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], object]:

@@ -144,14 +144,16 @@ def _finding(r: Row) -> dict:
             "reference": r.reference, "message": r.message}
 
 
-def coverage(subject: list[Row]) -> dict[str, dict[str, list[str]]]:
+def coverage(subject: list[Row], configs: list[str] | None = None) -> dict[str, dict[str, list[str]]]:
     """How much a verdict rests on: the configs, models and dtypes with a judged subject row, each out of
-    those the run audited for it (a corner config judged alone must not read like a full audit)."""
+    those the run audited for it, the configs out of ``configs`` too (every config of the card, where a run
+    selected fewer): a corner config judged alone must not read like a full audit."""
     judged = [r for r in subject if r.status not in ("n/a", "error")]
     out = {}
     for what, read in (("configs", lambda r: r.config_id), ("models", lambda r: r.model), ("dtypes", lambda r: r.dtype)):
         out[what] = {"judged": sorted({read(r) for r in judged if r.model != "-"}),
                      "of": sorted({read(r) for r in subject if r.model != "-"})}
+    out["configs"]["of"] = sorted(set(out["configs"]["of"]) | set(configs or ()))
     return out
 
 
@@ -167,7 +169,7 @@ def coverage_text(cov: dict | None) -> str:
     return "judged on " + ", ".join(parts)
 
 
-def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None) -> dict:
+def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None, configs: list[str] | None = None) -> dict:
     """A variant's verdict: per concern (``CONCERNS``) and overall (over the ``require``'d concerns,
     default all), with the reasons, the checks and concerns that decided it and per-check margins."""
     subject = [r for r in rs if r.about != "reference"]
@@ -202,14 +204,16 @@ def verdict_of(rs: list[Row], require: tuple[str, ...] | None = None) -> dict:
     return {"verdict": verdict, "confidence": confidence, "references_agreeing": refs, "reasons": reasons,
             "deciding": deciding, "deciding_concerns": deciding_concerns, "concerns": concerns,
             "headline": headline(verdict, concerns), "required": list(require) if require else None,
-            "coverage": coverage(counted),
+            "coverage": coverage(counted, configs),
             "check_margins": check_margins(subject),
             "counts": {s: sum(r.status == s for r in subject) for s in ("pass", "fail", "xfail", "xpass", "error", "n/a")},
             "reference_findings": [_finding(r) for r in rs if r.about == "reference" and r.status in FINDING]}
 
 
-def verdicts(rows: list[Row], require: tuple[str, ...] | None = None) -> dict[str, dict]:
+def verdicts(rows: list[Row], require: tuple[str, ...] | None = None,
+             configs: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Each variant's verdict; ``configs``: {variant: every config id of its card} for the coverage."""
     by_variant: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         by_variant[r.variant].append(r)
-    return {v: verdict_of(rs, require) for v, rs in by_variant.items()}
+    return {v: verdict_of(rs, require, (configs or {}).get(v)) for v, rs in by_variant.items()}

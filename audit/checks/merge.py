@@ -133,15 +133,16 @@ def _merged_copy(cell: Cell, adapted, merged: dict) -> tuple[dict, torch.Tensor]
 
 
 def _paper_side(cell: Cell, adapted) -> tuple[dict | None, list[float], str, str]:
-    """(the paper's merged weights, the merged model's spreads, their description, the subject's choices);
-    where the subject's state has no canonical reading (a layout finding), no paper weights and the spread
-    of one rounding of the adapted layers' weights in this dtype (the base model, jittered by one ulp): the
-    merge is still judged against the subject's own unmerged model."""
+    """(the paper's merged weights, the merged model's spreads, where the tolerance comes from, the subject's
+    choices); where the subject's state has no canonical reading (a layout finding), no paper weights and the
+    spread of one rounding of the adapted layers' weights in this dtype (the base model, jittered by one ulp):
+    the merge is still judged against the subject's own unmerged model."""
     ref = paper.get(cell.card.name)
     try:
         cfg, choice = formula_cfg(cell, adapted)
         _, spreads = merged_reference(cell, adapted, ref, cfg)  # the float64 logits: paper_parity's row
-        return _paper_weights(cell, adapted, ref, cfg), spreads, describe(spreads, cell.dtype), choice
+        return (_paper_weights(cell, adapted, ref, cfg), spreads,
+                f"tolerance from the paper's merged model in this dtype: {describe(spreads, cell.dtype)}", choice)
     except LayoutError as e:
         cell.layout_seen(e)
         _, (spread, _) = base_reference(cell, adapted.names)
@@ -167,7 +168,6 @@ def _run(cell: Cell, subject, adapted, semantics: str) -> None:
             raise NotApplicable(str(e)) from None
         if paper_w is not None:
             _vs_paper(cell, merged, paper_w, choice)
-            how = f"tolerance from the paper's merged model in this dtype: {how}"
         else:
             cell.row("merged_weight_rel_err_vs_paper", None, None, status="n/a",
                      message="needs the subject's canonical state (layout finding)")
