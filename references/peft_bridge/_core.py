@@ -53,18 +53,53 @@ class TensorMap:
     note: str = ""
 
 
+# What a peft config field does to the function an adapted layer computes, for every field the audit does not
+# vary as a config axis. Every field of a method's peft config class (in any release the matrix covers) is named
+# in its mapping with one of these, so an option that changes the function cannot go unaudited unnoticed.
+EFFECTS = {
+    "axis": "changes the computed function: a config axis of the card (ours names our field)",
+    "placement": "chooses which layers or modules are adapted or trained: the placement check judges it",
+    "stochastic": "training-time randomness (dropout): the identity in eval mode, where the audit compares",
+    "init": "the initial values only: the bridge overwrites them with the given state, the subject runs the card's init",
+    "checkpoint": "what a saved file holds, not what the layer computes: the save_load check",
+    "method": "selects which method of this config class runs (each audited by its own card, where there is one)",
+    "layout": "declares how the base layer stores its weight (Conv1D's (d_in, d_out)): set to match the layer",
+    "layer-type": "applies only to layer types with no linear counterpart in the zoo (Conv2d, Embedding, quantised)",
+    "runtime": "where or how fast it runs (device, kernels, caching), not what it computes",
+    "unaudited": "changes the function and is held at one value: an audit gap the reports list",
+}
+
+
 @dataclass(frozen=True)
 class ConfigField:
     """One peft config field and where its value comes from.
 
-    ours  our config field (the plain cfg dict key), or None when the value is fixed by the bridge
-    peft  the peft config field name
-    rule  how the value is derived, in words
+    ours    our config field (the plain cfg dict key), or None when the value is fixed by the bridge
+    peft    the peft config field name
+    rule    how the value is derived, in words
+    effect  a key of EFFECTS: "axis" when ours names our field, else why the audit does not vary it
     """
 
     ours: str | None
     peft: str
     rule: str = "copied"
+    effect: str = ""
+
+    def __post_init__(self):
+        effect = self.effect or ("axis" if self.ours else "")
+        if effect not in EFFECTS or (effect == "axis") != (self.ours is not None):
+            raise ValueError(f"ConfigField {self.peft!r}: effect {self.effect!r} must be 'axis' exactly when ours "
+                             f"names our field, else one of {sorted(set(EFFECTS) - {'axis'})}")
+        object.__setattr__(self, "effect", effect)
+
+
+def targeting_fields(*names: str) -> tuple[ConfigField, ...]:
+    """The fields every tuner config has for choosing what is adapted (fixed by the audit's targeting)."""
+    return tuple(ConfigField(None, n, "not set: the audit's target_modules regex names exactly the targets",
+                             "placement") for n in names)
+
+
+TARGETING = ("exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern")
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,10 @@ ADALORA = VariantMapping(
             ConfigField("orth_reg_weight", "orth_reg_weight"),
             ConfigField("total_step", "total_step", "copied; None (ours: only the allocator needs it) becomes "
                                                     "tinit + tfinal + 1, the smallest value peft accepts"),
-            ConfigField(None, "lora_dropout", "fixed 0.0"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)"),
-            ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D (peft forces it anyway)"),
-            ConfigField(None, "init_lora_weights", "True (E = 0, A, B ~ N(0, 0.02²)); overwritten by the state")),
+            ConfigField(None, "lora_dropout", "fixed 0.0", effect="stochastic"),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
+            ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D (peft forces it anyway)", effect="layout"),
+            ConfigField(None, "init_lora_weights", "True (E = 0, A, B ~ N(0, 0.02²)); overwritten by the state", effect="init")),
     init="init_lora_weights=True (E = 0, A, B ~ N(0, 0.02²)), then A, E, B are overwritten by the state; "
          "ranknum.default (frozen Parameter, float(init_r)) is not part of the canonical state",
     notes=("peft's scale lora_alpha / (ranknum + 1e-5) is relative 1e-5/init_r below alpha / init_r: cancelled in the "

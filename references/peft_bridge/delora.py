@@ -53,10 +53,10 @@ DELORA = VariantMapping(
     config=(ConfigField("r", "r"),
             ConfigField("lambda0", "delora_lambda", "copied (annotated int in peft, a float is accepted); only the "
                                                     "init value of delora_lambda, which the state's lam overwrites"),
-            ConfigField(None, "module_dropout", "fixed 0.0 (despite its name: elementwise dropout of the input)"),
+            ConfigField(None, "module_dropout", "fixed 0.0 (despite its name: elementwise dropout of the input)", effect="stochastic"),
             ConfigField("init_style", "init_weights", "'peft' -> True (B = 0); 'paper' -> BridgeUnsupported"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)"),
-            ConfigField(None, "bias", "fixed 'none'")),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
+            ConfigField(None, "bias", "fixed 'none'", effect="placement")),
     init="A kaiming, B = 0, lambda = delora_lambda, w_norm from the base weight; all overwritten by the state",
     notes=("both norms are clamped at 1e-4 in peft, as in the canonical formula",
            "C, D (paper init) are refused with BridgeUnsupported"),

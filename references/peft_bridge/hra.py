@@ -25,11 +25,11 @@ HRA = VariantMapping(
                        note="canonical u is (r, d_in) with u_i as ROW i; peft's hra_u is (d_in, r) with u_i as "
                             "COLUMN i"),),
     config=(ConfigField("r", "r"),
-            ConfigField(None, "apply_GS", "fixed False (Gram-Schmidt variant R = I - 2QQ^T is a different map)"),
+            ConfigField(None, "apply_GS", "fixed False (Gram-Schmidt variant R = I - 2QQ^T is a different map)", effect="unaudited"),
             ConfigField(None, "init_weights", "True for even r (symmetric init), False for odd r (avoids peft's "
-                                              "warning); overwritten by the state either way"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)"),
-            ConfigField(None, "bias", "fixed 'none'")),
+                                              "warning); overwritten by the state either way", effect="init"),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
+            ConfigField(None, "bias", "fixed 'none'", effect="placement")),
     init="symmetric init (pairs of equal columns); overwritten by the given u",
     notes=("reflection order: W R with R = H_0 H_1 ... H_{r-1} (index order), input side",
            "the orthogonality regulariser is not part of peft (nor of the forward)",

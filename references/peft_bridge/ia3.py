@@ -41,9 +41,9 @@ def _subject_ia3(feedforward: bool):
     return build
 
 
-_TARGET = ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)")
-_INIT = ConfigField(None, "init_ia3_weights", "True (l = 1); overwritten by the state")
-_FIF = ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D")
+_TARGET = ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")
+_INIT = ConfigField(None, "init_ia3_weights", "True (l = 1); overwritten by the state", effect="init")
+_FIF = ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D", effect="layout")
 
 IA3 = VariantMapping(
     variant="ia3",
@@ -51,7 +51,7 @@ IA3 = VariantMapping(
     peft_layer_class=_LAYER,
     tensors=(TensorMap("l", "ia3_l.default", "reshape (d_out,1)", note="nn.Parameter (d_out, 1)"),),
     config=(_TARGET,
-            ConfigField(None, "feedforward_modules", "[] (explicit: None would load peft's model-type defaults)"),
+            ConfigField(None, "feedforward_modules", "[] (explicit: None would load peft's model-type defaults)", effect="method"),
             _FIF, _INIT),
     init="l = 1 (exact identity); overwritten",
     notes=("the bias is scaled too: y = (x W^T + b) * l",
@@ -73,7 +73,7 @@ IA3_FF = VariantMapping(
     config=(_TARGET,
             ConfigField(None, "feedforward_modules",
                         "= target_modules (the same exact regex; a list would be matched with a bare "
-                        "key.endswith(entry), without the '.', e.g. 'proj' would hit every *proj)"),
+                        "key.endswith(entry), without the '.', e.g. 'proj' would hit every *proj)", effect="method"),
             _FIF, _INIT),
     init="l = 1 (exact identity); overwritten",
     notes=("input scaling: y = (x * l) W^T + b, bias unchanged",),

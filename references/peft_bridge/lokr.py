@@ -74,11 +74,11 @@ LOKR = VariantMapping(
                                           "{'^'+re.escape(name): r} so peft's alpha/r equals the canonical γ = 1"),
             ConfigField("decompose_both", "decompose_both"),
             ConfigField("decompose_factor", "decompose_factor"),
-            ConfigField(None, "rank_dropout", "fixed 0.0 (drops output rows of ΔW in training)"),
-            ConfigField(None, "module_dropout", "fixed 0.0 (skips the adapter at random in training)"),
+            ConfigField(None, "rank_dropout", "fixed 0.0 (drops output rows of ΔW in training)", effect="stochastic"),
+            ConfigField(None, "module_dropout", "fixed 0.0 (skips the adapter at random in training)", effect="stochastic"),
             ConfigField("init_style", "init_weights", "True for the twin (overwritten by the state); the subject "
                                                       "maps 'lycoris' -> 'lycoris' (peft >= 0.17.0), 'peft' -> True"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)")),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")),
     init="init_weights=True (lokr_w1 or lokr_w1_a = 0, kaiming elsewhere); overwritten by the given state",
     notes=("ΔW = kron(w1, w2)·alpha/r reshaped to W's shape (a no-op for nn.Linear): torch.kron order, w1 the "
            "(out_l, in_m) block grid, w2 the block",

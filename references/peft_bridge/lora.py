@@ -22,11 +22,11 @@ _B = TensorMap("B", "lora_B.default.weight", "identity",
 _COMMON = (
     ConfigField("r", "r"),
     ConfigField("alpha", "lora_alpha"),
-    ConfigField(None, "lora_dropout", "fixed 0.0 (dropout makes outputs random; the audit compares in eval)"),
+    ConfigField(None, "lora_dropout", "fixed 0.0 (dropout makes outputs random; the audit compares in eval)", effect="stochastic"),
     ConfigField(None, "target_modules", "regex (?:name1|name2|...) of the escaped full dotted names; peft fullmatches "
-                                        "a string, so exactly these layers are wrapped"),
-    ConfigField(None, "bias", "fixed 'none' (base biases stay frozen)"),
-    ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D (weight stored (d_in, d_out))"),
+                                        "a string, so exactly these layers are wrapped", effect="placement"),
+    ConfigField(None, "bias", "fixed 'none' (base biases stay frozen)", effect="placement"),
+    ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D (weight stored (d_in, d_out))", effect="layout"),
 )
 
 
@@ -98,7 +98,7 @@ LORA = VariantMapping(
     peft_layer_class=_LAYER,
     tensors=(_A, _B),
     config=_COMMON + (ConfigField("use_rslora", "use_rslora"),
-                      ConfigField(None, "init_lora_weights", "True (kaiming A, B = 0); overwritten by the state")),
+                      ConfigField(None, "init_lora_weights", "True (kaiming A, B = 0); overwritten by the state", effect="init")),
     init="peft's default init (init_lora_weights=True) runs and is then overwritten by the given A, B",
     notes=("scaling['default'] = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora",),
     layer_types=_TYPES,
@@ -119,7 +119,7 @@ PISSA = VariantMapping(
                       ConfigField(None, "init_lora_weights",
                                   "True, NOT 'pissa': peft's 'pissa' init would run its own SVD, overwrite "
                                   "base_layer.weight with its W_res and pick its own SVD signs; the bridge instead "
-                                  "copies the given A, B and W_res")),
+                                  "copies the given A, B and W_res", effect="init")),
     init="init_lora_weights=True (cheap kaiming/zero init), then A, B and W_res are overwritten: no SVD runs in peft",
     notes=("merged weight W_res + scaling*B A, same forward as LoRA; disabling the adapter gives W_res, not W",
            "peft's own PiSSA init divides S_r by scaling before the square root (s*B A = U_r S_r V_r^T)",
@@ -139,8 +139,8 @@ DORA = VariantMapping(
              TensorMap("m", "lora_magnitude_vector.default.weight", "identity",
                        note="DoraLinearLayer.weight, (d_out,); saved as '<layer>.lora_magnitude_vector'")),
     config=_COMMON + (ConfigField("use_rslora", "use_rslora"),
-                      ConfigField(None, "use_dora", "fixed True"),
-                      ConfigField(None, "init_lora_weights", "True; A, B and m are overwritten by the state")),
+                      ConfigField(None, "use_dora", "fixed True", effect="method"),
+                      ConfigField(None, "init_lora_weights", "True; A, B and m are overwritten by the state", effect="init")),
     init="peft's init computes m = ||W||_row with B = 0; the given A, B, m overwrite it",
     notes=("forward: base(x) + (m/n - 1)(x W^T) + (m/n) s (x A^T) B^T with n = ||W + s B A||_row detached: "
            "the bias is not scaled; the detached n changes gradients only, not outputs",
@@ -160,14 +160,14 @@ EVA = VariantMapping(
              TensorMap("B", "lora_B.default.weight", "identity", note="(d_out, r_l)")),
     config=_COMMON + (
         ConfigField("use_rslora", "use_rslora", "copied if present (absent: False)"),
-        ConfigField(None, "rank_pattern", "{'^'+re.escape(name): r_l} for every layer, r_l = rows of the state's A"),
+        ConfigField(None, "rank_pattern", "{'^'+re.escape(name): r_l} for every layer, r_l = rows of the state's A", effect="init"),
         ConfigField("alpha", "alpha_pattern", "{'^'+re.escape(name): alpha*r_l/r} so that scaling = alpha/r on every "
                                               "layer, as peft's EVA with adjust_scaling_factors=True (rsLoRA: "
                                               "alpha*sqrt(r_l)/r keeps alpha/r; peft's EVA would give "
                                               "alpha*sqrt(r_l)/r scaling there)"),
         ConfigField("rho", "eva_config.rho", "not mapped: rank redistribution already happened in the given state"),
         ConfigField(None, "init_lora_weights", "True, NOT 'eva': the data-driven init (initialize_lora_eva_weights, "
-                                               "IncrementalPCA) is not re-run; the given A (PCA rows), B overwrite")),
+                                               "IncrementalPCA) is not re-run; the given A (PCA rows), B overwrite", effect="init")),
     init="init_lora_weights=True; the given A, B (per-layer ranks) overwrite it. A layer whose state has r_l = 0 is "
          "not targeted, as peft's EVA removes such a LoRA; peft_state returns A (0, d_in), B (d_out, 0) for it",
     notes=("peft's EVA mean-centres its inputs and uses seeded svd_lowrank; that only matters for the init, which "

@@ -37,7 +37,7 @@ OLORA = VariantMapping(
                       ConfigField(None, "init_lora_weights",
                                   "True, NOT 'olora': peft's 'olora' init would run its own float32 QR, overwrite "
                                   "base_layer.weight with its W_res (and on Conv1D decompose the stored Wᵀ); the "
-                                  "bridge instead copies the given A, B and W_res")),
+                                  "bridge instead copies the given A, B and W_res", effect="init")),
     init="init_lora_weights=True (cheap kaiming/zero init), then A, B and W_res are overwritten: no QR runs in peft",
     notes=("merged weight W_res + scaling*B A, same forward as LoRA; disabling the adapter gives W_res, not W",
            "peft's own olora_init: QR in float32 of the weight as stored, no sign fix, A = R[:r], B = Q[:, :r], "

@@ -61,12 +61,12 @@ VERA = VariantMapping(
             ConfigField("d_initial", "d_initial"),
             ConfigField("seed", "projection_prng_key", "copied: our seed is VeRA's projection PRNG key (both draw "
                                                         "A then B from torch.Generator().manual_seed(key))"),
-            ConfigField(None, "save_projection", "fixed True (A, B in the checkpoint)"),
-            ConfigField(None, "vera_dropout", "fixed 0.0"),
-            ConfigField(None, "init_weights", "True (λ_b = 0, λ_d = d_initial); overwritten by the state"),
-            ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)"),
-            ConfigField(None, "bias", "fixed 'none'")),
+            ConfigField(None, "save_projection", "fixed True (A, B in the checkpoint)", effect="checkpoint"),
+            ConfigField(None, "vera_dropout", "fixed 0.0", effect="stochastic"),
+            ConfigField(None, "init_weights", "True (λ_b = 0, λ_d = d_initial); overwritten by the state", effect="init"),
+            ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D", effect="layout"),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
+            ConfigField(None, "bias", "fixed 'none'", effect="placement")),
     init="peft draws the pair from the PRNG key and sets λ_b = 0, λ_d = d_initial; the state overwrites all four "
          "(the pair once per layer, the same values each time)",
     notes=("A, B are buffers shared by every layer; a state whose layers hold different pairs has no peft "
