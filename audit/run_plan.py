@@ -101,6 +101,8 @@ def build(req: RunRequest) -> Built:
 
     plan = runner.Plan(targets, model_names, dtypes, checks, seed=req.seed, device=req.device,
                        model_factories=factories, extra_configs=extra, only_configs=only)
+    for t in targets:  # stand-ins for configs the subject refuses only for their init
+        t.card = runner.with_init_fallbacks(t.card, t.subject, plan)
     return Built(plan, out, model_notes)
 
 

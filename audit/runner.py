@@ -16,6 +16,7 @@ from .cards import VariantCard
 from .cell import Cell, NotApplicable
 from .rows import Row, judge, within
 from .subject_errors import raised_by_subject
+from . import init_fallback
 from .subjects import LayoutError, LayoutFinding, NotSupported, Subject, as_subject, from_spec
 
 
@@ -194,8 +195,13 @@ def _apply(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
     # a check that crashed in the subject (subject_raised) measured none of its metrics: nothing to require
     judged = {(r.check, r.model, r.dtype) for r in rows if r.status not in ("n/a", "error")
               and r.metric != "subject_raised"}
+    # a stand-in config (audit/init_fallback.py) inherits its origin's deviations where they hold; one that
+    # holds only under the refused init (the refusal itself) may match nothing there
+    origin = next((c.origin for c in card.configs if c.id == card.config_id), None)
     for dev in devs:  # required only where its check was judged on one of its models and dtypes, and its
         # own rows (if any were written) were not all n/a (e.g. peft has no default targets to audit)
+        if origin and dev.configs is not None and card.config_id not in dev.configs:
+            continue
         own = [r for r in rows if dev.matches(r.check, r.metric, r.model, r.dtype)]
         relevant = (any(c == dev.check and (dev.models is None or m in dev.models)
                         and (dev.dtypes is None or d in dev.dtypes) for c, m, d in judged)
@@ -220,7 +226,8 @@ def cases(card: VariantCard, plan: Plan) -> list:
     for case in plan.extra_configs:
         card = card.with_case(case)
     only = plan.only_configs
-    return [c for c in card.cases() if only is None or c.id in only or ("main" in only and c.id == card.config_id)]
+    return [c for c in card.cases() if only is None or c.id in only or c.origin in only
+            or ("main" in only and card.config_id in (c.id, c.origin))]
 
 
 def case_models(case, subject, models: list[str]) -> tuple[str, ...] | None:
@@ -292,7 +299,14 @@ def _worker(card_name: str, spec: str, model_name: str, plan: Plan) -> list[Row]
     """Audit one card with the subject ``spec`` on one model in a worker process (plan.targets is
     empty here); the parent applies the card's deviations once it has every model's rows."""
     bases = _WORKER_BASES.setdefault((plan.seed, plan.device), {})
-    return _cells(default_targets([card_name], spec)[0], plan, [model_name], bases, None)
+    tgt = default_targets([card_name], spec)[0]
+    tgt.card = with_init_fallbacks(tgt.card, tgt.subject, plan)
+    return _cells(tgt, plan, [model_name], bases, None)
+
+
+def with_init_fallbacks(card: VariantCard, subject, plan: Plan) -> VariantCard:
+    """The card with stand-ins for the configs the subject refuses only for their init (audit/init_fallback.py)."""
+    return init_fallback.with_fallbacks(card, subject, (plan.models or ["mlp"])[0], plan.dtypes[0], plan.seed)
 
 
 def parallel_ok(plan: Plan) -> bool:

@@ -192,6 +192,7 @@ class ConfigCase:
     models: tuple[str, ...] | None = ("mlp",)
     dtypes: tuple[str, ...] | None = ("float32",)
     checks: tuple[str, ...] | None = CONFIG_CHECKS
+    origin: str | None = None  # the case this one stands in for (audit/init_fallback.py): its deviations apply
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class VariantCard:
         of the configs it names (not for the subject's own defaults, whose values the subject sets)."""
         if d.when and any(k not in config or config[k] != v for k, v in d.when.items()):
             return False
-        if d.configs is None or case.id in d.configs:
+        if d.configs is None or case.id in d.configs or case.origin in d.configs:
             return True
         ids = {c.id: c for c in self.cases()}
         return not case.subject_defaults and any(

@@ -130,6 +130,12 @@ class Subject:
             return f"{self.describe()} declares no tensor names for {method!r} (supported: {sorted(self.tensor_names)})"
         return None
 
+    def refuses(self, method: str, cfg: dict) -> str | None:
+        """Why the subject cannot attach ``method`` under the canonical ``cfg`` at all (None: it may), found
+        without building a model; a subject that refuses an init style is then audited under another init
+        the card audits (audit/init_fallback.py). Default: it refuses nothing up front."""
+        return None
+
     def base_layer(self, layer: nn.Module) -> nn.Module:
         if hasattr(layer, "get_base_layer"):
             return layer.get_base_layer()

@@ -139,6 +139,17 @@ class Peft(Subject):
         except bridge.BridgeUnsupported as e:
             raise NotSupported(str(e)) from None
 
+    def refuses(self, method: str, cfg: dict) -> str | None:
+        """The mapping's own refusal of ``cfg`` (an init style or argument this release lacks)."""
+        mapping = bridge.MAPPINGS.get(method)
+        if mapping is None or mapping.subject_config is None or self.supports(method):
+            return None
+        try:
+            mapping.subject_config(cfg, {"target_modules": ["_"]}, False, _make_config)
+        except (NotSupported, bridge.BridgeUnsupported) as e:
+            return str(e)
+        return None
+
     def default_config(self, method: str) -> dict:
         """peft's own defaults for the method, read off its config classes, in canonical names."""
         import dataclasses
