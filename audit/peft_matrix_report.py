@@ -71,6 +71,10 @@ def summarise(results: dict) -> dict:
             "coverage": {what: sorted({r[field] for r in judged}) for what, field in
                          (("configs", "config"), ("models", "model"), ("dtypes", "dtype"))},
             "findings": sorted(set(keys))}
+    gaps = results["meta"].get("subject", {}).get("option_gaps", {})
+    for method, cell in methods.items():
+        if cell["verdict"] != "absent" and method in gaps:
+            cell["option_gaps"] = gaps[method]
     versions = results["meta"]["versions"]
     return {"transformers": versions.get("transformers"), "torch": versions.get("torch"),
             "audit_commit": results["meta"].get("git_commit"), "argv": results["meta"].get("argv", [])[2:],
@@ -156,6 +160,16 @@ def render_markdown(doc: dict) -> str:
         what = f["message"].replace("|", "\\|")
         out.append(f"| <a id=\"{f['id'].lower()}\"></a>{f['id']} | {f['method']} | {', '.join(f['concerns'])} | "
                    f"{f['key'].split(' · ', 1)[1]} | {f['first']} | {f['last']} | {len(f['releases'])} | {what} |")
+    out += ["", "## Options not audited", "",
+            "Options of a release's peft config that the audit does not vary: *unnamed* (the bridge's mapping does "
+            "not classify them: an option newer than the mapping, or one since removed) and *unaudited* (they change "
+            "the function and are held at one value). Every other option is a config axis of the card or named "
+            "with why it cannot change the function (references/peft_bridge/_core.py EFFECTS).", ""]
+    gaps = _option_gaps(recs)
+    out += (["| method | option | kind | releases |", "|---|---|---|---|"]
+            + [f"| {m} | `{f}` | {kind} | {_ranges(rels, [r['release'] for r in recs])} |"
+               for (m, f, kind), rels in sorted(gaps.items())] if gaps else ["None: in every audited release, every "
+                                                                            "option is an axis or named."])
     out += ["", "## Releases", "", "| release | status | transformers | seconds | coverage per method "
             "(configs/models/dtypes judged) |", "|---|---|---|---|---|"]
     for r in recs:
@@ -164,6 +178,28 @@ def render_markdown(doc: dict) -> str:
         out.append(f"| {r['release']} | {r['status']} | {r.get('transformers') or '–'} | {r.get('seconds', 0):.0f} | "
                    f"{note.replace('|', '/')} |")
     return "\n".join(out) + "\n"
+
+
+def _option_gaps(recs: list[dict]) -> dict[tuple, list[str]]:
+    """{(method, option, kind): [releases]} over the releases' cells."""
+    out: dict[tuple, list[str]] = {}
+    for r in recs:
+        for m, cell in r.get("methods", {}).items():
+            for kind, fields in (cell.get("option_gaps") or {}).items():
+                for f in fields:
+                    out.setdefault((m, f, kind), []).append(r["release"])
+    return out
+
+
+def _ranges(rels: list[str], order: list[str]) -> str:
+    """"0.10.0–0.13.2, 0.15.0" from releases in ``order``'s (oldest first) order: consecutive runs joined."""
+    runs, idx = [], [order.index(x) for x in rels]
+    for i, k in enumerate(idx):
+        if i and k == idx[i - 1] + 1:
+            runs[-1][1] = order[k]
+        else:
+            runs.append([order[k], order[k]])
+    return ", ".join(a if a == b else f"{a}–{b}" for a, b in runs)
 
 
 def write(records: list[dict], out: Path) -> tuple[Path, Path]:

@@ -60,7 +60,9 @@ class Built:
         subj = targets[0].subject if targets else None
         return {"kind": getattr(subj, "kind", ""), "label": subj.describe() if subj else "",
                 "version": getattr(subj, "version", ""),
-                "references": {t.card.name: reference_names(t.card, t.subject) for t in targets}}
+                "references": {t.card.name: reference_names(t.card, t.subject) for t in targets},
+                "option_gaps": {t.card.name: t.subject.option_gaps(t.card.name) for t in targets
+                                if hasattr(t.subject, "option_gaps")}}
 
 
 def check_peft_imports() -> None:

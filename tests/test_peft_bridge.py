@@ -264,6 +264,15 @@ def assert_states_equal(got, want):
 # ---------------------------------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------------------------------
+def _shared_fields():
+    from references.peft_bridge._core import TARGETING, targeting_fields
+    from references.peft_bridge.lora import LORA_CLASS_REST
+    return set(targeting_fields(*TARGETING)) | set(LORA_CLASS_REST)
+
+
+SHARED_FIELDS = _shared_fields()
+
+
 def test_variant_list_and_mapping_data():
     # discovered from the method modules: every card that names peft as a reference has a mapping
     from audit.cards import CARDS
@@ -281,8 +290,9 @@ def test_variant_list_and_mapping_data():
             assert t.kind in ("parameter", "buffer", "base weight"), (v, t)
         cls = getattr(peft, m.peft_config_class.removeprefix("peft."))
         fields = {f.name for f in dataclasses.fields(cls)}
-        for c in m.config:  # every peft field named in the mapping data exists on the peft config class
-            assert c.peft.split(".")[0] in fields, (v, c.peft)
+        for c in m.config:  # every peft field named in the mapping data exists on the peft config class,
+            # except the shared entries every tuner config is given (a class without exclude_modules, say)
+            assert c.peft.split(".")[0] in fields or c in SHARED_FIELDS, (v, c.peft)
         assert m.describe().startswith(f"### {v}")
     assert {t.canonical: t.transform for t in MAPPINGS["hra"].tensors} == {"u": "transpose"}
     assert {t.canonical: t.transform for t in MAPPINGS["ia3"].tensors} == {"l": "reshape (d_out,1)"}
@@ -290,6 +300,49 @@ def test_variant_list_and_mapping_data():
     assert {(c.ours, c.peft) for c in MAPPINGS["road"].config} >= {("road_variant", "variant"),
                                                                    ("group_size", "group_size")}
     assert ("lambda0", "delora_lambda") in {(c.ours, c.peft) for c in MAPPINGS["delora"].config}
+
+
+def test_every_peft_option_is_an_axis_or_named_with_why_it_cannot_change_the_function():
+    """The options ledger: each field of a method's peft config class (the installed release) is named in the
+    mapping with its effect; none that changes the function is held fixed ("unaudited"), so an option peft adds
+    cannot go unaudited unnoticed. Older releases' fields are listed per release by the peft matrix."""
+    import peft
+
+    from audit.subjects.peft import Peft
+    from references.peft_bridge._core import EFFECTS
+
+    subject = Peft()
+    base = {f.name for f in dataclasses.fields(peft.PeftConfig)}
+    for v, m in MAPPINGS.items():
+        assert all(c.effect in EFFECTS for c in m.config), v
+        assert all((c.effect == "axis") == (c.ours is not None) for c in m.config), v
+        cls = getattr(peft, m.peft_config_class.removeprefix("peft."))
+        fields = {f.name for f in dataclasses.fields(cls)} - base
+        named = [c.peft.split(".")[0] for c in m.config]
+        assert len(named) == len(set(named)) or v == "eva", (v, sorted({n for n in named if named.count(n) > 1}))
+        assert subject.option_gaps(v) == {"unnamed": [], "unaudited": []}, (v, subject.option_gaps(v))
+        assert fields <= set(named), (v, sorted(fields - set(named)))
+
+
+def test_option_gaps_name_an_unclassified_option():
+    """A release whose config class has a field the mapping does not name reports it (what the matrix lists)."""
+    import dataclasses as dc
+
+    import peft
+
+    from audit.subjects.peft import Peft
+
+    @dc.dataclass
+    class Newer(peft.HRAConfig):
+        brand_new_option: int = 0
+
+    old = peft.HRAConfig
+    peft.HRAConfig = Newer
+    try:
+        gaps = Peft().option_gaps("hra")["unnamed"]
+        assert "brand_new_option" in gaps and "r" not in gaps
+    finally:
+        peft.HRAConfig = old
 
 
 MODELS = {"toy": (toy, TOY_TARGETS), "qwen3": (qwen3, QWEN_TARGETS)}

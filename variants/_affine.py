@@ -1,7 +1,8 @@
 """The effective weight and bias of one adapted layer, read off the hooked layer itself.
 
-Every variant here is affine in the layer input (y = x W_effᵀ + b_eff), so W_effᵀ is the layer's
-output on the identity matrix with the bias set to zero, and b_eff its output on a zero input. This is
+Every variant here is affine in the layer input (y = x W_effᵀ + b_eff), so b_eff is its output on a zero
+input and W_effᵀ its output on the identity matrix with the base bias set to zero, less what an adapter
+bias still adds there (peft's lora_bias). This is
 ``Variant.merged_weights``'s default, and so what ``variants.merge`` writes into the layer: one code path
 merges every variant (a paper-specific merge formula per method would be sixteen places for the bugs
 peft's history shows: a bias merged without its scale, a transposed ΔW); the audit's ``merge`` check
@@ -34,12 +35,15 @@ def effective_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
             b_eff = layer(torch.zeros(1, d_in, dtype=w.dtype, device=w.device))[0]
             if bias is not None:
                 bias.zero_()
+            # what the adapter adds on a zero input besides the base bias (peft's lora_bias): 0 for most
+            own = layer(torch.zeros(1, d_in, dtype=w.dtype, device=w.device))[0]
             rows = []
             for start in range(0, d_in, CHUNK):
                 n = min(CHUNK, d_in - start)
                 probe = torch.zeros(n, d_in, dtype=w.dtype, device=w.device)
                 probe[torch.arange(n), torch.arange(start, start + n)] = 1
-                rows.append(layer(probe))
+                out = layer(probe)
+                rows.append(out - own if own.any() else out)
             w_eff = torch.cat(rows).t().contiguous()
     finally:
         if bias is not None:

@@ -2,6 +2,9 @@
 
     y = x Wᵀ + b + s · (x Aᵀ) Bᵀ,   A (r, d_in), B (d_out, r),   s = alpha / r  (rsLoRA: alpha / √r)
 
+lora_bias (peft's option, for adapters extracted from full fine-tunes): B carries a bias b_B (d_out,),
+scaled with the product: y = x Wᵀ + b + s · ((x Aᵀ) Bᵀ + b_B); b_B = 0 at init, merged into b.
+
 Init (peft's, not the paper's Gaussian A): A ~ kaiming_uniform(a=√5) = U(±1/√d_in), B = 0, so the
 layer equals the base exactly at init. At step 0, A's gradient is exactly zero (B = 0).
 Deviation from the paper: A's init distribution (uniform, as peft) instead of Gaussian.
@@ -24,16 +27,20 @@ from ._tensor_init import kaiming_uniform_
 @dataclass(frozen=True)
 class LoraConfig(AdapterConfig):
     """use_rslora: s = alpha/√r; dropout: p of the dropout on the adapter branch's input, in training
-    only (the LoRA paper's and peft's lora_dropout; 0 = none)."""
+    only (the LoRA paper's and peft's lora_dropout; 0 = none); lora_bias: a trainable bias b_B on B
+    (the lora variant only)."""
 
     variant = "lora"
     training_only = ("dropout",)
     use_rslora: bool = False
     dropout: float = 0.0
+    lora_bias: bool = False
 
     def check(self):
         if not 0.0 <= self.dropout < 1.0:
             raise self.fail("dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.lora_bias and self.variant != "lora":
+            raise self.fail("lora_bias", f"a bias on B is audited on the lora variant only, not {self.variant}")
 
 
 def add_lowrank(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:
@@ -70,7 +77,7 @@ def lora_delta(layer, x: torch.Tensor, y: torch.Tensor, s: float, dropout: float
 
 # -- peft's LoraConfig (peft.tuners.lora): lora_A.weight (r, d_in), lora_B.weight (d_out, r) as ours ----------
 _LORA_READS = ("r", "lora_alpha", "use_rslora", "lora_dropout", "rank_pattern", "alpha_pattern",
-               "init_lora_weights", "use_dora")
+               "init_lora_weights", "use_dora", "lora_bias")
 # LoRA inits that only draw A and B (which the file's tensors replace); the others rewrite the base
 # weight (pissa*, olora, corda, loftq, lora_ga) or change the forward (mica) and belong to their variant
 _PLAIN_INITS = (True, False, "gaussian", "orthogonal")
@@ -100,20 +107,21 @@ def _peft_lora_fields(pcfg, shapes):
     r = next(iter(ranks.values()))
     rs = bool(pcfg.get("use_rslora"))
     return {"r": r, "alpha": s * (math.sqrt(r) if rs else r), "use_rslora": rs,
-            "dropout": float(pcfg.get("lora_dropout") or 0.0)}
+            "dropout": float(pcfg.get("lora_dropout") or 0.0), "lora_bias": bool(pcfg.get("lora_bias"))}
 
 
 def peft_lora_config(cfg, st, init, **extra) -> dict:
     """peft LoraConfig fields of one of our LoRA-family adapters."""
     return {"r": cfg.r, "lora_alpha": cfg.alpha, "use_rslora": cfg.use_rslora, "lora_dropout": cfg.dropout,
-            "bias": "none", "init_lora_weights": init, "fan_in_fan_out": conv1d_targets(st), **extra}
+            "lora_bias": cfg.lora_bias, "bias": "none", "init_lora_weights": init,
+            "fan_in_fan_out": conv1d_targets(st), **extra}
 
 
 def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, to_config=None, dora=False, **kw) -> PeftFormat:
     """The PeftFormat of a LoRA-family variant written with ``init_lora_weights=init`` (claimed for any
     init in ``claim``, default just ``init``); ``to_config`` default: ``peft_lora_config`` with that init."""
     claim = (init,) if claim is None else claim
-    tensors = {"A": "lora_A.weight", "B": "lora_B.weight"}
+    tensors = {"A": "lora_A.weight", "B": "lora_B.weight", "b_B": "lora_B.bias"}
     if dora:
         tensors["m"] = "lora_magnitude_vector"  # peft saves DoraLinearLayer.weight under the module's own name
     if to_config is None:
@@ -134,7 +142,8 @@ class Lora(Variant):
     peft_format = peft_lora_format(True, claim=_PLAIN_INITS)
 
     def param_specs(self, d_in, d_out, r, cfg):
-        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}
+        specs = {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}
+        return {**specs, "b_B": ParamSpec((d_out,))} if getattr(cfg, "lora_bias", False) else specs
 
     @staticmethod
     def scale(cfg, r):
@@ -147,6 +156,12 @@ class Lora(Variant):
     def init(self, layer, cfg, gen):
         kaiming_uniform_(layer.adapter_A, gen)
         layer.adapter_B.zero_()
+        if cfg.lora_bias:
+            layer.adapter_b_B.zero_()
 
     def forward(self, layer, x, y):
-        return lora_delta(layer, x, y, self.scale(self.cfg, layer.adapter_rank), self.cfg.dropout)
+        s = self.scale(self.cfg, layer.adapter_rank)
+        y = lora_delta(layer, x, y, s, self.cfg.dropout)
+        if self.cfg.lora_bias:  # b_B scaled with the product (peft: lora_B(lora_A(x)) * scaling)
+            y = y + (s * layer.adapter_b_B).to(y.dtype)
+        return y

@@ -1,5 +1,5 @@
 """Card: LoRA (Hu et al., arXiv 2106.09685), scale s = alpha / r."""
-from ..cards import SUBJECT_DEFAULTS, ConfigCase, OpenChoice, Option, VariantCard, ZeroGrad
+from ..cards import CONFIG_CHECKS, SUBJECT_DEFAULTS, ConfigCase, OpenChoice, Option, VariantCard, ZeroGrad
 
 # the paper says "random Gaussian initialization for A" and gives no variance (§4.1); peft, torch's
 # nn.Linear default and ours draw kaiming_uniform(a=√5). Both keep ΔW = BA = 0 at init: both conform.
@@ -20,11 +20,14 @@ CARD = VariantCard(
     references=("paper", "peft"),
     identity="exact",
     zero_grads={"A": ZeroGrad("B = 0 at init, so ∂L/∂A = s·Bᵀ(∂L/∂h)xᵀ = 0; B receives the signal first")},
-    trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out),
+    trainable_per_layer=lambda d_in, d_out, c: c["r_layer"] * (d_in + d_out) + (d_out if c.get("lora_bias") else 0),
     choices=(A_DRAW,),
     config_id="alpha8-r4",
     config_why="alpha ≠ r: s = alpha/r = 2, so a missing or wrong division shows",
     configs=(ConfigCase("alpha-eq-r", {"alpha": 4.0}, "alpha = r: s = 1, the paper's setting (§4.1: α is set to the first r tried)"),
              ConfigCase("rslora", {"use_rslora": True}, "rsLoRA on: s = alpha/√r (Kalajdzievski, arXiv 2312.03732)"),
+             ConfigCase("lora-bias", {"lora_bias": True}, "peft's lora_bias: a trainable bias b_B on B, scaled with "
+                        "the product (y = xWᵀ + b + s·(xAᵀBᵀ + b_B)) and merged into the base bias",
+                        checks=CONFIG_CHECKS + ("merge", "save_load")),
              SUBJECT_DEFAULTS),
 )

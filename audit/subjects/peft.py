@@ -150,6 +150,24 @@ class Peft(Subject):
             return str(e)
         return None
 
+    def option_gaps(self, method: str) -> dict[str, list[str]]:
+        """The options of this release's config class for ``method`` the audit does not vary: "unnamed"
+        (fields the mapping does not classify at all: a newer option, or an older one since removed) and
+        "unaudited" (classified as changing the function, held at one value). Both empty: every option that
+        changes the function is a config axis of the card (references/peft_bridge/_core.py EFFECTS)."""
+        import dataclasses
+
+        import peft
+        mapping = bridge.MAPPINGS.get(method)
+        cls = getattr(peft, mapping.peft_config_class.removeprefix("peft."), None) if mapping else None
+        if cls is None or self.supports(method):
+            return {"unnamed": [], "unaudited": []}
+        base = {f.name for f in dataclasses.fields(peft.PeftConfig)}
+        have = [f.name for f in dataclasses.fields(cls) if f.name not in base]
+        named = {c.peft.split(".")[0]: c.effect for c in mapping.config}
+        return {"unnamed": [f for f in have if f not in named],
+                "unaudited": [f for f in have if named.get(f) == "unaudited"]}
+
     def default_config(self, method: str) -> dict:
         """peft's own defaults for the method, read off its config classes, in canonical names."""
         import dataclasses

@@ -21,12 +21,17 @@ def scaling(cfg: dict) -> float:
 
 
 def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
-    """W_eff = W + s·B A, b_eff = b (arXiv:2106.09685 §4.1 eq. (3), unverified number).
+    """W_eff = W + s·B A, b_eff = b (arXiv:2106.09685 §4.1 eq. (3), unverified number); with peft's
+    lora_bias (no paper: a bias b_B on B, scaled with the product) b_eff = b + s·b_B.
 
-    state: A (r, d_in), B (d_out, r). cfg: r, alpha, use_rslora.
+    state: A (r, d_in), B (d_out, r), b_B (d_out,) under lora_bias. cfg: r, alpha, use_rslora.
     """
-    W_eff = f64(W) + scaling(cfg) * (f64(state["B"]) @ f64(state["A"]))
-    return W_eff, f64(b)
+    s = scaling(cfg)
+    W_eff = f64(W) + s * (f64(state["B"]) @ f64(state["A"]))
+    if "b_B" not in state:
+        return W_eff, f64(b)
+    base = f64(b) if b is not None else torch.zeros(W_eff.shape[0], dtype=torch.float64, device=W_eff.device)
+    return W_eff, base + s * f64(state["b_B"])
 
 
 def forward(x, W, b, state, cfg):
@@ -37,7 +42,8 @@ def forward(x, W, b, state, cfg):
 def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     """The canonical tensors this formula reads and their shapes (references/STATE_LAYOUT.md); state: A (r, d_in), B (d_out, r)."""
     r = int(cfg["r"])
-    return {"A": (r, d_in), "B": (d_out, r)}
+    out = {"A": (r, d_in), "B": (d_out, r)}
+    return {**out, "b_B": (d_out,)} if cfg.get("lora_bias") else out
 
 
 # -- init statements (references/paper/_common.py "init statements") ----------------------------------
@@ -82,5 +88,7 @@ def A_draw_claims(A: torch.Tensor, cfg: dict, cite: str = "LoRA arXiv:2106.09685
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
-    """B = 0 exactly (so ΔW = BA = 0 at init) and A drawn as stated (arXiv:2106.09685 §4.1)."""
-    return [zero_claim("B", state["B"], "LoRA §4.1"), *A_draw_claims(state["A"], cfg)]
+    """B = 0 exactly (so ΔW = BA = 0 at init) and A drawn as stated (arXiv:2106.09685 §4.1); under
+    lora_bias also b_B = 0 (else the layer would not start as the base)."""
+    bias = [zero_claim("b_B", state["b_B"], "peft lora_bias: the identity at init")] if "b_B" in state else []
+    return [zero_claim("B", state["B"], "LoRA §4.1"), *A_draw_claims(state["A"], cfg), *bias]

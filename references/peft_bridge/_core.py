@@ -66,6 +66,11 @@ EFFECTS = {
     "layout": "declares how the base layer stores its weight (Conv1D's (d_in, d_out)): set to match the layer",
     "layer-type": "applies only to layer types with no linear counterpart in the zoo (Conv2d, Embedding, quantised)",
     "runtime": "where or how fast it runs (device, kernels, caching), not what it computes",
+    "per-layer": "a per-layer value of an axis (rank_pattern, alpha_pattern): a named layer computes the same "
+                 "equation with its own value, so the axis covers it",
+    "elsewhere": "an axis of another card on the same config class (named in the rule), where the same term is "
+                 "audited",
+    "inert": "has no effect on this method (peft reads it for other methods of the class only)",
     "unaudited": "changes the function and is held at one value: an audit gap the reports list",
 }
 
@@ -100,6 +105,12 @@ def targeting_fields(*names: str) -> tuple[ConfigField, ...]:
 
 
 TARGETING = ("exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern")
+
+
+def with_rest(named: tuple[ConfigField, ...], rest: tuple[ConfigField, ...]) -> tuple[ConfigField, ...]:
+    """``named`` plus the entries of ``rest`` (a config class's shared fields) for fields it does not name."""
+    have = {c.peft.split(".")[0] for c in named}
+    return named + tuple(c for c in rest if c.peft not in have)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ uses A, E, B unchanged (only merging transposes).
 """
 from __future__ import annotations
 
-from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex, with_rest
+from .lora import LORA_CLASS_REST
 
 _SCHEDULE = ("target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
 _DEFAULTS = {"target_r": 8, "tinit": 0, "tfinal": 0, "deltaT": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5}
@@ -60,7 +61,7 @@ ADALORA = VariantMapping(
     tensors=(TensorMap("A", "lora_A.default", "identity", note="Q, right singular vectors: (r, d_in)"),
              TensorMap("E", "lora_E.default", "identity", note="λ, singular values: (r, 1)"),
              TensorMap("B", "lora_B.default", "identity", note="P, left singular vectors: (d_out, r)")),
-    config=(ConfigField("r", "init_r", "copied (peft ignores r, warning when it is not 8)"),
+    config=with_rest((ConfigField("r", "init_r", "copied (peft ignores r, warning when it is not 8)"),
             ConfigField("alpha", "lora_alpha", "alpha·(r + 1e-5)/r for the parity twin, so that peft's "
                                                "lora_alpha / (ranknum + 1e-5) is the canonical alpha / r; the peft "
                                                "subject passes alpha itself (peft's own scale is audited there)"),
@@ -73,7 +74,12 @@ ADALORA = VariantMapping(
             ConfigField(None, "lora_dropout", "fixed 0.0", effect="stochastic"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
             ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D (peft forces it anyway)", effect="layout"),
-            ConfigField(None, "init_lora_weights", "True (E = 0, A, B ~ N(0, 0.02²)); overwritten by the state", effect="init")),
+            ConfigField(None, "init_lora_weights", "True (E = 0, A, B ~ N(0, 0.02²)); overwritten by the state", effect="init"),
+            ConfigField(None, "r", "not set: AdaLoRA's rank is init_r", "inert"),
+            ConfigField(None, "use_rslora", "False: AdaLoRA's layer reads no rsLoRA flag", "inert"),
+            ConfigField(None, "lora_bias", "False: AdaLoRA's layer has no bias on B", "inert"),
+            ConfigField(None, "use_dora", "False: AdaLoraConfig refuses DoRA", "method"),
+            ConfigField(None, "bias", "fixed 'none' (base biases stay frozen)", "placement")), LORA_CLASS_REST),
     init="init_lora_weights=True (E = 0, A, B ~ N(0, 0.02²)), then A, E, B are overwritten by the state; "
          "ranknum.default (frozen Parameter, float(init_r)) is not part of the canonical state",
     notes=("peft's scale lora_alpha / (ranknum + 1e-5) is relative 1e-5/init_r below alpha / init_r: cancelled in the "

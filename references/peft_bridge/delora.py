@@ -6,7 +6,7 @@ peft has no frozen copy (C = A_0, D = B_0) of the paper's init, so a state with 
 """
 from __future__ import annotations
 
-from ._core import BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import (TARGETING, BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields, with_rest)
 
 
 def _check_delora(cfg, states):
@@ -50,13 +50,14 @@ DELORA = VariantMapping(
              TensorMap("w_norm", "delora_w_norm.default", "identity", kind="buffer",
                        note="persistent BufferDict buffer (d_in,), frozen; peft computes ||W||_col at init "
                             "(all ones on the meta device); overwritten by the state's w_norm")),
-    config=(ConfigField("r", "r"),
+    config=with_rest((ConfigField("r", "r"),
             ConfigField("lambda0", "delora_lambda", "copied (annotated int in peft, a float is accepted); only the "
                                                     "init value of delora_lambda, which the state's lam overwrites"),
             ConfigField(None, "module_dropout", "fixed 0.0 (despite its name: elementwise dropout of the input)", effect="stochastic"),
             ConfigField("init_style", "init_weights", "'peft' -> True (B = 0); 'paper' -> BridgeUnsupported"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
-            ConfigField(None, "bias", "fixed 'none'", effect="placement")),
+            ConfigField(None, "bias", "fixed 'none'", effect="placement")), targeting_fields(*TARGETING) + (ConfigField(None, "rank_pattern", "not set: one r for every layer", "per-layer"),
+                    ConfigField(None, "lambda_pattern", "not set: one lambda for every layer", "per-layer"))),
     init="A kaiming, B = 0, lambda = delora_lambda, w_norm from the base weight; all overwritten by the state",
     notes=("both norms are clamped at 1e-4 in peft, as in the canonical formula",
            "C, D (paper init) are refused with BridgeUnsupported"),

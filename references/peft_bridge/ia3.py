@@ -7,7 +7,7 @@ ia3_l is (d_out, 1) for output scaling and (1, d_in) for input scaling.
 """
 from __future__ import annotations
 
-from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import TARGETING, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields, with_rest
 
 _LAYER = "peft.tuners.ia3.layer.Linear"
 _TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
@@ -50,9 +50,9 @@ IA3 = VariantMapping(
     peft_config_class="peft.IA3Config",
     peft_layer_class=_LAYER,
     tensors=(TensorMap("l", "ia3_l.default", "reshape (d_out,1)", note="nn.Parameter (d_out, 1)"),),
-    config=(_TARGET,
+    config=with_rest((_TARGET,
             ConfigField(None, "feedforward_modules", "[] (explicit: None would load peft's model-type defaults)", effect="method"),
-            _FIF, _INIT),
+            _FIF, _INIT), targeting_fields(*TARGETING)),
     init="l = 1 (exact identity); overwritten",
     notes=("the bias is scaled too: y = (x W^T + b) * l",
            "placement is the caller's: the bridge targets exactly the given names (peft's qwen/gemma/llama4 "
@@ -70,11 +70,11 @@ IA3_FF = VariantMapping(
     peft_config_class="peft.IA3Config",
     peft_layer_class=_LAYER,
     tensors=(TensorMap("l", "ia3_l.default", "reshape (1,d_in)", note="nn.Parameter (1, d_in)"),),
-    config=(_TARGET,
+    config=with_rest((_TARGET,
             ConfigField(None, "feedforward_modules",
                         "= target_modules (the same exact regex; a list would be matched with a bare "
                         "key.endswith(entry), without the '.', e.g. 'proj' would hit every *proj)", effect="method"),
-            _FIF, _INIT),
+            _FIF, _INIT), targeting_fields(*TARGETING)),
     init="l = 1 (exact identity); overwritten",
     notes=("input scaling: y = (x * l) W^T + b, bias unchanged",),
     layer_types=_TYPES,

@@ -7,7 +7,11 @@ ParameterDict entries in the canonical layout (:66-71), so every transform is th
 """
 from __future__ import annotations
 
-from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import TARGETING, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields, with_rest
+
+
+_PATTERNS = (ConfigField(None, "rank_pattern", "not set: one r for every layer", "per-layer"),
+             ConfigField(None, "alpha_pattern", "not set: one alpha for every layer", "per-layer"))
 
 
 def _make_loha(cfg, names, states, infos):
@@ -39,12 +43,12 @@ LOHA = VariantMapping(
              TensorMap("w1_b", "hada_w1_b.default", "identity", note="(r, d_in); " + _NOTE.format("hada_w1_b")),
              TensorMap("w2_a", "hada_w2_a.default", "identity", note="(d_out, r); " + _NOTE.format("hada_w2_a")),
              TensorMap("w2_b", "hada_w2_b.default", "identity", note="(r, d_in); " + _NOTE.format("hada_w2_b"))),
-    config=(ConfigField("r", "r"),
+    config=with_rest((ConfigField("r", "r"),
             ConfigField("alpha", "alpha", "copied (peft's field is alpha, not lora_alpha)"),
             ConfigField(None, "rank_dropout", "fixed 0.0 (random, and always rescaled by 1/mean in peft)", effect="stochastic"),
             ConfigField(None, "module_dropout", "fixed 0.0 (randomly skips the adapter in training)", effect="stochastic"),
             ConfigField(None, "init_weights", "True (w2_b = 0, the rest kaiming-uniform); overwritten by the state", effect="init"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")), targeting_fields(*TARGETING) + _PATTERNS + (ConfigField(None, "use_effective_conv2d", "Conv2d only", "layer-type"),)),
     init="init_weights=True (w1_a, w1_b, w2_a kaiming_uniform(a=√5), w2_b = 0); overwritten by the given state",
     notes=("ΔW is materialised (d_out × d_in) on every forward; HadaWeight saves only the factors and recomputes "
            "the two products in backward",

@@ -10,11 +10,15 @@ the canonical ΔW; peft as the *subject* runs with the user's alpha and that dep
 """
 from __future__ import annotations
 
-from ._core import BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_pattern_key, exact_target_regex
+from ._core import (TARGETING, BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_pattern_key, exact_target_regex, targeting_fields, with_rest)
 
 _NAMES = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")
 _SHAPES = {"w1": "(out_l, in_m)", "w1_a": "(out_l, r)", "w1_b": "(r, in_m)",
            "w2": "(out_k, in_n)", "w2_a": "(out_k, r)", "w2_b": "(r, in_n)"}
+
+
+_PATTERNS = (ConfigField(None, "rank_pattern", "not set: one r for every layer", "per-layer"),
+             ConfigField(None, "alpha_pattern", "not set: one alpha for every layer", "per-layer"))
 
 
 def _full_full(state) -> bool:
@@ -69,7 +73,7 @@ LOKR = VariantMapping(
     tensors=tuple(TensorMap(n, f"lokr_{n}.default", "identity", optional=True,
                             note=f"ParameterDict entry {_SHAPES[n]}; present only on the branch the layer's shape and "
                                  "r select (w1 or w1_a/w1_b, w2 or w2_a/w2_b)") for n in _NAMES),
-    config=(ConfigField("r", "r"),
+    config=with_rest((ConfigField("r", "r"),
             ConfigField("alpha", "alpha", "copied; on layers where both factors are full, alpha_pattern "
                                           "{'^'+re.escape(name): r} so peft's alpha/r equals the canonical γ = 1"),
             ConfigField("decompose_both", "decompose_both"),
@@ -78,7 +82,8 @@ LOKR = VariantMapping(
             ConfigField(None, "module_dropout", "fixed 0.0 (skips the adapter at random in training)", effect="stochastic"),
             ConfigField("init_style", "init_weights", "True for the twin (overwritten by the state); the subject "
                                                       "maps 'lycoris' -> 'lycoris' (peft >= 0.17.0), 'peft' -> True"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")), targeting_fields(*TARGETING) + _PATTERNS + (ConfigField(None, "use_effective_conv2d", "Conv2d only", "layer-type"),
+                    ConfigField(None, "rank_dropout_scale", "unused: it rescales rank_dropout, which is 0", "stochastic"))),
     init="init_weights=True (lokr_w1 or lokr_w1_a = 0, kaiming elsewhere); overwritten by the given state",
     notes=("ΔW = kron(w1, w2)·alpha/r reshaped to W's shape (a no-op for nn.Linear): torch.kron order, w1 the "
            "(out_l, in_m) block grid, w2 the block",

@@ -7,17 +7,19 @@ n = ||W + scaling*B A||_row detached (peft.tuners.lora.dora.DoraLinearLayer.forw
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
-from ._core import (BASE_LAYOUT, BridgeUnsupported, ConfigField, TensorMap, VariantMapping,
-                    exact_pattern_key, exact_target_regex)
+from ._core import (BASE_LAYOUT, TARGETING, BridgeUnsupported, ConfigField, TensorMap, VariantMapping,
+                    exact_pattern_key, exact_target_regex, targeting_fields, with_rest)
 
 _LAYER = "peft.tuners.lora.layer.Linear"
 _TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
 
 _A = TensorMap("A", "lora_A.default.weight", "identity", note="nn.Linear(d_in, r, bias=False).weight: (r, d_in)")
-_B = TensorMap("B", "lora_B.default.weight", "identity",
-               note="nn.Linear(r, d_out, bias=lora_bias).weight: (d_out, r); lora_bias=False so no bias")
+_B = TensorMap("B", "lora_B.default.weight", "identity", note="nn.Linear(r, d_out, bias=lora_bias).weight: (d_out, r)")
+_B_BIAS = TensorMap("b_B", "lora_B.default.bias", "identity", optional=True,
+                    note="nn.Linear(r, d_out, bias=lora_bias).bias: (d_out,), only under lora_bias")
 
 _COMMON = (
     ConfigField("r", "r"),
@@ -30,10 +32,40 @@ _COMMON = (
 )
 
 
+def _variant(field: str, what: str) -> ConfigField:
+    return ConfigField(None, field, f"not set: {what} (a LoRA variant peft selects with this field)", "method")
+
+
+# LoraConfig's fields that no LoRA-family card varies, with why (every card on LoraConfig names the rest)
+LORA_CLASS_REST = targeting_fields(*TARGETING, "target_parameters", "ensure_weight_tying") + (
+    ConfigField(None, "rank_pattern", "not set: one r for every layer", "per-layer"),
+    ConfigField(None, "alpha_pattern", "not set: one alpha for every layer", "per-layer"),
+    ConfigField(None, "use_dora", "False (True is the dora card)", "method"),
+    ConfigField(None, "eva_config", "not set (the eva card's init)", "method"),
+    ConfigField(None, "loftq_config", "not set: LoftQ's init for quantised bases (init_lora_weights='loftq')", "method"),
+    ConfigField(None, "corda_config", "not set: CorDA's init (init_lora_weights='corda')", "method"),
+    ConfigField(None, "lora_ga_config", "not set: LoRA-GA's init (init_lora_weights='lora_ga')", "method"),
+    _variant("velora_config", "VeLoRA, a compressed-activation backward"),
+    _variant("alora_invocation_tokens", "activated LoRA, on after invocation tokens"),
+    _variant("monteclora_config", "MonteCLoRA"), _variant("use_bdlora", "block-diagonal LoRA"),
+    _variant("arrow_config", "Arrow routing between adapters"), _variant("kasa_config", "KaSA"),
+    ConfigField(None, "use_qalora", "False: QA-LoRA is for quantised bases", "layer-type"),
+    ConfigField(None, "qalora_group_size", "unused without use_qalora", "layer-type"),
+    ConfigField(None, "megatron_config", "not set: Megatron's parallel linear layers", "layer-type"),
+    ConfigField(None, "megatron_core", "not set: Megatron's parallel linear layers", "layer-type"),
+    ConfigField(None, "trainable_token_indices", "not set: trainable embedding tokens, another method", "method"),
+    ConfigField(None, "layer_replication", "not set: it stacks copies of base layers (the model, not a layer)",
+                "placement"),
+    ConfigField(None, "runtime_config", "default (ephemeral GPU offload: where DoRA's init runs)", "runtime"),
+)
+
+
 def _lora_config(cfg: Mapping[str, Any], names, infos, **extra):
     from peft import LoraConfig
 
     conv1d = any(i.conv1d for i in infos.values())
+    if cfg.get("lora_bias"):
+        extra = {"lora_bias": True, **extra}
     kw = dict(r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 8.0)),
               use_rslora=bool(cfg.get("use_rslora", False)), lora_dropout=0.0, bias="none",
               fan_in_fan_out=conv1d, init_lora_weights=True, target_modules=exact_target_regex(names))
@@ -73,6 +105,8 @@ def _subject_lora(method: str):
         extra = {"use_dora": True} if method == "dora" else {}
         if method == "eva":
             extra["eva_config"] = make("EvaConfig", rho=float(cfg.get("rho", 1.0)))
+        if cfg.get("lora_bias"):  # only asked for when set: releases before 0.14 have no lora_bias
+            extra["lora_bias"] = True
         fif = {"fan_in_fan_out": True} if conv1d else {}
         return make("LoraConfig", r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 8.0)),
                     use_rslora=bool(cfg.get("use_rslora", False)), lora_dropout=0.0,
@@ -96,8 +130,8 @@ LORA = VariantMapping(
     variant="lora",
     peft_config_class="peft.LoraConfig",
     peft_layer_class=_LAYER,
-    tensors=(_A, _B),
-    config=_COMMON + (ConfigField("use_rslora", "use_rslora"),
+    tensors=(_A, _B, _B_BIAS),
+    config=_COMMON + (ConfigField("use_rslora", "use_rslora"), ConfigField("lora_bias", "lora_bias"),
                       ConfigField(None, "init_lora_weights", "True (kaiming A, B = 0); overwritten by the state", effect="init")),
     init="peft's default init (init_lora_weights=True) runs and is then overwritten by the given A, B",
     notes=("scaling['default'] = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora",),
@@ -178,3 +212,10 @@ EVA = VariantMapping(
     since="0.14.0",
     **_subject("eva"),
 )
+
+
+# every LoraConfig field is named on each card: its own, then the class's shared ones
+BIAS_ELSEWHERE = (ConfigField(None, "lora_bias", "False: the bias on lora_B is an axis of the lora card (the same "
+                                                  "added term whatever the init)", "elsewhere"),)
+LORA, PISSA, DORA, EVA = (replace(m, config=with_rest(m.config, (BIAS_ELSEWHERE if m is not LORA else ()) + LORA_CLASS_REST))
+                          for m in (LORA, PISSA, DORA, EVA))

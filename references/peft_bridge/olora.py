@@ -7,8 +7,8 @@ init (init_lora_weights=True) and copies A, B and W_res in, like PiSSA's mapping
 """
 from __future__ import annotations
 
-from ._core import BASE_LAYOUT, ConfigField, TensorMap, VariantMapping
-from .lora import _A, _B, _COMMON, _make_lora
+from ._core import BASE_LAYOUT, ConfigField, TensorMap, VariantMapping, with_rest
+from .lora import _A, _B, _COMMON, BIAS_ELSEWHERE, LORA_CLASS_REST, _make_lora
 
 _TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
 
@@ -33,11 +33,12 @@ OLORA = VariantMapping(
     tensors=(_A, _B,
              TensorMap("weight", "base_layer.weight", BASE_LAYOUT, kind="base weight", optional=True,
                        note="W_res; when omitted the given base model's layer weight is taken to be W_res already")),
-    config=_COMMON + (ConfigField("use_rslora", "use_rslora"),
-                      ConfigField(None, "init_lora_weights",
-                                  "True, NOT 'olora': peft's 'olora' init would run its own float32 QR, overwrite "
-                                  "base_layer.weight with its W_res (and on Conv1D decompose the stored Wᵀ); the "
-                                  "bridge instead copies the given A, B and W_res", effect="init")),
+    config=with_rest(_COMMON + (ConfigField("use_rslora", "use_rslora"),
+                                ConfigField(None, "init_lora_weights",
+                                            "True, NOT 'olora': peft's 'olora' init would run its own float32 QR, "
+                                            "overwrite base_layer.weight with its W_res (and on Conv1D decompose the "
+                                            "stored Wᵀ); the bridge instead copies the given A, B and W_res",
+                                            effect="init")), BIAS_ELSEWHERE + LORA_CLASS_REST),
     init="init_lora_weights=True (cheap kaiming/zero init), then A, B and W_res are overwritten: no QR runs in peft",
     notes=("merged weight W_res + scaling*B A, same forward as LoRA; disabling the adapter gives W_res, not W",
            "peft's own olora_init: QR in float32 of the weight as stored, no sign fix, A = R[:r], B = Q[:, :r], "

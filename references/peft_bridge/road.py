@@ -6,7 +6,7 @@ The canonical theta/alpha layouts (references/STATE_LAYOUT.md) are peft's flat l
 """
 from __future__ import annotations
 
-from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import TARGETING, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields, with_rest
 
 
 def _make_road(cfg, names, states, infos):
@@ -24,10 +24,10 @@ ROAD = VariantMapping(
     peft_layer_class="peft.tuners.road.layer.Linear",
     tensors=(TensorMap("theta", "road_theta.default", "identity", note=f"flat ({_SIZE})"),
              TensorMap("alpha", "road_alpha.default", "identity", note=f"flat ({_SIZE})")),
-    config=(ConfigField("road_variant", "variant"),
+    config=with_rest((ConfigField("road_variant", "variant"),
             ConfigField("group_size", "group_size", "copied (peft: even, must divide d_out of every target)"),
             ConfigField(None, "init_weights", "True (theta = 0, alpha = 1); overwritten by the state", effect="init"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")), targeting_fields(*TARGETING)),
     init="theta = 0, alpha = 1 (exact identity); overwritten",
     notes=("output side and AFTER the bias: W_eff = R W, b_eff = R b",
            "road_1: one (alpha, theta) per pair, index group*g/2 + j, used at both positions j and j+g/2",

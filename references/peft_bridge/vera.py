@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._core import BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import (TARGETING, BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields, with_rest)
 
 _TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
 
@@ -57,7 +57,7 @@ VERA = VariantMapping(
                        note="the whole shared (D_out, r) matrix; the layer uses B[:d_out, :]"),
              TensorMap("lambda_b", "vera_lambda_b.default", "identity", note="(d_out,), trainable"),
              TensorMap("lambda_d", "vera_lambda_d.default", "identity", note="(r,), trainable")),
-    config=(ConfigField("r", "r"),
+    config=with_rest((ConfigField("r", "r"),
             ConfigField("d_initial", "d_initial"),
             ConfigField("seed", "projection_prng_key", "copied: our seed is VeRA's projection PRNG key (both draw "
                                                         "A then B from torch.Generator().manual_seed(key))"),
@@ -66,7 +66,7 @@ VERA = VariantMapping(
             ConfigField(None, "init_weights", "True (λ_b = 0, λ_d = d_initial); overwritten by the state", effect="init"),
             ConfigField(None, "fan_in_fan_out", "True iff the targets are transformers Conv1D", effect="layout"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
-            ConfigField(None, "bias", "fixed 'none'", effect="placement")),
+            ConfigField(None, "bias", "fixed 'none'", effect="placement")), targeting_fields(*TARGETING)),
     init="peft draws the pair from the PRNG key and sets λ_b = 0, λ_d = d_initial; the state overwrites all four "
          "(the pair once per layer, the same values each time)",
     notes=("A, B are buffers shared by every layer; a state whose layers hold different pairs has no peft "
