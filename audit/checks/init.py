@@ -38,6 +38,7 @@ from .. import choices
 from ..cell import Cell, NotApplicable
 from ..numerics import SPREAD_FACTOR, keep_worst, unit_roundoff
 from ..state import modules_named
+from .. import calibration_mask
 from ..subjects import Adapted, NotSupported, ShapeMismatch, canonical_weight
 
 KS_ALPHA = 1e-6  # false-alarm rate of one distribution row
@@ -201,6 +202,11 @@ def run(cell: Cell) -> None:
         if not _declared_unsupported(cell):
             raise
         cell.row("config_supported", 0.0, 1.0, op="==", message=f"the subject cannot run this config: {e}")
+        return
+    if cell.needs_calibration() and cell.dtype_name == (cell.first_dtype or cell.dtype_name):
+        cfg = cell.config()
+        calibration_mask.measure(cell, lambda cal: Adapted(
+            cell.subject, cell.attach_subject(cell.fresh_model(), cfg, cal), cell.card.name, cfg).state())
 
 
 def _nearest(cell: Cell, handle: Adapted, ref, originals, inputs) -> choices.Combo:

@@ -62,8 +62,9 @@ def _make_config(cls_name: str, **kw):
     return cls(**kw)
 
 
-def _fingerprint(tensors) -> tuple:
-    """A cheap content key for a few small tensors (shapes, dtypes and float64 sums)."""
+def _fingerprint(items) -> tuple:
+    """A cheap content key for a few small tensors, or dicts of them (shapes, dtypes and float64 sums)."""
+    tensors = [v for x in items for v in (x.values() if isinstance(x, dict) else (x,))]
     return tuple((tuple(t.shape), str(t.dtype), float(t.detach().double().sum()), float(t.detach().double().abs().sum()))
                  for t in tensors)
 
@@ -204,13 +205,15 @@ class Peft(Subject):
         from peft import get_eva_state_dict, initialize_lora_eva_weights
         if calibration is None:
             raise ValueError("EVA needs calibration data")
-        batches = [{"input_ids": x} for x in calibration]
+        # dict batches (attention_mask, labels) go as they are: peft's EVA drops the tokens they mask out
+        batches = [dict(x) if isinstance(x, dict) else {"input_ids": x} for x in calibration]
         # the state dict (each layer's principal input directions and ranks) depends on the base, the
         # data, the ranks and the targets, not on the scale: alpha and rslora share an entry
         relevant = {k: v for k, v in cfg.items() if k not in ("alpha", "use_rslora")}
         key = (_fingerprint(pm.parameters()), _fingerprint(calibration), repr(sorted(relevant.items())))
         if key not in self._eva_cache:
-            self._eva_cache[key] = get_eva_state_dict(pm, batches, forward_fn=lambda m, b: m(b["input_ids"]),
+            self._eva_cache[key] = get_eva_state_dict(pm, batches, forward_fn=lambda m, b: m(
+                **{k: b[k] for k in ("input_ids", "attention_mask") if k in b}),
                                                       show_progress_bar=False)
         # a fresh copy each time: peft may adopt the given tensors as the layers' weights
         fresh = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._eva_cache[key].items()}

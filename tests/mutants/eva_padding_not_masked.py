@@ -1,0 +1,24 @@
+"""EVA that feeds every token of a calibration batch into the PCA, padding and label-ignored ones too.
+
+The directions are still principal directions of *some* layer inputs, orthonormal, with B = 0: the
+forward is the identity and, on unmasked calibration data, the init statement holds. Only calibration
+batches that carry an attention mask or labels = -100 reveal it (a batch of padded prompts).
+"""
+
+from audit.mutants import Mutant
+from variants import _calibration, eva
+
+
+class EvaIgnoresMask(eva.Eva):
+    def group_init(self, model, targets, cfg, calibration_data):
+        original = _calibration.kept_tokens
+        _calibration.kept_tokens = lambda batch: None  # no token is ever dropped
+        try:
+            super().group_init(model, targets, cfg, calibration_data)
+        finally:
+            _calibration.kept_tokens = original
+
+
+MUTANT = Mutant("eva_padding_not_masked", "eva", "calibration mask ignored",
+                "the PCA of the layer inputs includes padded tokens (attention_mask 0) and labels = -100 ones",
+                ("init",), EvaIgnoresMask)
