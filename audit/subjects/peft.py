@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
+from packaging.specifiers import SpecifierSet
 from torch import nn
 
 from references import peft_bridge as bridge
@@ -21,6 +22,7 @@ from references import peft_bridge as bridge
 from ..roles import LEAVES, key_matches
 from .base import LayerNotSupported, NotSupported, Subject
 from .handle import is_conv1d
+from .transforms import PackedSkew
 
 # The releases this subject audits. What each method needs from the installed release (the names
 # the peft package must export, its first release) is data in the bridge's mapping for the method
@@ -31,6 +33,12 @@ NEEDS = {m: (mp.peft_exports, mp.since) for m, mp in bridge.MAPPINGS.items() if 
 # (method, canonical tensor) -> paths older releases used, tried after the bridge's (current) path
 # DoRA's magnitude: a ParameterDict entry until DoraLinearLayer (0.12.0) took its .weight
 OLDER_PATHS = {("dora", "m"): ("lora_magnitude_vector.default",)}
+# method -> [(releases, {canonical: (paths, transform)})]: a tensor layout older releases had that the bridge's
+# (current) one replaced, read from peft's history. OFT 0.7.0-0.15.2 (tuners/oft/layer.py before #2575) stored
+# full blocks oft_r (r, b, b) and rotated by the Cayley map of their skew part 0.5·(B − Bᵀ) (_cayley_batch),
+# W_eff = W·blockdiag(R)ᵀ as now; it also scaled each output by a trainable oft_s (d_out, 1), init 1, which
+# the paper's OFT has not: left unmapped, it stays at 1, and the trainable count measures it.
+OLDER_LAYOUTS = {"oft": [(SpecifierSet("<0.16.0"), {"Q": (("oft_r.default",), PackedSkew(0.5))})]}
 # Arguments that came later are found by asking the installed release (config dataclass fields, call
 # signatures), not by version: get_peft_model's autocast_adapter_dtype (0.12.0; before it adapters always
 # took the base layer's dtype, i.e. autocast off); layers_to_transform (LoraConfig and HRAConfig have it,
@@ -85,8 +93,10 @@ class Peft(Subject):
         self.label = f"peft {self.version}"
         self.tensor_names = {m: self._names(m) for m in bridge.PEFT_VARIANTS}
 
-    @staticmethod
-    def _names(method: str) -> dict[str, tuple]:
+    def _names(self, method: str) -> dict[str, tuple]:
+        for releases, layout in OLDER_LAYOUTS.get(method, ()):
+            if releases.contains(self.version, prereleases=True):
+                return dict(layout)
         out = {}
         for t in bridge.MAPPINGS[method].tensors:
             if t.kind == "base weight":
@@ -104,7 +114,8 @@ class Peft(Subject):
         if not _at_least(self.version, OLDEST):
             return f"peft {self.version} is older than {OLDEST}, the oldest release this subject audits"
         lacks = [n for n in mapping.peft_exports if not hasattr(peft, n)]
-        if lacks or not _at_least(self.version, mapping.since):
+        older = any(r.contains(self.version, prereleases=True) for r, _ in OLDER_LAYOUTS.get(method, ()))
+        if lacks or not (older or _at_least(self.version, mapping.since)):
             why = f"; lacks {', '.join(lacks)}" if lacks else ""
             return f"peft {self.version} has no {method} (peft >= {mapping.since}{why})"
         return None

@@ -11,8 +11,9 @@ the canonical one uses, as a full block whose skew part is the state).
     Affine(scale, shift)   canonical = scale · stored + shift   (a library keeping w with l = 1 + w: Affine(1, 1))
     Diagonal()             canonical = the diagonal of a stored (…, n, n) matrix
     SkewPart(factor)       canonical = factor · (stored − storedᵀ) of stored (…, b, b) blocks (0.5: the skew part)
-    PackedSkew()           canonical = the strict upper triangle of stored − storedᵀ, row-major (…, b(b−1)/2):
-                           full blocks stored where the canonical state packs each skew block (OFT's Q)
+    PackedSkew(factor)     canonical = the strict upper triangle of factor · (stored − storedᵀ), row-major
+                           (…, b(b−1)/2): full blocks stored where the canonical state packs each skew block
+                           (OFT's Q; factor 1 for LyCORIS, 0.5 for peft < 0.16)
 """
 from __future__ import annotations
 
@@ -135,6 +136,10 @@ class PackedSkew(Transform):
 
     name = "packed skew"
 
+    def __init__(self, factor: float = 1.0):
+        # peft < 0.16 OFT stores full blocks too, rotating by the Cayley map of 0.5·(B − Bᵀ): factor 0.5
+        self.factor = factor
+
     @staticmethod
     def _index(b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         rows, cols = torch.triu_indices(b, b, 1, device=device)
@@ -142,21 +147,22 @@ class PackedSkew(Transform):
 
     def read(self, t, shape):
         rows, cols = self._index(t.shape[-1], t.device)
-        return (t - t.transpose(-1, -2))[..., rows, cols]
+        return self.factor * (t - t.transpose(-1, -2))[..., rows, cols]
 
     def write(self, t, value):
         rows, cols = self._index(t.shape[-1], t.device)
         with torch.no_grad():
             new = torch.zeros_like(t)
-            new[..., rows, cols] = value.to(t.device, t.dtype)
+            new[..., rows, cols] = (value / self.factor).to(t.device, t.dtype)
             t.copy_(new)
 
-    def grad(self, g, shape):
+    def grad(self, g, shape):  # q = f·(B_ij − B_ji): ∂L/∂B_ij = f·∂L/∂q_ij
         rows, cols = self._index(g.shape[-1], g.device)
-        return g[..., rows, cols]
+        return g[..., rows, cols] / self.factor
 
     def __repr__(self):
-        return "packed skew (strict upper triangle of B − Bᵀ)"
+        f = "" if self.factor == 1.0 else f"{self.factor:g}·"
+        return f"packed skew (strict upper triangle of {f}(B − Bᵀ))"
 
 
 NAMED = {"identity": Transform(), "transpose": Transpose(), "reshape": Reshape()}
