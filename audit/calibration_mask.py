@@ -22,10 +22,12 @@ IGNORE = -100  # the label that marks a token the loss (and the init) ignores: t
 ULPS = 8
 
 
-def masked_pair(batches: list, vocab: int, seed: int) -> tuple[list[dict], list[dict]] | None:
+def masked_pair(batches: list, vocab: int, seed: int, ignore_label: int | None = IGNORE
+                ) -> tuple[list[dict], list[dict]] | None:
     """Two calibration sets from ``batches`` of token ids (B, T): per row a kept head, then a label-ignored
-    span (attention 1, labels -100), then padding (attention 0); the masked positions hold other token ids
-    in the second set. None where the batches are not token ids (a model that takes no attention mask)."""
+    span (attention 1, labels ``ignore_label``), then padding (attention 0); the masked positions hold other
+    token ids in the second set. ``ignore_label`` None (an init told not to use labels): the labelled span is
+    kept, so only the padding differs. None where the batches are not token ids."""
     if not batches or not all(isinstance(b, torch.Tensor) and b.dim() == 2 and not b.is_floating_point()
                               for b in batches):
         return None
@@ -40,8 +42,8 @@ def masked_pair(batches: list, vocab: int, seed: int) -> tuple[list[dict], list[
         keep_to = t - ignored - padded
         attention = (pos[None, :] < (t - padded)[:, None]).long()
         labels = ids.clone()
-        labels[pos[None, :] >= keep_to[:, None]] = IGNORE
-        masked = pos[None, :] >= keep_to[:, None]
+        labels[pos[None, :] >= keep_to[:, None]] = IGNORE if ignore_label is None else ignore_label
+        masked = pos[None, :] >= (keep_to if ignore_label is not None else t - padded)[:, None]
         other = ids.clone()
         other[masked] = (ids[masked] + torch.randint(1, vocab, (int(masked.sum()),), generator=g)) % vocab
         first.append({"input_ids": ids, "attention_mask": attention, "labels": labels})
@@ -70,7 +72,10 @@ def measure(cell, attach_state) -> None:
     base = cell.base()
     emb = getattr(base, "get_input_embeddings", lambda: None)()
     takes_mask = "attention_mask" in inspect.signature(base.forward).parameters
-    pair = masked_pair(cell.calibration(), emb.num_embeddings, cell.seed) if emb is not None and takes_mask else None
+    cfg = cell.config()
+    label = cfg.get("label_mask_value", IGNORE) if cfg.get("use_label_mask", True) else None
+    pair = (masked_pair(cell.calibration(), emb.num_embeddings, cell.seed, label)
+            if emb is not None and takes_mask else None)
     if pair is None:
         cell.row("masked_token_influence", None, None, status="n/a",
                  message="the model takes no token ids and attention mask: masked calibration tokens do not apply")

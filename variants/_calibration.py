@@ -22,16 +22,17 @@ def run_model(model: nn.Module, batch: Any) -> Any:
 IGNORE_INDEX = -100  # labels that mark tokens the loss ignores (transformers' convention), ignored here too
 
 
-def kept_tokens(batch: Any) -> torch.Tensor | None:
-    """(B, T) bool of the tokens a dict batch keeps: attention_mask ≠ 0 and labels ≠ -100 (peft's EVA:
-    prepare_model_inputs_fn_language_modeling); None where the batch masks nothing."""
+def kept_tokens(batch: Any, ignore_label: int | None = IGNORE_INDEX) -> torch.Tensor | None:
+    """(B, T) bool of the tokens a dict batch keeps: attention_mask ≠ 0 and labels ≠ ``ignore_label`` (None:
+    labels mask nothing) (peft's EVA: prepare_model_inputs_fn_language_modeling, use_label_mask and
+    label_mask_value); None where the batch masks nothing."""
     if not isinstance(batch, dict):
         return None
     keep = None
     if batch.get("attention_mask") is not None:
         keep = batch["attention_mask"].bool()
-    if batch.get("labels") is not None:
-        lab = batch["labels"] != IGNORE_INDEX
+    if batch.get("labels") is not None and ignore_label is not None:
+        lab = batch["labels"] != ignore_label
         keep = lab if keep is None else keep & lab
     return keep
 
@@ -45,10 +46,10 @@ def _rows(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 
 
 def collect_inputs(model: nn.Module, modules: dict[str, nn.Module], data: Iterable[Any],
-                   on_input: Callable[[str, torch.Tensor], None]) -> int:
+                   on_input: Callable[[str, torch.Tensor], None], ignore_label: int | None = IGNORE_INDEX) -> int:
     """Run every item of ``data`` through ``model`` (eval, no grad); call on_input(name, x2d) for
     each target's input flattened to (tokens, d_in), without the tokens a dict batch masks out
-    (attention_mask 0, labels -100). Returns the number of items run."""
+    (attention_mask 0, labels equal to ``ignore_label``). Returns the number of items run."""
     if data is None:
         raise ValueError("calibration_data is required here (an iterable of model inputs)")
     current: dict[str, torch.Tensor | None] = {"keep": None}
@@ -61,7 +62,7 @@ def collect_inputs(model: nn.Module, modules: dict[str, nn.Module], data: Iterab
     try:
         with torch.no_grad():
             for batch in data:
-                current["keep"] = kept_tokens(batch)
+                current["keep"] = kept_tokens(batch, ignore_label)
                 run_model(model, batch)
                 n += 1
     finally:

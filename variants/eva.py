@@ -11,6 +11,10 @@ Deviation from peft: the principal directions come from an exact float64 eigende
 covariance over all calibration tokens, not a seeded incremental svd_lowrank stopped at cosine
 0.99, so directions agree with peft's only up to its approximation; signs are fixed so the
 largest-magnitude entry of each direction is positive.
+Options (peft's EvaConfig): adjust_scaling_factors=False keeps alpha on every layer (s_l = alpha/r_l);
+whiten divides each direction by the square root of its singular value σ_i of the centred token matrix
+(σ_i = √(n·λ_i), λ_i the covariance eigenvalue, n the tokens seen); use_label_mask / label_mask_value:
+which labels mark calibration tokens to leave out (attention_mask 0 always does).
 """
 from __future__ import annotations
 
@@ -28,6 +32,10 @@ from .lora import Lora, LoraConfig, lora_delta, peft_lora_config, peft_lora_form
 class EvaConfig(LoraConfig):
     variant = "eva"
     rho: float = 1.0
+    adjust_scaling_factors: bool = True
+    whiten: bool = False
+    use_label_mask: bool = True
+    label_mask_value: int = -100
 
     def check(self):
         if self.rho < 1.0:
@@ -65,15 +73,24 @@ def _peft_eva_config(cfg, st) -> dict:
     alpha_l / r_l is our s = alpha / r everywhere (peft's EVA: adjust_scaling_factors=True)."""
     ranks = {n: m.adapter_rank for n, m in st.targets.items()}
     s = cfg.alpha / cfg.r
-    return peft_lora_config(cfg, st, "eva", eva_config={"rho": cfg.rho},
+    options = {k: getattr(cfg, k) for k in ("rho", "adjust_scaling_factors", "whiten", "use_label_mask",
+                                            "label_mask_value")}
+    return peft_lora_config(cfg, st, "eva", eva_config=options,
                             rank_pattern={exact_key(n): r for n, r in ranks.items()},
-                            alpha_pattern={exact_key(n): s * r for n, r in ranks.items()})
+                            alpha_pattern={exact_key(n): s * r if cfg.adjust_scaling_factors else cfg.alpha
+                                           for n, r in ranks.items()})
 
 
 def _peft_eva_fields(pcfg, shapes) -> dict:
-    _, s = peft_lora_scales(pcfg, shapes)
+    eva = pcfg.get("eva_config") or {}
     r = int(pcfg["r"])
-    return {"r": r, "alpha": s * r, "dropout": float(pcfg.get("lora_dropout") or 0.0)}
+    options = {k: eva[k] for k in ("adjust_scaling_factors", "whiten", "use_label_mask", "label_mask_value")
+               if k in eva}
+    if not options.get("adjust_scaling_factors", True):  # every layer keeps lora_alpha: s_l = alpha / r_l
+        return {"r": r, "alpha": float(pcfg.get("lora_alpha", 8)), "dropout": float(pcfg.get("lora_dropout") or 0.0),
+                **options}
+    _, s = peft_lora_scales(pcfg, shapes)
+    return {"r": r, "alpha": s * r, "dropout": float(pcfg.get("lora_dropout") or 0.0), **options}
 
 
 class Eva(Lora):
@@ -85,8 +102,10 @@ class Eva(Lora):
 
     def forward(self, layer, x, y):
         # s = alpha / r with the config's r on every layer, also where rank redistribution gave the
-        # layer r_l ≠ r (peft's adjust_scaling_factors: alpha_l = alpha·r_l/r, so alpha_l/r_l = alpha/r)
-        return lora_delta(layer, x, y, self.scale(self.cfg, self.cfg.r), self.cfg.dropout)
+        # layer r_l ≠ r (peft's adjust_scaling_factors: alpha_l = alpha·r_l/r, so alpha_l/r_l = alpha/r);
+        # without it alpha / r_l
+        r = self.cfg.r if self.cfg.adjust_scaling_factors else layer.adapter_rank
+        return lora_delta(layer, x, y, self.scale(self.cfg, r), self.cfg.dropout)
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if cfg.r > d_in:
@@ -95,7 +114,8 @@ class Eva(Lora):
     def group_init(self, model, targets, cfg, calibration_data):
         moments = {n: _Moments(features(m)[0]) for n, m in targets.items()}
         from ._calibration import collect_inputs
-        collect_inputs(model, targets, calibration_data, lambda n, x: moments[n].add(x))
+        collect_inputs(model, targets, calibration_data, lambda n, x: moments[n].add(x),
+                       cfg.label_mask_value if cfg.use_label_mask else None)
         offer = {n: min(round(cfg.r * cfg.rho), features(m)[0]) for n, m in targets.items()}
         for n, mom in moments.items():
             if mom.n < offer[n]:
@@ -111,8 +131,11 @@ class Eva(Lora):
                 continue
             if ranks[n] != mod.adapter_rank:
                 allocate(mod, self, cfg, ranks[n])
+            a = eig[n][1][: ranks[n]]
+            if cfg.whiten:  # σ_i = √(n·λ_i): the singular values of the centred (tokens, d_in) matrix
+                a = a / (moments[n].n * eig[n][0][: ranks[n]]).clamp(min=1e-300).pow(0.25)[:, None]
             with torch.no_grad():
-                mod.adapter_A.copy_(eig[n][1][: ranks[n]])
+                mod.adapter_A.copy_(a)
                 mod.adapter_B.zero_()
 
     @staticmethod

@@ -176,7 +176,10 @@ class Peft(Subject):
             return {"unnamed": [], "unaudited": []}
         base = {f.name for f in dataclasses.fields(peft.PeftConfig)}
         have = [f.name for f in dataclasses.fields(cls) if f.name not in base]
-        named = {c.peft.split(".")[0]: c.effect for c in mapping.config}
+        for field, nested in mapping.nested:  # a nested config class: its fields as "<field>.<name>"
+            if (inner := getattr(peft, nested, None)) is not None:
+                have += [f"{field}.{f.name}" for f in dataclasses.fields(inner)]
+        named = {c.peft: c.effect for c in mapping.config} | {c.peft.split(".")[0]: c.effect for c in mapping.config}
         return {"unnamed": [f for f in have if f not in named],
                 "unaudited": [f for f in have if named.get(f) == "unaudited"]}
 

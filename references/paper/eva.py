@@ -31,7 +31,9 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
     A, B = f64(state["A"]), f64(state["B"])
     if A.shape[0] != B.shape[1]:
         raise ValueError(f"A has {A.shape[0]} rows but B has {B.shape[1]} columns")
-    return f64(W) + scaling(cfg) * (B @ A), f64(b)
+    # adjust_scaling_factors=False (peft's option): every layer keeps alpha, so s_l = alpha / r_l
+    s = scaling(cfg) if cfg.get("adjust_scaling_factors", True) else float(cfg["alpha"]) / max(A.shape[0], 1)
+    return f64(W) + s * (B @ A), f64(b)
 
 
 def forward(x, W, b, state, cfg):
@@ -73,6 +75,8 @@ def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
     C = X.T @ X / max(X.shape[0] - 1, 1)
     evals, evecs = torch.linalg.eigh(C)  # ascending
     V, top = evecs[:, d_in - r_l:], evals[d_in - r_l:].sum()
+    if cfg.get("whiten"):
+        return [lora.zero_claim("B", state["B"], "EVA §3"), *_whitened_claims(A, evals.flip(0)[:r_l], C, V, top)]
     _, sa, Vha = torch.linalg.svd(A, full_matrices=False)
     Q = Vha[sa > 1e-6 * sa[0]].T if float(sa[0]) > 0 else A.new_zeros(d_in, 0)
     shortfall = 1.0 - float(torch.trace(Q.T @ C @ Q) / top) if float(top) > 0 else 0.0
@@ -88,6 +92,28 @@ def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
     ]
 
 
+def _whitened_claims(A, lam, C, V, top) -> list[InitClaim]:
+    """peft's whiten: row i of A is the i-th principal direction over √σ_i, σ_i = √(n·λ_i) the singular value
+    of the centred token matrix, so ‖a_i‖·λ_i^{1/4} is one number for every row; n (the tokens the PCA saw:
+    peft's incremental PCA stops at convergence) is left free. Rows orthogonal, spanning the top subspace."""
+    norms = A.norm(dim=1)
+    unit = A / norms.clamp(min=1e-300)[:, None]
+    eye = torch.eye(A.shape[0], dtype=A.dtype)
+    c = norms * lam.clamp(min=1e-300).pow(0.25)
+    Q = unit.T
+    shortfall = 1.0 - float(torch.trace(Q.T @ C @ Q) / top) if float(top) > 0 else 0.0
+    return [
+        InitClaim("A_orthogonal_rows", "deterministic", "whiten: rows of A orthogonal (unit rows: ÂÂᵀ = I)",
+                  value=float((unit @ unit.T - eye).abs().max())),
+        InitClaim("A_whitening_spread", "deterministic", "whiten: ‖a_i‖·λ_i^{1/4} equal for every row "
+                  "(max/min − 1)", value=float(c.max() / c.min() - 1.0) if float(c.min()) > 0 else 1.0),
+        InitClaim("A_subspace_err", "deterministic", "§3: row space of A = top-r_l principal subspace of the "
+                  "centred inputs: ‖ÂᵀÂ − VVᵀ‖₂", value=float(torch.linalg.matrix_norm(Q @ Q.T - V @ V.T, ord=2))),
+        InitClaim("captured_variance_shortfall", "deterministic", "§3: A's row space captures the top-r_l "
+                  "explained variance: 1 − tr(ÂCÂᵀ)/Σλ_top", value=max(shortfall, 0.0)),
+    ]
+
+
 def init_reference(W, b, cfg, inputs=None) -> dict[str, torch.Tensor]:
     """A = top-r_l right singular vectors of the centred inputs, in compute_dtype() (§3).
 
@@ -95,4 +121,6 @@ def init_reference(W, b, cfg, inputs=None) -> dict[str, torch.Tensor]:
     """
     r_l = int(cfg.get("r_layer", cfg["r"]))
     X = _centred_tokens(inputs, W.shape[1], compute_dtype())
-    return {"A": torch.linalg.svd(X, full_matrices=False)[2][:r_l]}
+    _, sv, vh = torch.linalg.svd(X, full_matrices=False)
+    A = vh[:r_l] / sv[:r_l].sqrt()[:, None] if cfg.get("whiten") else vh[:r_l]  # whiten: over √σ_i (peft)
+    return {"A": A}

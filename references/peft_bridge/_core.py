@@ -66,6 +66,7 @@ EFFECTS = {
     "layout": "declares how the base layer stores its weight (Conv1D's (d_in, d_out)): set to match the layer",
     "layer-type": "applies only to layer types with no linear counterpart in the zoo (Conv2d, Embedding, quantised)",
     "runtime": "where or how fast it runs (device, kernels, caching), not what it computes",
+    "precision": "how closely an iterative computation approaches its exact result (a stopping tolerance)",
     "per-layer": "a per-layer value of an axis (rank_pattern, alpha_pattern): a named layer computes the same "
                  "equation with its own value, so the axis covers it",
     "elsewhere": "an axis of another card on the same config class (named in the rule), where the same term is "
@@ -129,6 +130,8 @@ class VariantMapping:
     # whose layout this mapping reads (the peft subject calls older releases' method unsupported, saying so)
     peft_exports: tuple[str, ...] = ()
     since: str = "0.1.0"
+    # config classes nested in a field, whose own fields the ledger names as "<field>.<name>" (EVA's eva_config)
+    nested: tuple[tuple[str, str], ...] = ()
     # -- behaviour (not part of the data a reader compares; excluded from repr/eq) -------------------
     make_config: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     check_state: Callable[..., None] | None = field(default=None, repr=False, compare=False)

@@ -95,16 +95,24 @@ def _make_eva(cfg, names, states, infos):
     if not wrapped:
         raise BridgeUnsupported("every EVA layer has rank 0: peft would adapt nothing")
     rank_pattern = {exact_pattern_key(n): ranks[n] for n in wrapped}
-    alpha_pattern = {exact_pattern_key(n): s * (ranks[n] ** 0.5 if rslora else ranks[n]) for n in wrapped}
+    if not cfg.get("adjust_scaling_factors", True):  # peft's adjust_scaling_factors=False: alpha on every layer
+        alpha_pattern = {exact_pattern_key(n): alpha for n in wrapped}
+    else:
+        alpha_pattern = {exact_pattern_key(n): s * (ranks[n] ** 0.5 if rslora else ranks[n]) for n in wrapped}
     return _lora_config(cfg, wrapped, infos, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern), wrapped
+
+
+# peft's EvaConfig options our EVA audits as config fields (same names), with peft's defaults
+EVA_OPTION_DEFAULTS = {"adjust_scaling_factors": True, "whiten": False, "use_label_mask": True, "label_mask_value": -100}
 
 
 def _subject_lora(method: str):
     """The peft subject's LoraConfig for ``method``: peft's own init (pissa, eva) and flags."""
     def build(cfg, targets, conv1d, make):
         extra = {"use_dora": True} if method == "dora" else {}
-        if method == "eva":
-            extra["eva_config"] = make("EvaConfig", rho=float(cfg.get("rho", 1.0)))
+        if method == "eva":  # the options only where set away from peft's defaults (older EvaConfigs lack some)
+            options = {k: cfg[k] for k, default in EVA_OPTION_DEFAULTS.items() if k in cfg and cfg[k] != default}
+            extra["eva_config"] = make("EvaConfig", rho=float(cfg.get("rho", 1.0)), **options)
         if cfg.get("lora_bias"):  # only asked for when set: releases before 0.14 have no lora_bias
             extra["lora_bias"] = True
         fif = {"fan_in_fan_out": True} if conv1d else {}
@@ -118,7 +126,10 @@ def _subject_lora_defaults(method: str):
     def defaults_of(defaults):
         d = defaults("LoraConfig")
         out = {"r": d["r"], "alpha": float(d["lora_alpha"]), "use_rslora": d["use_rslora"]}
-        return {**out, "rho": float(defaults("EvaConfig")["rho"])} if method == "eva" else out
+        if method != "eva":
+            return out
+        eva = defaults("EvaConfig")
+        return {**out, "rho": float(eva["rho"]), **{k: eva.get(k, v) for k, v in EVA_OPTION_DEFAULTS.items()}}
     return defaults_of
 
 
@@ -200,6 +211,11 @@ EVA = VariantMapping(
                                               "alpha*sqrt(r_l)/r keeps alpha/r; peft's EVA would give "
                                               "alpha*sqrt(r_l)/r scaling there)"),
         ConfigField("rho", "eva_config.rho", "not mapped: rank redistribution already happened in the given state"),
+        *(ConfigField(k, f"eva_config.{k}", "the subject passes it; the bridge copies the state it produced "
+                                            "(adjust_scaling_factors: the alpha_pattern above)")
+          for k in EVA_OPTION_DEFAULTS),
+        ConfigField(None, "eva_config.tau", "peft's default 0.99: when its incremental PCA stops (an approximation "
+                                            "of the exact principal directions, declared on the card)", "precision"),
         ConfigField(None, "init_lora_weights", "True, NOT 'eva': the data-driven init (initialize_lora_eva_weights, "
                                                "IncrementalPCA) is not re-run; the given A (PCA rows), B overwrite", effect="init")),
     init="init_lora_weights=True; the given A, B (per-layer ranks) overwrite it. A layer whose state has r_l = 0 is "
@@ -209,6 +225,7 @@ EVA = VariantMapping(
     layer_types=_TYPES,
     make_config=_make_eva,
     peft_exports=("LoraConfig", "EvaConfig", "get_eva_state_dict", "initialize_lora_eva_weights"),
+    nested=(("eva_config", "EvaConfig"),),
     since="0.14.0",
     **_subject("eva"),
 )

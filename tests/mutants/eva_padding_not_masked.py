@@ -12,7 +12,7 @@ from variants import _calibration, eva
 class EvaIgnoresMask(eva.Eva):
     def group_init(self, model, targets, cfg, calibration_data):
         original = _calibration.kept_tokens
-        _calibration.kept_tokens = lambda batch: None  # no token is ever dropped
+        _calibration.kept_tokens = lambda batch, ignore_label=None: None  # no token is ever dropped
         try:
             super().group_init(model, targets, cfg, calibration_data)
         finally:
