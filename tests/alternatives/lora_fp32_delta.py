@@ -26,7 +26,8 @@ class LoraFp32Delta(Variant):
     Config = LoraConfig
 
     def param_specs(self, d_in, d_out, r, cfg):
-        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}
+        bias = {"b_B": ParamSpec((d_out,))} if cfg.lora_bias else {}  # peft's lora_bias: B's own bias
+        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r)), **bias}
 
     def init(self, layer, cfg, gen):
         d_in = layer.adapter_A.shape[1]
@@ -34,6 +35,8 @@ class LoraFp32Delta(Variant):
         draw = torch.empty(layer.adapter_A.shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
         layer.adapter_A.copy_(draw)
         layer.adapter_B.zero_()
+        if cfg.lora_bias:
+            layer.adapter_b_B.zero_()
 
     def forward(self, layer, x, y):
         A, B = layer.adapter_A, layer.adapter_B
@@ -41,4 +44,6 @@ class LoraFp32Delta(Variant):
         s = self.cfg.alpha / (math.sqrt(r) if self.cfg.use_rslora else r)
         acc = torch.promote_types(torch.promote_types(y.dtype, A.dtype), torch.float32)
         out = y.to(acc) + s * (x.to(acc) @ A.T.to(acc)) @ B.T.to(acc)
+        if self.cfg.lora_bias:
+            out = out + s * layer.adapter_b_B.to(acc)
         return out.to(y.dtype)

@@ -24,16 +24,20 @@ class LoraPaperGaussian(Variant):
     Config = LoraConfig
 
     def param_specs(self, d_in, d_out, r, cfg):
-        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}
+        bias = {"b_B": ParamSpec((d_out,))} if cfg.lora_bias else {}  # peft's lora_bias: B's own bias
+        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r)), **bias}
 
     def init(self, layer, cfg, gen):
         A = layer.adapter_A
         draw = torch.randn(A.shape, generator=gen, dtype=torch.float32) / math.sqrt(A.shape[1])
         A.copy_(draw)
         layer.adapter_B.zero_()
+        if cfg.lora_bias:
+            layer.adapter_b_B.zero_()
 
     def forward(self, layer, x, y):
         A, B = layer.adapter_A, layer.adapter_B
         r = A.shape[0]
         s = self.cfg.alpha / math.sqrt(r) if self.cfg.use_rslora else self.cfg.alpha / r
-        return y + (s * ((x.to(A.dtype) @ A.T) @ B.T)).to(y.dtype)
+        bias = layer.adapter_b_B if self.cfg.lora_bias else 0.0
+        return y + (s * ((x.to(A.dtype) @ A.T) @ B.T + bias)).to(y.dtype)

@@ -28,7 +28,8 @@ class LoraTorchInit(Variant):
         self._layers_seen = 0
 
     def param_specs(self, d_in, d_out, r, cfg):
-        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}
+        bias = {"b_B": ParamSpec((d_out,))} if cfg.lora_bias else {}  # peft's lora_bias: B's own bias
+        return {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r)), **bias}
 
     def init(self, layer, cfg, gen):
         A, B = layer.adapter_A, layer.adapter_B
@@ -39,6 +40,8 @@ class LoraTorchInit(Variant):
         self._layers_seen += 1
         A.copy_(draw)
         B.zero_()
+        if cfg.lora_bias:
+            layer.adapter_b_B.zero_()
 
     def forward(self, layer, x, y):
         A, B = layer.adapter_A, layer.adapter_B
@@ -46,4 +49,6 @@ class LoraTorchInit(Variant):
         s = self.cfg.alpha / math.sqrt(r) if self.cfg.use_rslora else self.cfg.alpha / r
         xa = x.to(A.dtype)
         delta = s * (xa @ A.T) @ B.T
+        if self.cfg.lora_bias:
+            delta = delta + s * layer.adapter_b_B
         return y + delta.to(y.dtype)
