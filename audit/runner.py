@@ -263,11 +263,13 @@ def _cells(tgt: Target, plan: Plan, models: list[str], bases: dict, bar: Progres
                 cell = Cell(tgt.card.at(case), tgt.subject, model_name, dtype, seed=plan.seed, device=plan.device,
                             model_factory=plan.model_factories.get(model_name), first_dtype=first,
                             _base_cache=bases.setdefault((model_name, dtype), {}))
-                if dtype not in tgt.card.dtypes or unsupported:
+                lacks = None if unsupported or case.subject_defaults else tgt.subject.lacks(
+                    tgt.card.name, cell.config(), Cell(tgt.card, tgt.subject, model_name, dtype, seed=plan.seed).config())
+                if dtype not in tgt.card.dtypes or unsupported or lacks:
                     for name in checks:
                         cell.check = name
                         cell.row("-", None, None, status="n/a",
-                                 message=unsupported or f"{dtype} is not supported by the card")
+                                 message=unsupported or lacks or f"{dtype} is not supported by the card")
                 else:
                     run_cell(cell, checks, elsewhere)
                 unit += cell.rows

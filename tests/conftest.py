@@ -45,6 +45,7 @@ def committed_report(relpath: str) -> dict:
 _CASES: dict[str, tuple[str, dict, bool]] = {
     "lora": ("lora", dict(r=4, alpha=8.0), False),
     "lora+rslora": ("lora", dict(r=4, alpha=8.0, use_rslora=True), False),
+    "lora+bias": ("lora", dict(r=4, alpha=8.0, lora_bias=True), False),
     "pissa": ("pissa", dict(r=4, alpha=4.0), False),
     "dora": ("dora", dict(r=4, alpha=8.0), False),
     "ia3": ("ia3", dict(), False),

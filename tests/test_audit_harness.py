@@ -65,7 +65,7 @@ def test_every_check_reports_and_a_crash_becomes_an_error_row(tmp_path, monkeypa
 
     monkeypatch.setattr(save_load, "run", boom)
     doc = run_audit(tmp_path, "--variants", "lora", "--models", "mlp", "--dtypes", "float32", "--quiet", "--jobs", "1",
-                    code=1)
+                    "--configs", "main", code=1)
     checks = {r["check"] for r in doc["rows"]}
     from audit.checks import CHECK_ORDER
     assert checks == set(CHECK_ORDER)

@@ -28,6 +28,7 @@ BUG_CLASSES = (
     "a rotation of the wrong chirality",
     "ROAD's output pairing wrong",
     "init in the wrong direction",
+    "calibration mask ignored",
     "init split unbalanced between the factors",
     "config corner: alpha ≠ r",
     "config corner: rsLoRA",

@@ -180,6 +180,7 @@ def test_oft_exact_cayley_is_stored_negated(tmp_path):
 T = ["q_proj", "v_proj", "down_proj"]
 PEFT_MADE = {
     "lora": ("lora", lambda: peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=T)),
+    "lora_bias": ("lora", lambda: peft.LoraConfig(r=4, lora_alpha=8, lora_bias=True, target_modules=T)),
     "lora_rslora": ("lora", lambda: peft.LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=T)),
     "lora_gaussian": ("lora", lambda: peft.LoraConfig(r=4, lora_alpha=16, init_lora_weights="gaussian",
                                                       target_modules=["k_proj", "o_proj"])),
@@ -282,7 +283,7 @@ def _edit_config(folder, **fields):
     ("lora", {"init_lora_weights": "corda"}, ValueError, "no adapter-audit variant is this LORA adapter"),
     ("pissa", {"init_lora_weights": "pissa_niter_4"}, ValueError, "init_lora_weights='pissa_niter_4'"),
     ("lora", {"modules_to_save": ["lm_head"]}, ValueError, "modules_to_save=\\['lm_head'\\]: variants.load_peft cannot"),
-    ("lora", {"lora_bias": True}, ValueError, "lora_bias=True"),
+    ("dora", {"lora_bias": True}, ValueError, "lora_bias"),
     ("lora", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("lora", {"alpha_pattern": {"v_proj": 32}}, ValueError, "different scalings"),
     ("lora", {"use_dora": True}, KeyError, "lora_magnitude_vector"),

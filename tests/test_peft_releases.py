@@ -26,7 +26,8 @@ def _supported(p: Peft) -> set[str]:
 
 
 # -- supports() ---------------------------------------------------------------------------------------
-_OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha"}  # AdaLoRA 0.3.0, LoKr/LoHa 0.6.0
+# AdaLoRA 0.3.0, LoKr/LoHa 0.6.0; OFT 0.7.0 (its full-block layout before 0.16.0 is read through OLDER_LAYOUTS)
+_OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}
 
 
 @pytest.mark.parametrize("version, methods", [
@@ -34,7 +35,7 @@ _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha"}  # AdaLoRA 0
     ("0.11.1", _OLD | {"pissa", "vera"}),
     ("0.13.2", _OLD | {"pissa", "vera", "hra", "olora"}),
     ("0.15.2", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),
-    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva", "oft"}),  # OFT's layout 0.16.0; RoAd/DeLoRA 0.18.0
+    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),  # RoAd/DeLoRA 0.18.0
     ("0.18.0", set(NEEDS)),
 ])
 def test_supports_follows_the_release(monkeypatch, version, methods):
@@ -44,6 +45,23 @@ def test_supports_follows_the_release(monkeypatch, version, methods):
     for m in set(NEEDS) - methods:
         reason = p.supports(m)
         assert f"peft {version} has no {m}" in reason and f">= {NEEDS[m][1]}" in reason
+
+
+def test_an_older_releases_layout_is_read_where_it_applies(monkeypatch):
+    """OFT before 0.16 stored full blocks oft_r (r, b, b) and rotated by the Cayley map of 0.5·(B − Bᵀ): the
+    subject maps that tensor (a packed-skew transform with factor 0.5) for those releases only."""
+    from audit.subjects.transforms import PackedSkew
+    old, new = _as_release(monkeypatch, "0.15.2").tensor_names["oft"], _as_release(monkeypatch, "0.16.0").tensor_names["oft"]
+    paths, transform = old["Q"]
+    assert paths == ("oft_r.default",) and isinstance(transform, PackedSkew) and transform.factor == 0.5
+    assert new["Q"][0] == ("oft_R.default.weight",)
+    blocks = torch.randn(3, 4, 4, dtype=torch.float64)
+    q = transform.read(blocks, None)
+    rows, cols = torch.triu_indices(4, 4, 1)
+    assert torch.allclose(q, (0.5 * (blocks - blocks.transpose(-1, -2)))[:, rows, cols])
+    stored = torch.zeros_like(blocks)
+    transform.write(stored, q)
+    assert torch.allclose(transform.read(stored, None), q)  # written back, it reads as the same canonical Q
 
 
 def test_a_release_before_the_oldest_audited_supports_nothing(monkeypatch):

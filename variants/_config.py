@@ -36,6 +36,9 @@ class AdapterConfig:
     variant: ClassVar[str] = ""
     unused: ClassVar[tuple[str, ...]] = ()  # common fields the variant ignores: a value other than the default is refused
     training_only: ClassVar[tuple[str, ...]] = ()  # fields that change training, not the function (LoRA's dropout)
+    # options beyond the paper's method (peft's lora_bias, EVA's whiten): left out of the canonical config at
+    # their defaults, so a driver that passes the config through to its library meets only what it asks for
+    extensions: ClassVar[tuple[str, ...]] = ()
 
     r: int = 8
     alpha: float = 8.0
@@ -85,13 +88,14 @@ class AdapterConfig:
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self, function_only: bool = False) -> dict[str, Any]:
-        """Every field (tuples as lists); ``function_only``: without the ``training_only`` fields at their
-        defaults, i.e. the fields that define the function the adapter computes (the audit's canonical
+        """Every field (tuples as lists); ``function_only``: without the ``training_only`` and ``extensions``
+        fields at their defaults, i.e. the fields that define the function the adapter computes (the audit's canonical
         config: a subject's driver need not know a training option it is never given)."""
         d = dataclasses.asdict(self)
         if function_only:
             defaults = _defaults(type(self))
-            d = {k: v for k, v in d.items() if not (k in self.training_only and v == defaults[k])}
+            quiet = self.training_only + self.extensions
+            d = {k: v for k, v in d.items() if not (k in quiet and v == defaults[k])}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def to_json(self) -> str:

@@ -31,6 +31,7 @@ from .lora import Lora, LoraConfig, lora_delta, peft_lora_config, peft_lora_form
 @dataclass(frozen=True)
 class EvaConfig(LoraConfig):
     variant = "eva"
+    extensions = ("lora_bias", "adjust_scaling_factors", "whiten", "use_label_mask", "label_mask_value")
     rho: float = 1.0
     adjust_scaling_factors: bool = True
     whiten: bool = False

@@ -32,6 +32,7 @@ class LoraConfig(AdapterConfig):
 
     variant = "lora"
     training_only = ("dropout",)
+    extensions = ("lora_bias",)
     use_rslora: bool = False
     dropout: float = 0.0
     lora_bias: bool = False
@@ -117,11 +118,12 @@ def peft_lora_config(cfg, st, init, **extra) -> dict:
             "fan_in_fan_out": conv1d_targets(st), **extra}
 
 
-def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, to_config=None, dora=False, **kw) -> PeftFormat:
+def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, to_config=None, dora=False, bias=False,
+                     **kw) -> PeftFormat:
     """The PeftFormat of a LoRA-family variant written with ``init_lora_weights=init`` (claimed for any
     init in ``claim``, default just ``init``); ``to_config`` default: ``peft_lora_config`` with that init."""
     claim = (init,) if claim is None else claim
-    tensors = {"A": "lora_A.weight", "B": "lora_B.weight", "b_B": "lora_B.bias"}
+    tensors = {"A": "lora_A.weight", "B": "lora_B.weight", **({"b_B": "lora_B.bias"} if bias else {})}
     if dora:
         tensors["m"] = "lora_magnitude_vector"  # peft saves DoraLinearLayer.weight under the module's own name
     if to_config is None:
@@ -139,7 +141,7 @@ def peft_lora_format(init, *, claim=None, fields=_peft_lora_fields, to_config=No
 class Lora(Variant):
     name = "lora"
     Config = LoraConfig
-    peft_format = peft_lora_format(True, claim=_PLAIN_INITS)
+    peft_format = peft_lora_format(True, claim=_PLAIN_INITS, bias=True)
 
     def param_specs(self, d_in, d_out, r, cfg):
         specs = {"A": ParamSpec((r, d_in)), "B": ParamSpec((d_out, r))}

@@ -136,6 +136,28 @@ class Subject:
         the card audits (audit/init_fallback.py). Default: it refuses nothing up front."""
         return None
 
+    def lacks(self, method: str, cfg: dict, main: dict) -> str | None:
+        """The tensors the paper formula reads under ``cfg`` but not under the card's ``main`` config that this
+        subject declares no name for (an option beyond the library: peft's lora_bias for a library without
+        it), as the reason the config is not audited here. A tensor the main config needs stays the layout
+        finding it is."""
+        names = self.tensor_names.get(method)
+        if not names:
+            return None
+        from references import paper
+        if method not in paper.VARIANTS:
+            return None
+        try:
+            ref = paper.get(method)
+            need = set(ref.layout(64, 64, cfg)) - set(ref.layout(64, 64, main))
+        except (KeyError, ValueError, TypeError):
+            return None
+        missing = sorted(need - set(names))
+        if not missing:
+            return None
+        return (f"{self.describe()} declares no tensor for {', '.join(missing)}, which the {method} formula reads "
+                "under this config: the library lacks the option, so the config is not audited here")
+
     def base_layer(self, layer: nn.Module) -> nn.Module:
         if hasattr(layer, "get_base_layer"):
             return layer.get_base_layer()

@@ -54,17 +54,31 @@ class EvaFlippedSigns(Variant):
 
     # -- data-driven init ------------------------------------------------------------------------
     @staticmethod
-    def _record(model, targets, data) -> dict[str, torch.Tensor]:
+    def _record(model, targets, data, ignore_label) -> dict[str, torch.Tensor]:
+        """Each target's inputs as (tokens, d_in) in float64, without padding (attention_mask 0) and, when
+        ``ignore_label`` is not None, without the tokens whose label is that value."""
         seen: dict[str, list[torch.Tensor]] = defaultdict(list)
-        hooks = [mod.register_forward_pre_hook(
-            lambda m, args, _n=n: seen[_n].append(args[0].detach().reshape(-1, args[0].shape[-1]).to("cpu", torch.float64)))
-            for n, mod in targets.items()]
+        keep = [None]
+
+        def grab(name, x):
+            x = x.detach().to("cpu", torch.float64)
+            mask = keep[0]
+            seen[name].append(x[mask] if mask is not None and mask.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1]))
+        hooks = [mod.register_forward_pre_hook(lambda m, args, _n=n: grab(_n, args[0])) for n, mod in targets.items()]
         mode = model.training
         model.eval()
         batches = 0
         try:
             with torch.no_grad():
                 for item in data:
+                    mask = None
+                    if isinstance(item, dict):
+                        if item.get("attention_mask") is not None:
+                            mask = item["attention_mask"] != 0
+                        if item.get("labels") is not None and ignore_label is not None:
+                            lab = item["labels"] != ignore_label
+                            mask = lab if mask is None else mask & lab
+                    keep[0] = None if mask is None else mask.cpu()
                     _call(model, item)
                     batches += 1
         finally:
@@ -78,7 +92,7 @@ class EvaFlippedSigns(Variant):
     def group_init(self, model, targets, cfg, calibration_data):
         if calibration_data is None:
             raise ValueError("EVA needs calibration_data")
-        inputs = self._record(model, targets, calibration_data)
+        inputs = self._record(model, targets, calibration_data, cfg.label_mask_value if cfg.use_label_mask else None)
         offer = {n: min(round(cfg.r * cfg.rho), fan_in(mod)) for n, mod in targets.items()}
         pcs = {}
         for n in targets:

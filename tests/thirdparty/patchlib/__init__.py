@@ -10,12 +10,15 @@ Conv1D (weight stored (d_in, d_out)). A is kaiming-uniform, B = 0.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-_ATTACHED: dict[int, "Adapters"] = {}  # id(model) -> its adapters (weakly: models are not kept alive here)
+# model -> its adapters, weakly: models are not kept alive here, and a new model at a freed model's address
+# is not mistaken for it (an id-keyed dict would be)
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, Adapters]" = weakref.WeakKeyDictionary()
 
 
 class Adapters(nn.Module):
@@ -46,7 +49,7 @@ def _dims(layer: nn.Module) -> tuple[int, int, bool]:
 
 def attach(model: nn.Module, targets: list[str], *, rank: int, alpha: float, seed: int = 0,
            dtype: str = "float32") -> Adapters:
-    if id(model) in _ATTACHED:
+    if model in _ATTACHED:
         raise RuntimeError("patchlib.attach: this model already has patchlib adapters")
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise TypeError(f"patchlib.attach: rank must be an int, got {rank!r}")
@@ -65,7 +68,7 @@ def attach(model: nn.Module, targets: list[str], *, rank: int, alpha: float, see
         ad.A[key] = nn.Parameter(a.to(getattr(torch, dtype)))
         ad.B[key] = nn.Parameter(torch.zeros(d_out, rank, dtype=getattr(torch, dtype)))
         layer.forward = _patched(layer, ad, key, conv1d)
-    _ATTACHED[id(model)] = ad
+    _ATTACHED[model] = ad
     return ad
 
 
@@ -79,9 +82,9 @@ def _patched(layer: nn.Module, ad: Adapters, key: str, conv1d: bool):
 
 
 def adapters(model: nn.Module) -> Adapters:
-    if id(model) not in _ATTACHED:
+    if model not in _ATTACHED:
         raise ValueError("patchlib: the model has no patchlib adapters")
-    return _ATTACHED[id(model)]
+    return _ATTACHED[model]
 
 
 def save(model: nn.Module, path: str) -> None:
