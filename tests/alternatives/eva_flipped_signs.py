@@ -10,7 +10,7 @@ eigendecomposition of the covariance. Same row space, other signs.
 Rank redistribution (rho > 1): each layer offers min(round(r·rho), d_in) components, the explained
 variance ratios σ_i² / Σσ² of all layers are pooled and the global top r·(number of layers) kept;
 a layer left with rank 0 loses its adapter. s = alpha / r with the config r (peft's
-adjust_scaling_factors). The forward is LoRA's, written out: y + (s · x Aᵀ Bᵀ) in the adapter dtype.
+adjust_scaling_factors; without it alpha / r_l); whiten divides direction i by √σ_i. The forward is LoRA's, written out: y + (s · x Aᵀ Bᵀ) in the adapter dtype.
 
     python -m audit run --impl tests/alternatives/eva_flipped_signs.py:EvaFlippedSigns --card eva
 """
@@ -123,6 +123,8 @@ class EvaFlippedSigns(Variant):
             if rank[n] != mod.adapter_rank:
                 allocate(mod, self, cfg, rank[n])
             vh = pcs[n][1][: rank[n]]
+            if cfg.whiten:  # each direction over √σ_i, σ_i its singular value (peft's whiten)
+                vh = vh / pcs[n][0][: rank[n]].sqrt().sqrt()[:, None]
             flip = torch.randint(0, 2, (rank[n], 1), generator=signs, dtype=torch.float64) * 2 - 1
             with torch.no_grad():
                 mod.adapter_A.copy_(vh * flip)
@@ -130,5 +132,6 @@ class EvaFlippedSigns(Variant):
 
     def forward(self, layer, x, y):
         A, B = layer.adapter_A, layer.adapter_B
-        s = self.cfg.alpha / self.cfg.r
+        # adjust_scaling_factors (default): alpha/r with the config r on every layer; else alpha/r_l
+        s = self.cfg.alpha / (self.cfg.r if self.cfg.adjust_scaling_factors else A.shape[0])
         return y + (s * (x.to(A.dtype) @ A.T @ B.T)).to(y.dtype)
