@@ -93,6 +93,22 @@ CARD = VariantCard(
                        "where peft is the subject); side by side both run the Cayley–Neumann series, where peft "
                        "follows the paper's sign",
     deviations=(
+        # peft before 0.16 (tuners/oft/layer.py before #2575): full b×b blocks oft_r (only their skew part acts)
+        # and a trainable output scale oft_s (d_out, 1), init 1, which the paper's OFT has not. The subject reads
+        # Q off the blocks (audit/subjects/peft.py OLDER_LAYOUTS); oft_s stays at 1 in every state the audit
+        # sets, so only the trainable set shows it: one oft_s per adapted layer (at most 64 on the zoo) and a
+        # total count above the card's (the blocks' symmetric halves plus d_out per layer; bounded by the zoo's
+        # largest total, a magnitude on a total being no measure of the departure)
+        Deviation("peft-oft-full-blocks-and-scale", "grad_flow", "trainable_non_adapter|base_params_with_grad",
+                  "peft", "xfail", "peft < 0.16 OFT scales every output by a trainable vector oft_s (init 1) the "
+                  "paper's OFT (arXiv 2306.07280 §3) has not: extra trainable tensors outside the rotation",
+                  "peft v0.15.2 tuners/oft/layer.py update_layer (oft_s = nn.Parameter(out_features, 1)), forward "
+                  "(rotated_weight * oft_scale)", magnitude=64, subjects=("peft",), releases="<0.16.0"),
+        Deviation("peft-oft-full-blocks-count", "grad_flow", "trainable_params", "peft", "xfail",
+                  "peft < 0.16 OFT trains full b×b blocks (b² entries where the skew-symmetric Q has b(b−1)/2) and "
+                  "oft_s (d_out per layer): more trainable entries than the paper's parametrisation",
+                  "peft v0.15.2 tuners/oft/layer.py update_layer (oft_r = nn.Parameter(r, b, b)), _cayley_batch "
+                  "(0.5·(data − dataᵀ))", magnitude=1e5, subjects=("peft",), releases="<0.16.0"),
         Deviation("peft-oft-exact-cayley-transposed", "paper_parity",
                   "output_rel_err|input_grad_rel_err|grad_rel_err[Q]|logits_rel_err_vs_merged", "peft", "xfail",
                   "peft's exact Cayley branch (use_cayley_neumann=False) solves X(I + Q) = I − Q, i.e. R = (I − Q)(I + "

@@ -193,7 +193,12 @@ class Peft(Subject):
             return {f.name: f.default for f in dataclasses.fields(getattr(peft, cls_name))
                     if f.default is not dataclasses.MISSING}
         mapping = bridge.MAPPINGS.get(method)
-        return {} if mapping is None or mapping.subject_defaults is None else mapping.subject_defaults(defaults)
+        if mapping is None or mapping.subject_defaults is None:
+            return {}
+        try:
+            return mapping.subject_defaults(defaults)
+        except bridge.BridgeUnsupported as e:  # a default this release has that the card's fields cannot hold
+            raise NotSupported(str(e)) from None
 
     def attach(self, model: nn.Module, method: str, cfg: dict, calibration: Iterable[Any] | None) -> nn.Module:
         from peft import get_peft_model

@@ -67,6 +67,7 @@ EFFECTS = {
     "layer-type": "applies only to layer types with no linear counterpart in the zoo (Conv2d, Embedding, quantised)",
     "runtime": "where or how fast it runs (device, kernels, caching), not what it computes",
     "precision": "how closely an iterative computation approaches its exact result (a stopping tolerance)",
+    "derived": "determined by another field that is an axis (named in the rule)",
     "per-layer": "a per-layer value of an axis (rank_pattern, alpha_pattern): a named layer computes the same "
                  "equation with its own value, so the axis covers it",
     "elsewhere": "an axis of another card on the same config class (named in the rule), where the same term is "

@@ -5,7 +5,7 @@ columns of hra_u, then F.linear(x, W R, b): W_eff = W H_0 ... H_{r-1}, bias unch
 """
 from __future__ import annotations
 
-from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import TARGETING, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields
 
 
 def _make_hra(cfg, names, states, infos):
@@ -29,7 +29,8 @@ HRA = VariantMapping(
             ConfigField(None, "init_weights", "True for even r (symmetric init), False for odd r (avoids peft's "
                                               "warning); overwritten by the state either way", effect="init"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
-            ConfigField(None, "bias", "fixed 'none'", effect="placement")),
+            ConfigField(None, "bias", "fixed 'none'", effect="placement"),
+            *targeting_fields(*TARGETING)),
     init="symmetric init (pairs of equal columns); overwritten by the given u",
     notes=("reflection order: W R with R = H_0 H_1 ... H_{r-1} (index order), input side",
            "the orthogonality regulariser is not part of peft (nor of the forward)",

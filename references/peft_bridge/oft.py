@@ -9,7 +9,7 @@ The canonical Q is peft's vector as is.
 """
 from __future__ import annotations
 
-from ._core import ConfigField, TensorMap, VariantMapping, exact_target_regex
+from ._core import TARGETING, BridgeUnsupported, ConfigField, TensorMap, VariantMapping, exact_target_regex, targeting_fields
 
 
 def _fields(cfg) -> dict:
@@ -17,6 +17,32 @@ def _fields(cfg) -> dict:
             "use_cayley_neumann": bool(cfg.get("use_cayley_neumann", False)),
             "num_cayley_neumann_terms": int(cfg.get("num_neumann_terms", 5)),
             "module_dropout": 0.0, "coft": False, "block_share": False}
+
+
+def _subject_oft(cfg, targets, conv1d, make):
+    """peft's OFTConfig for the subject. Releases before 0.16 have no Cayley-Neumann fields (their forward is
+    the exact Cayley map): those fields are passed only where the release has them, and a config that asks
+    for the Neumann series is refused there by ``make``."""
+    import dataclasses
+
+    import peft
+    kw = _fields(cfg)
+    have = {f.name for f in dataclasses.fields(peft.OFTConfig)}
+    if "use_cayley_neumann" not in have and not kw["use_cayley_neumann"]:
+        kw = {k: v for k, v in kw.items() if k not in ("use_cayley_neumann", "num_cayley_neumann_terms")}
+    return make("OFTConfig", **kw, init_weights=True, **targets)
+
+
+def _subject_defaults(defaults) -> dict:
+    """peft's OFT defaults in our fields. Releases before 0.16 have no Neumann fields (their forward is the
+    exact Cayley map) and default to r = 8 blocks per layer, a block size that differs between layers: not
+    one block_size, so that default is refused with the reason."""
+    d = defaults("OFTConfig")
+    if not d.get("oft_block_size"):
+        raise BridgeUnsupported(f"peft's default OFT config gives r = {d.get('r')} blocks per layer (oft_block_size "
+                                "0): a block size that differs between layers, which one block_size cannot express")
+    return {"block_size": d["oft_block_size"], "use_cayley_neumann": d.get("use_cayley_neumann", False),
+            "num_neumann_terms": d.get("num_cayley_neumann_terms", 5)}
 
 
 def _make_oft(cfg, names, states, infos):
@@ -40,7 +66,14 @@ OFT = VariantMapping(
             ConfigField(None, "coft", "fixed False (constrained OFT projects Q in place inside forward: not audited)", effect="unaudited"),
             ConfigField(None, "block_share", "fixed False (one R shared by all blocks: not audited)", effect="unaudited"),
             ConfigField(None, "init_weights", "True (Q = 0); overwritten by the state", effect="init"),
-            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement")),
+            ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
+            ConfigField(None, "r", "0: the block count, determined by oft_block_size (r·b = d_in)", "derived"),
+            ConfigField(None, "eps", "unused without coft (COFT's radius)", "unaudited"),
+            ConfigField(None, "fan_in_fan_out", "False: peft's OFT refuses Conv1D", "layout"),
+            ConfigField(None, "bias", "fixed 'none' (base biases stay frozen)", "placement"),
+            *targeting_fields(*TARGETING),
+            ConfigField(None, "rank_pattern", "not set (0.14 only): one block count for every layer", "per-layer"),
+            ConfigField(None, "alpha_pattern", "not set (0.14 only): unused by OFT", "per-layer")),
     init="Q = 0 (R = I exactly); overwritten by the given Q",
     notes=("input side: x_blk <- x_blk R_i, so W_eff = W R^T, bias unchanged (layer.py OFTRotationModule.forward)",
            "exact branch (use_cayley_neumann=False) computes (I - Q)(I + Q)^{-1} = R_paper(-Q) = R_paper(Q)^T "
@@ -56,9 +89,6 @@ OFT = VariantMapping(
     # Neumann branch) in 0.16.0: the subject audits OFT from there (older releases: n/a, saying so). The
     # coefficients above came in 0.18.0 (0.16/0.17: 2 on every term, which the parity rows would show)
     since="0.16.0",
-    subject_config=lambda cfg, targets, conv1d, make: make(
-        "OFTConfig", **_fields(cfg), init_weights=True, **targets),
-    subject_defaults=lambda defaults: {"block_size": defaults("OFTConfig")["oft_block_size"],
-                                       "use_cayley_neumann": defaults("OFTConfig")["use_cayley_neumann"],
-                                       "num_neumann_terms": defaults("OFTConfig")["num_cayley_neumann_terms"]},
+    subject_config=_subject_oft,
+    subject_defaults=_subject_defaults,
 )
