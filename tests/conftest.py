@@ -63,6 +63,7 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "antipasto_calib": ("antipasto", dict(r=4), True),  # exercises the calibration-driven selection
     "oft": ("oft", dict(block_size=8), False),
     "oft_neumann": ("oft", dict(block_size=8, use_cayley_neumann=True), False),
+    "oft_share": ("oft", dict(block_size=8, block_share=True), False),
     "lokr": ("lokr", dict(r=2, alpha=4.0), False),
     "loha": ("loha", dict(r=4, alpha=8.0), False),
     "vera": ("vera", dict(r=4), False),

@@ -199,6 +199,7 @@ PEFT_MADE = {
     "road": ("road", lambda: peft.RoadConfig(variant="road_4", group_size=8, target_modules=T)),
     "oft_exact": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, use_cayley_neumann=False, target_modules=T)),
     "oft_neumann": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, target_modules=T)),
+    "oft_share": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, block_share=True, target_modules=T)),
     "oft_by_r": ("oft", lambda: peft.OFTConfig(r=8, oft_block_size=0, target_modules=["q_proj", "o_proj"])),
     "lokr": ("lokr", lambda: peft.LoKrConfig(r=2, alpha=8, decompose_both=True, target_modules=T)),
     "lokr_full": ("lokr", lambda: peft.LoKrConfig(r=4, alpha=4, target_modules=T)),  # q: w1, w2 full; scale 1

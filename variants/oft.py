@@ -13,6 +13,7 @@ Init Q = 0: R = I exactly (both branches); every entry of Q gets a gradient at s
 OFT has no rank and no scale: the common fields ``r`` and ``alpha`` are not read (peft's ``r`` is the
 number of blocks, here d_in / block_size per layer). A block size that does not divide a target's d_in
 is refused naming ``block_size`` (peft silently picks a nearby divisor).
+``block_share`` (peft's option): one block R_0 = Cayley(Q_0) on every diagonal position, Q (1, b(b−1)/2).
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ class OftConfig(AdapterConfig):
 
     variant = "oft"
     unused = ("r", "alpha")  # block_size sets the size
+    extensions = ("block_share",)
     block_size: int = 16
+    block_share: bool = False
     use_cayley_neumann: bool = False
     num_neumann_terms: int = 5
 
@@ -87,7 +90,8 @@ def _peft_oft_fields(pcfg, shapes) -> dict:
         raise ValueError(f"this peft OFT adapter has several block sizes {sorted(set(sizes.values()))}; one config "
                          "here has one block_size")
     return {"block_size": next(iter(sizes.values())), "use_cayley_neumann": bool(pcfg.get("use_cayley_neumann", False)),
-            "num_neumann_terms": int(pcfg.get("num_cayley_neumann_terms", 5))}
+            "num_neumann_terms": int(pcfg.get("num_cayley_neumann_terms", 5)),
+            "block_share": bool(pcfg.get("block_share", False))}
 
 
 class Oft(Variant):
@@ -102,16 +106,17 @@ class Oft(Variant):
         # peft_version: the first release whose Neumann coefficients are ours (older ones: 2 on every term)
         to_config=lambda cfg, st: {"peft_version": "0.18.0", "r": 0, "oft_block_size": cfg.block_size, "use_cayley_neumann": cfg.use_cayley_neumann,
                                    "num_cayley_neumann_terms": cfg.num_neumann_terms, "coft": False,
-                                   "block_share": False, "module_dropout": 0.0, "init_weights": True, "bias": "none"},
+                                   "block_share": cfg.block_share, "module_dropout": 0.0, "init_weights": True,
+                                   "bias": "none"},
         from_config=lambda pcfg, shapes: _peft_oft_fields(pcfg, shapes),
-        reads=("r", "oft_block_size", "use_cayley_neumann", "num_cayley_neumann_terms"),
-        fixed={"coft": (False, None), "block_share": (False, None), "bias": ("none",)},
+        reads=("r", "oft_block_size", "use_cayley_neumann", "num_cayley_neumann_terms", "block_share"),
+        fixed={"coft": (False, None), "bias": ("none",)},
         inert=("init_weights", "eps"), training_only=("module_dropout",))
     hook = "input"
 
     def param_specs(self, d_in, d_out, r, cfg):
         b = cfg.block_size
-        return {"Q": ParamSpec((d_in // b, b * (b - 1) // 2))}
+        return {"Q": ParamSpec((1 if cfg.block_share else d_in // b, b * (b - 1) // 2))}
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if d_in % cfg.block_size:
@@ -124,6 +129,8 @@ class Oft(Variant):
     def forward_input(self, layer, x):
         q = layer.adapter_Q
         rot = rotation_blocks(q, self.cfg)
-        n, b = rot.shape[0], self.cfg.block_size
+        b = self.cfg.block_size
+        n = x.shape[-1] // b
+        rot = rot.expand(n, b, b)  # block_share: the one block on every diagonal position (a view)
         h = x.to(rot.dtype).reshape(*x.shape[:-1], n, b)
         return torch.einsum("...nk,nkc->...nc", h, rot).reshape(x.shape).to(x.dtype)

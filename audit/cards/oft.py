@@ -3,7 +3,7 @@ import torch
 
 from references.paper import oft as ref
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, peft_linear_only
+from ..cards import CONFIG_CHECKS, SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, peft_linear_only
 
 U32, U16 = 2.0 ** -24, 2.0 ** -8  # unit round-off of float32, of bfloat16 (8 significand bits)
 
@@ -29,7 +29,7 @@ def _spectrum(p) -> float:
     """max |σ(M) − σ_stated| over the subject's whole input map: 1 for the exact Cayley map; for the
     Cayley–Neumann series |1 − (iθ)^{t−1}| from the subject's own Q (references/paper/oft.py)."""
     got = torch.linalg.svdvals(p.input_map).sort().values
-    want = ref.stated_singular_values(p.state["Q"], p.cfg)
+    want = ref.stated_singular_values(ref.shared(p.state["Q"], p.cfg, p.weight.shape[1]), p.cfg)
     return float((got - want).abs().max())
 
 
@@ -66,7 +66,8 @@ CARD = VariantCard(
     config={"block_size": 8, "use_cayley_neumann": False, "num_neumann_terms": 5},
     references=("paper", "peft"),
     identity="exact",
-    trainable_per_layer=lambda d_in, d_out, c: (d_in // c["block_size"]) * c["block_size"] * (c["block_size"] - 1) // 2,
+    trainable_per_layer=lambda d_in, d_out, c: ((1 if c.get("block_share") else d_in // c["block_size"])
+                                                * c["block_size"] * (c["block_size"] - 1) // 2),
     invariants=(
         Invariant("orthogonality_err", "the input map R is orthogonal: max |RᵀR − I|", _orthogonality, _TOL_GRAM),
         Invariant("hyperspherical_energy_rel_err", "W_eff W_effᵀ = W Wᵀ (neuron angles and norms kept), relative",
@@ -87,6 +88,8 @@ CARD = VariantCard(
     config_why="the paper's exact Cayley transform, 8×8 blocks (divides every zoo width)",
     configs=(ConfigCase("neumann5-b8", {"use_cayley_neumann": True, "num_neumann_terms": 5},
                         "OFTv2's Cayley–Neumann series with peft's default 5 terms (contracts: σ = 1 − θ⁴)"),
+             ConfigCase("block-share", {"block_share": True}, "peft's block_share: one rotation block R_0 on every "
+                        "diagonal position (Q holds one row)", checks=CONFIG_CHECKS + ("merge", "save_load")),
              SUBJECT_DEFAULTS),
     peft_config={"use_cayley_neumann": True},
     peft_config_reason="peft's exact branch computes (I − Q)(I + Q)⁻¹, the transpose of the paper's R (declared "
@@ -118,19 +121,19 @@ CARD = VariantCard(
                   "w.r.t. Q is that of R(−Q), to first order −g, so its relative error is 2 + O(‖Q‖) (measured "
                   "1.91-2.03); declared up to 2.5",
                   "peft/tuners/oft/layer.py:149-154 (_cayley_batch, torch.linalg.solve(I + Q, I − Q, left=False))",
-                  magnitude=2.5, subjects=("peft",), configs=("cayley-b8",)),
+                  magnitude=2.5, subjects=("peft",), configs=("cayley-b8", "block-share")),
         Deviation("peft-oft-exact-cayley-transposed-merge", "merge", "merged_weight_rel_err_vs_paper", "peft", "xfail",
                   "the same transposed exact Cayley rotation in peft's merged weight: merge computes what peft's forward "
                   "does (W R(−Q), the merged and unmerged logits agree), not the paper's W R(Q). Measured (default zoo, "
                   "both dtypes, seed 0): off by a relative 0.51-0.53, as its outputs; declared up to 1.0",
                   "peft/tuners/oft/layer.py:149-154 and the merge through get_delta_weight", magnitude=1.0,
-                  subjects=("peft",), configs=("cayley-b8",)),
+                  subjects=("peft",), configs=("cayley-b8", "block-share")),
         Deviation("peft-oft-exact-cayley-transposed-vs-ours", "peft_parity",
                   "logits_rel_err|grad_rel_err[Q]|trajectory_logits_rel_err|trajectory_state_rel_err", "peft", "xfail",
                   "the same transposed exact Cayley rotation, side by side with ours holding peft's Q (default zoo, both "
                   "dtypes, seeds 0-2): logits off by a relative 0.19-0.63 (also after two Adam steps), the states after "
                   "them by 0.03-0.05, the Q gradient by 1.71-1.97 (its sign flips to first order); declared up to 2.5",
-                  "peft/tuners/oft/layer.py:149-154", magnitude=2.5, subjects=("peft",), configs=("cayley-b8",)),
+                  "peft/tuners/oft/layer.py:149-154", magnitude=2.5, subjects=("peft",), configs=("cayley-b8", "block-share")),
         Deviation("oftv2-neumann-not-orthogonal", "properties", "orthogonality_err|hyperspherical_energy_rel_err",
                   "paper", "tolerance",
                   "OFTv2's Cayley–Neumann series truncates (I − Q)⁻¹: R = C(I − Q^{t−1}) with C the exact rotation, "

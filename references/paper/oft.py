@@ -51,9 +51,16 @@ def rotation_blocks(q: torch.Tensor, cfg: dict) -> torch.Tensor:
     return (eye + s) @ series
 
 
-def rotation(state: dict, cfg: dict) -> torch.Tensor:
-    """R = blockdiag(R_1..R_n) (d_in × d_in) in the compute dtype."""
-    return torch.block_diag(*rotation_blocks(state["Q"], cfg).unbind(0))
+def shared(q: torch.Tensor, cfg: dict, d_in: int) -> torch.Tensor:
+    """Q with one row per diagonal block: under peft's block_share the single row Q_0 serves all d_in/b."""
+    bs = int(cfg["block_size"])
+    return q.expand(d_in // bs, -1) if cfg.get("block_share") else q
+
+
+def rotation(state: dict, cfg: dict, d_in: int | None = None) -> torch.Tensor:
+    """R = blockdiag(R_1..R_n) (d_in × d_in) in the compute dtype (block_share: R_0 on every position)."""
+    q = state["Q"] if d_in is None else shared(state["Q"], cfg, d_in)
+    return torch.block_diag(*rotation_blocks(q, cfg).unbind(0))
 
 
 def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
@@ -64,9 +71,9 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
     """
     W = f64(W)
     bs = int(cfg["block_size"])
-    if W.shape[1] % bs or state["Q"].shape != (W.shape[1] // bs, bs * (bs - 1) // 2):
+    if W.shape[1] % bs or state["Q"].shape != layout(W.shape[1], W.shape[0], cfg)["Q"]:
         raise ValueError(f"block_size {bs} does not fit d_in={W.shape[1]} with Q {tuple(state['Q'].shape)}")
-    return W @ rotation(state, cfg).T, f64(b)
+    return W @ rotation(state, cfg, W.shape[1]).T, f64(b)
 
 
 def forward(x, W, b, state, cfg):
@@ -80,7 +87,7 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
     (⌊d_in/b⌋ rows) is one no faithful implementation holds, so a subject that silently changes b shows
     as a shape mismatch."""
     bs = int(cfg["block_size"])
-    return {"Q": (d_in // bs, bs * (bs - 1) // 2)}
+    return {"Q": (1 if cfg.get("block_share") else d_in // bs, bs * (bs - 1) // 2)}
 
 
 def stated_singular_values(q: torch.Tensor, cfg: dict) -> torch.Tensor:

@@ -16,7 +16,7 @@ def _fields(cfg) -> dict:
     return {"oft_block_size": int(cfg.get("block_size", 16)), "r": 0,
             "use_cayley_neumann": bool(cfg.get("use_cayley_neumann", False)),
             "num_cayley_neumann_terms": int(cfg.get("num_neumann_terms", 5)),
-            "module_dropout": 0.0, "coft": False, "block_share": False}
+            "module_dropout": 0.0, "coft": False, "block_share": bool(cfg.get("block_share", False))}
 
 
 def _subject_oft(cfg, targets, conv1d, make):
@@ -64,7 +64,7 @@ OFT = VariantMapping(
             ConfigField("num_neumann_terms", "num_cayley_neumann_terms", "copied"),
             ConfigField(None, "module_dropout", "fixed 0.0 (peft builds the dropout but never calls it)", effect="stochastic"),
             ConfigField(None, "coft", "fixed False (constrained OFT projects Q in place inside forward: not audited)", effect="unaudited"),
-            ConfigField(None, "block_share", "fixed False (one R shared by all blocks: not audited)", effect="unaudited"),
+            ConfigField("block_share", "block_share", "copied (one R_0 on every diagonal position; Q has one row)"),
             ConfigField(None, "init_weights", "True (Q = 0); overwritten by the state", effect="init"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
             ConfigField(None, "r", "0: the block count, determined by oft_block_size (r·b = d_in)", "derived"),
