@@ -200,6 +200,7 @@ PEFT_MADE = {
     "oft_exact": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, use_cayley_neumann=False, target_modules=T)),
     "oft_neumann": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, target_modules=T)),
     "oft_share": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, block_share=True, target_modules=T)),
+    "oft_coft": ("oft", lambda: peft.OFTConfig(oft_block_size=8, r=0, coft=True, eps=0.1, target_modules=T)),
     "oft_by_r": ("oft", lambda: peft.OFTConfig(r=8, oft_block_size=0, target_modules=["q_proj", "o_proj"])),
     "lokr": ("lokr", lambda: peft.LoKrConfig(r=2, alpha=8, decompose_both=True, target_modules=T)),
     "lokr_full": ("lokr", lambda: peft.LoKrConfig(r=4, alpha=4, target_modules=T)),  # q: w1, w2 full; scale 1
@@ -289,7 +290,7 @@ def _edit_config(folder, **fields):
     ("lora", {"alpha_pattern": {"v_proj": 32}}, ValueError, "different scalings"),
     ("lora", {"use_dora": True}, KeyError, "lora_magnitude_vector"),
     ("adalora", {"rank_pattern": {"x": [True]}}, ValueError, "rank_pattern="),
-    ("oft_exact", {"coft": True}, ValueError, "coft=True cannot be loaded"),
+    ("oft_exact", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("vera", {"save_projection": False}, ValueError, "save_projection=False"),
     ("ia3", {"feedforward_modules": ["k_proj"]}, ValueError, "no adapter-audit variant is this IA3 adapter"),
     ("lokr_full", {"alpha": 8}, ValueError, "peft scales kron\\(w1, w2\\) by alpha/r"),

@@ -14,6 +14,9 @@ OFT has no rank and no scale: the common fields ``r`` and ``alpha`` are not read
 number of blocks, here d_in / block_size per layer). A block size that does not divide a target's d_in
 is refused naming ``block_size`` (peft silently picks a nearby divisor).
 ``block_share`` (peft's option): one block R_0 = Cayley(Q_0) on every diagonal position, Q (1, b(b−1)/2).
+``coft`` (constrained OFT, paper §3): before each forward, each skew block is projected into the radius
+‖Q_i‖_F ≤ eps/√n (n = rows of Q; peft's statement of the radius), written back into Q as peft does: a
+projection between optimiser steps (projected gradient descent), the gradient unchanged by it.
 """
 from __future__ import annotations
 
@@ -34,9 +37,11 @@ class OftConfig(AdapterConfig):
 
     variant = "oft"
     unused = ("r", "alpha")  # block_size sets the size
-    extensions = ("block_share",)
+    extensions = ("block_share", "coft", "eps")
     block_size: int = 16
     block_share: bool = False
+    coft: bool = False
+    eps: float = 6e-5
     use_cayley_neumann: bool = False
     num_neumann_terms: int = 5
 
@@ -45,6 +50,8 @@ class OftConfig(AdapterConfig):
             raise self.fail("block_size", f"must be >= 2 (a 1×1 block has no rotation), got {self.block_size}")
         if self.num_neumann_terms < 2:
             raise self.fail("num_neumann_terms", f"must be >= 2, got {self.num_neumann_terms}")
+        if not self.eps > 0:
+            raise self.fail("eps", f"COFT's radius must be > 0, got {self.eps}")
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,6 +88,17 @@ def rotation_blocks(q: torch.Tensor, cfg: OftConfig) -> torch.Tensor:
     return rot.add_(power @ s)
 
 
+def _coft_project_(q: torch.Tensor, eps: float) -> None:
+    """COFT: scale each row q_i whose skew block is outside ‖Q_i‖_F ≤ eps/√n back onto that radius, in place
+    and outside autograd (only when one is outside by more than rounding, so a projected Q is left alone)."""
+    with torch.no_grad():
+        rho = eps / math.sqrt(q.shape[0])
+        norm = math.sqrt(2.0) * q.double().norm(dim=1, keepdim=True)
+        outside = norm > rho * (1 + 4 * torch.finfo(q.dtype).eps)
+        if bool(outside.any()):
+            q.copy_(torch.where(outside, q.double() * (rho / norm), q.double()).to(q.dtype))
+
+
 def _peft_oft_fields(pcfg, shapes) -> dict:
     """The block size from the stored skew parameters (b(b−1)/2 per block): peft sets it by
     oft_block_size or by r = d_in / b, and one config here has one b. A config without
@@ -91,7 +109,8 @@ def _peft_oft_fields(pcfg, shapes) -> dict:
                          "here has one block_size")
     return {"block_size": next(iter(sizes.values())), "use_cayley_neumann": bool(pcfg.get("use_cayley_neumann", False)),
             "num_neumann_terms": int(pcfg.get("num_cayley_neumann_terms", 5)),
-            "block_share": bool(pcfg.get("block_share", False))}
+            "block_share": bool(pcfg.get("block_share", False)), "coft": bool(pcfg.get("coft", False)),
+            "eps": float(pcfg.get("eps", 6e-5))}
 
 
 class Oft(Variant):
@@ -105,13 +124,13 @@ class Oft(Variant):
         transforms=lambda cfg: {} if cfg.use_cayley_neumann else {"Q": "negate"},
         # peft_version: the first release whose Neumann coefficients are ours (older ones: 2 on every term)
         to_config=lambda cfg, st: {"peft_version": "0.18.0", "r": 0, "oft_block_size": cfg.block_size, "use_cayley_neumann": cfg.use_cayley_neumann,
-                                   "num_cayley_neumann_terms": cfg.num_neumann_terms, "coft": False,
-                                   "block_share": cfg.block_share, "module_dropout": 0.0, "init_weights": True,
+                                   "num_cayley_neumann_terms": cfg.num_neumann_terms, "coft": cfg.coft,
+                                   "eps": cfg.eps, "block_share": cfg.block_share, "module_dropout": 0.0, "init_weights": True,
                                    "bias": "none"},
         from_config=lambda pcfg, shapes: _peft_oft_fields(pcfg, shapes),
-        reads=("r", "oft_block_size", "use_cayley_neumann", "num_cayley_neumann_terms", "block_share"),
-        fixed={"coft": (False, None), "bias": ("none",)},
-        inert=("init_weights", "eps"), training_only=("module_dropout",))
+        reads=("r", "oft_block_size", "use_cayley_neumann", "num_cayley_neumann_terms", "block_share", "coft", "eps"),
+        fixed={"bias": ("none",)},
+        inert=("init_weights",), training_only=("module_dropout",))
     hook = "input"
 
     def param_specs(self, d_in, d_out, r, cfg):
@@ -128,6 +147,8 @@ class Oft(Variant):
 
     def forward_input(self, layer, x):
         q = layer.adapter_Q
+        if self.cfg.coft:
+            _coft_project_(q, self.cfg.eps)
         rot = rotation_blocks(q, self.cfg)
         b = self.cfg.block_size
         n = x.shape[-1] // b

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._common import InitClaim, f64, linear
@@ -32,6 +34,25 @@ def neumann_terms(cfg: dict) -> int:
     return t
 
 
+def coft_radius(cfg: dict, n_rows: int) -> float:
+    """COFT's radius on each skew block, ‖Q_i‖_F ≤ ε/√n (n = rows of Q: the blocks, or 1 under block_share)."""
+    return float(cfg.get("eps", 6e-5)) / math.sqrt(n_rows)
+
+
+def coft_project(q: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Constrained OFT (arXiv 2306.07280 §3, COFT: R kept within a radius of I; eq. number unverified), with
+    the radius on each skew block as peft states it (ε/√n on ‖Q_i‖_F, tuners/oft/layer.py _project_batch):
+    q_i ← q_i·min(1, ρ/‖Q_i‖_F). A projection between optimiser steps (projected gradient descent): the
+    value is projected, the gradient passes straight through."""
+    if not cfg.get("coft"):
+        return q
+    q = f64(q)
+    norm = math.sqrt(2.0) * q.detach().norm(dim=1, keepdim=True)  # ‖Q_i‖_F of the skew block
+    rho = coft_radius(cfg, q.shape[0])
+    scale = torch.where(norm > rho, rho / norm.clamp(min=1e-300), torch.ones_like(norm))
+    return q + (q * scale - q).detach()
+
+
 def rotation_blocks(q: torch.Tensor, cfg: dict) -> torch.Tensor:
     """(n, b, b) blocks R_i.
 
@@ -52,14 +73,16 @@ def rotation_blocks(q: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 
 def shared(q: torch.Tensor, cfg: dict, d_in: int) -> torch.Tensor:
-    """Q with one row per diagonal block: under peft's block_share the single row Q_0 serves all d_in/b."""
+    """The Q that acts, one row per diagonal block: COFT-projected (``coft_project``), and under peft's
+    block_share the single row Q_0 on all d_in/b positions."""
     bs = int(cfg["block_size"])
+    q = coft_project(q, cfg)
     return q.expand(d_in // bs, -1) if cfg.get("block_share") else q
 
 
 def rotation(state: dict, cfg: dict, d_in: int | None = None) -> torch.Tensor:
     """R = blockdiag(R_1..R_n) (d_in × d_in) in the compute dtype (block_share: R_0 on every position)."""
-    q = state["Q"] if d_in is None else shared(state["Q"], cfg, d_in)
+    q = coft_project(state["Q"], cfg) if d_in is None else shared(state["Q"], cfg, d_in)
     return torch.block_diag(*rotation_blocks(q, cfg).unbind(0))
 
 

@@ -16,7 +16,8 @@ def _fields(cfg) -> dict:
     return {"oft_block_size": int(cfg.get("block_size", 16)), "r": 0,
             "use_cayley_neumann": bool(cfg.get("use_cayley_neumann", False)),
             "num_cayley_neumann_terms": int(cfg.get("num_neumann_terms", 5)),
-            "module_dropout": 0.0, "coft": False, "block_share": bool(cfg.get("block_share", False))}
+            "module_dropout": 0.0, "coft": bool(cfg.get("coft", False)), "eps": float(cfg.get("eps", 6e-5)),
+            "block_share": bool(cfg.get("block_share", False))}
 
 
 def _subject_oft(cfg, targets, conv1d, make):
@@ -63,12 +64,12 @@ OFT = VariantMapping(
             ConfigField("use_cayley_neumann", "use_cayley_neumann", "copied (peft's default True; ours False)"),
             ConfigField("num_neumann_terms", "num_cayley_neumann_terms", "copied"),
             ConfigField(None, "module_dropout", "fixed 0.0 (peft builds the dropout but never calls it)", effect="stochastic"),
-            ConfigField(None, "coft", "fixed False (constrained OFT projects Q in place inside forward: not audited)", effect="unaudited"),
+            ConfigField("coft", "coft", "copied (peft projects Q in place inside every forward)"),
             ConfigField("block_share", "block_share", "copied (one R_0 on every diagonal position; Q has one row)"),
             ConfigField(None, "init_weights", "True (Q = 0); overwritten by the state", effect="init"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
             ConfigField(None, "r", "0: the block count, determined by oft_block_size (r·b = d_in)", "derived"),
-            ConfigField(None, "eps", "unused without coft (COFT's radius)", "unaudited"),
+            ConfigField("eps", "eps", "copied (COFT's radius, ε/√n on each skew block's Frobenius norm)"),
             ConfigField(None, "fan_in_fan_out", "False: peft's OFT refuses Conv1D", "layout"),
             ConfigField(None, "bias", "fixed 'none' (base biases stay frozen)", "placement"),
             *targeting_fields(*TARGETING),
