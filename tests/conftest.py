@@ -51,6 +51,7 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "ia3": ("ia3", dict(), False),
     "ia3_ff": ("ia3_ff", dict(), False),
     "hra": ("hra", dict(r=4), False),
+    "hra_gs": ("hra", dict(r=4, apply_gs=True), False),
     "delora": ("delora", dict(r=4), False),
     "delora_peft": ("delora", dict(r=4, init_style="peft"), False),
     "eva": ("eva", dict(r=4, alpha=8.0), True),

@@ -14,6 +14,10 @@ Init (peft's symmetric init): kaiming-uniform half (r/2 vectors), each duplicate
 r must be even. Every u gets a gradient at step 0, the two vectors of a pair exactly opposite ones.
 The paper's orthogonality regulariser is not part of the forward (peft omits it too): see
 ``orthogonality_penalty`` to add it to a loss.
+``apply_gs`` (peft's apply_GS): the vectors are orthonormalised (Gram–Schmidt) first, so the product is one
+reflection through their span, I − 2QQᵀ (Q: an orthonormal basis of span(u), here from a QR; the map does
+not depend on the basis' signs or order). It cannot start at the identity, and collinear pairs have no
+Gram–Schmidt basis, so its init draws all r vectors independently.
 """
 from __future__ import annotations
 
@@ -31,9 +35,11 @@ from ._tensor_init import kaiming_uniform_
 class HraConfig(AdapterConfig):
     variant = "hra"
     unused = ("alpha",)
+    extensions = ("apply_gs",)
+    apply_gs: bool = False
 
     def check(self):
-        if self.r % 2:
+        if self.r % 2 and not self.apply_gs:
             raise self.fail("r", f"must be even for HRA's symmetric (identity) init, got {self.r}")
 
 
@@ -43,9 +49,9 @@ class Hra(Variant):
     # peft's HRAConfig: hra_u is (d_in, r), the Householder vectors as columns (ours as rows)
     peft_format = PeftFormat(
         peft_type="HRA", tensors={"u": "hra_u"}, transforms={"u": "transpose"}, claims=peft_type_is("HRA"),
-        to_config=lambda cfg, st: {"r": cfg.r, "apply_GS": False, "init_weights": True, "bias": "none"},
-        from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 8))}, reads=("r",),
-        fixed={"apply_GS": (False, None), "bias": ("none",)}, inert=("init_weights",))
+        to_config=lambda cfg, st: {"r": cfg.r, "apply_GS": cfg.apply_gs, "init_weights": True, "bias": "none"},
+        from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 8)), "apply_gs": bool(pcfg.get("apply_GS"))},
+        reads=("r", "apply_GS"), fixed={"bias": ("none",)}, inert=("init_weights",))
     hook = "input"
 
     def param_specs(self, d_in, d_out, r, cfg):
@@ -57,12 +63,19 @@ class Hra(Variant):
 
     def init(self, layer, cfg, gen):
         u = layer.adapter_u
+        if cfg.apply_gs:  # no identity to start from: r independent draws (pairs would have no GS basis)
+            kaiming_uniform_(u, gen, fan_in=u.shape[0])
+            return
         half = torch.empty(u.shape[0] // 2, u.shape[1], dtype=torch.float64)
         kaiming_uniform_(half, gen, fan_in=u.shape[0] // 2)
         u.copy_(half.repeat_interleave(2, dim=0))
 
     def forward_input(self, layer, x):
         u = layer.adapter_u
+        if self.cfg.apply_gs:  # one reflection through span(u): x ← x − 2 (x Q) Qᵀ
+            q = torch.linalg.qr(u.t())[0]  # (d_in, r) orthonormal basis of span(u)
+            h = x.to(u.dtype).reshape(-1, x.shape[-1])
+            return torch.addmm(h, h @ q, q.t(), alpha=-2).view(x.shape).to(x.dtype)
         v = (u / u.norm(dim=1, keepdim=True)).flip(0)  # rows u_{r−1}, …, u_0: Vᵀ, the first applied first
         gram = v @ v.t()
         s = torch.triu(gram, diagonal=1) + torch.diag_embed(0.5 * torch.diagonal(gram))

@@ -26,6 +26,10 @@ CARD = VariantCard(
     config_id="r4",
     config_why="two reflection pairs",
     configs=(ConfigCase("r2", {"r": 2}, "one pair of reflections: the smallest rank the symmetric init allows"),
+             ConfigCase("gram-schmidt", {"apply_gs": True}, "peft's apply_GS: the vectors orthonormalised first, one "
+                        "reflection I − 2QQᵀ through their span; no init can make that the identity, so identity_at_init "
+                        "is not asked, and the init must give r independent vectors",
+                        checks=("init", "grad_flow", "paper_parity", "peft_parity", "properties", "merge", "save_load")),
              SUBJECT_DEFAULTS),
     deviations=(peft_linear_only("hra", "peft/tuners/hra/model.py HRAModel._create_new_module (torch.nn.Linear and Conv2d only)"),),
 )

@@ -37,7 +37,16 @@ def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
     u = state["u"]
     if "r" in cfg and int(cfg["r"]) != u.shape[0]:
         raise ValueError(f"u has {u.shape[0]} rows but cfg r = {cfg['r']}")
-    return f64(W) @ householder_product(u), f64(b)
+    return f64(W) @ (span_reflection(u) if cfg.get("apply_gs") else householder_product(u)), f64(b)
+
+
+def span_reflection(u: torch.Tensor) -> torch.Tensor:
+    """peft's apply_GS: H₀⋯H_{r−1} of the Gram–Schmidt-orthonormalised vectors, = I − 2P with P the orthogonal
+    projector onto span(u_0..u_{r−1}) (reflections in orthonormal directions commute and multiply to it):
+    P = U(UᵀU)⁻¹Uᵀ, U = uᵀ (d_in, r); independent of the order and of the vectors' scales."""
+    U = f64(u).T
+    P = U @ torch.linalg.solve(U.T @ U, U.T)
+    return torch.eye(U.shape[0], dtype=U.dtype, device=U.device) - 2.0 * P
 
 
 def forward(x, W, b, state, cfg):
@@ -68,16 +77,19 @@ def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
 
     HRA is scale invariant (H depends on u/‖u‖), so nothing is stated about the draws' scale (peft:
     kaiming_uniform on (d_in, r/2), i.e. U(±1/√(r/2))). Odd r has no symmetric init (peft warns and
-    draws all r at random: not the identity); then only the non-degeneracy of all r vectors is stated.
+    draws all r at random: not the identity); then only the non-degeneracy of all r vectors is stated, as
+    under apply_gs (Gram–Schmidt needs r independent vectors; no identity start exists there).
     """
     u = state["u"].detach().to(torch.float64)
     claims, distinct = [], u
-    if u.shape[0] % 2 == 0:
+    if u.shape[0] % 2 == 0 and not cfg.get("apply_gs"):
         claims.append(InitClaim("u_pairs_equal_max_abs", "exact", "§3: u_{2k} = u_{2k+1} (paired reflections cancel)",
                                 value=float((u[0::2] - u[1::2]).abs().max())))
         distinct = u[0::2]
     sv = torch.linalg.svdvals(distinct)
     spread = float(sv[-1] / sv[0]) if float(sv[0]) > 0 else 0.0
-    claims.append(InitClaim("u_distinct_sv_ratio", "lower", "the distinct vectors u_{2k} are non-zero and linearly "
-                            "independent: σ_min/σ_max of their stack", value=spread, bound=MIN_SPREAD))
+    which = ("all r vectors (Gram–Schmidt needs a basis: a repeated vector leaves only rounding noise to "
+             "normalise)" if cfg.get("apply_gs") else "the distinct vectors u_{2k}")
+    claims.append(InitClaim("u_distinct_sv_ratio", "lower", f"{which} are non-zero and linearly independent: "
+                            "σ_min/σ_max of their stack", value=spread, bound=MIN_SPREAD))
     return claims

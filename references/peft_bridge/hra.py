@@ -13,7 +13,7 @@ def _make_hra(cfg, names, states, infos):
 
     r = int(cfg.get("r", 8))
     # peft's symmetric init needs even r (odd r: it warns and draws a random init); the init is overwritten anyway
-    return HRAConfig(r=r, apply_GS=False, init_weights=(r % 2 == 0), bias="none",
+    return HRAConfig(r=r, apply_GS=bool(cfg.get("apply_gs", False)), init_weights=(r % 2 == 0), bias="none",
                      target_modules=exact_target_regex(names)), names
 
 
@@ -25,7 +25,7 @@ HRA = VariantMapping(
                        note="canonical u is (r, d_in) with u_i as ROW i; peft's hra_u is (d_in, r) with u_i as "
                             "COLUMN i"),),
     config=(ConfigField("r", "r"),
-            ConfigField(None, "apply_GS", "fixed False (Gram-Schmidt variant R = I - 2QQ^T is a different map)", effect="unaudited"),
+            ConfigField("apply_gs", "apply_GS", "copied (Gram-Schmidt first: R = I - 2QQ^T, one reflection through span(u))"),
             ConfigField(None, "init_weights", "True for even r (symmetric init), False for odd r (avoids peft's "
                                               "warning); overwritten by the state either way", effect="init"),
             ConfigField(None, "target_modules", "regex (?:name1|...) of the escaped full dotted names (fullmatch)", effect="placement"),
@@ -39,6 +39,6 @@ HRA = VariantMapping(
     peft_exports=("HRAConfig",),
     since="0.12.0",
     subject_config=lambda cfg, targets, conv1d, make: make(
-        "HRAConfig", r=int(cfg.get("r", 8)), apply_GS=False, init_weights=True, **targets),
+        "HRAConfig", r=int(cfg.get("r", 8)), apply_GS=bool(cfg.get("apply_gs", False)), init_weights=True, **targets),
     subject_defaults=lambda defaults: {"r": defaults("HRAConfig")["r"]},
 )
