@@ -34,6 +34,10 @@ class HraExplicit(Variant):
 
     def init(self, layer, cfg, gen):
         u = layer.adapter_u
+        if cfg.apply_gs:  # Gram–Schmidt: no identity start; r independent draws
+            bound = 1.0 / math.sqrt(u.shape[0])
+            u.copy_(torch.empty(u.shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen))
+            return
         half = u.shape[0] // 2
         bound = 1.0 / math.sqrt(half)
         draw = torch.empty(half, u.shape[1], dtype=torch.float32).uniform_(-bound, bound, generator=gen)
@@ -49,5 +53,13 @@ class HraExplicit(Variant):
         return H
 
     def forward_input(self, layer, x):
-        H = self.product(layer.adapter_u)
+        u = layer.adapter_u
+        if self.cfg.apply_gs:  # classical Gram–Schmidt, then the product of the orthonormal reflections
+            basis = []
+            for ui in u:
+                for q in basis:
+                    ui = ui - q.dot(ui) * q
+                basis.append(ui / ui.norm())
+            u = torch.stack(basis)
+        H = self.product(u)
         return (x.to(H.dtype) @ H.T).to(x.dtype)
