@@ -17,8 +17,8 @@ IGNORE = -100  # the label that marks a token the loss (and the init) ignores: t
 
 # Relative bound on the two inits' difference, in machine epsilons of the dtype: an implementation that drops the
 # masked tokens sees the same kept tokens through the same computation, so its inits agree to the bit; a few
-# epsilons are allowed
-# (another order of summation over the same rows). One that keeps them sees other tokens: O(1) differences.
+# epsilons are allowed (another order of summation over the same rows). One that keeps them sees other tokens:
+# O(1) differences.
 ULPS = 8
 
 

@@ -38,9 +38,9 @@ def with_fallbacks(card, subject, model: str, dtype: str, seed: int):
 
     out = card
     for case in card.cases():
-        if case.subject_defaults or case.origin or probe(case) is None:
+        why = None if case.subject_defaults or case.origin else probe(case)
+        if why is None:
             continue
-        why = probe(case)
         for alt in init_alternatives(card):
             if all(case.fields.get(k, card.config.get(k)) == v for k, v in alt.items()):
                 continue

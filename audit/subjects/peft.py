@@ -93,10 +93,15 @@ class Peft(Subject):
         self.label = f"peft {self.version}"
         self.tensor_names = {m: self._names(m) for m in bridge.PEFT_VARIANTS}
 
+    def _older_layout(self, method: str) -> dict[str, tuple] | None:
+        """The layout of ``method`` in this release where it is an older one (OLDER_LAYOUTS), else None."""
+        return next((dict(layout) for releases, layout in OLDER_LAYOUTS.get(method, ())
+                     if releases.contains(self.version, prereleases=True)), None)
+
     def _names(self, method: str) -> dict[str, tuple]:
-        for releases, layout in OLDER_LAYOUTS.get(method, ()):
-            if releases.contains(self.version, prereleases=True):
-                return dict(layout)
+        older = self._older_layout(method)
+        if older is not None:
+            return older
         out = {}
         for t in bridge.MAPPINGS[method].tensors:
             if t.kind == "base weight":
@@ -114,7 +119,7 @@ class Peft(Subject):
         if not _at_least(self.version, OLDEST):
             return f"peft {self.version} is older than {OLDEST}, the oldest release this subject audits"
         lacks = [n for n in mapping.peft_exports if not hasattr(peft, n)]
-        older = any(r.contains(self.version, prereleases=True) for r, _ in OLDER_LAYOUTS.get(method, ()))
+        older = self._older_layout(method) is not None
         if lacks or not (older or _at_least(self.version, mapping.since)):
             why = f"; lacks {', '.join(lacks)}" if lacks else ""
             return f"peft {self.version} has no {method} (peft >= {mapping.since}{why})"

@@ -5,18 +5,17 @@ forward is the identity and, on unmasked calibration data, the init statement ho
 batches that carry an attention mask or labels = -100 reveal it (a batch of padded prompts).
 """
 
+from unittest import mock
+
 from audit.mutants import Mutant
 from variants import _calibration, eva
 
 
 class EvaIgnoresMask(eva.Eva):
     def group_init(self, model, targets, cfg, calibration_data):
-        original = _calibration.kept_tokens
-        _calibration.kept_tokens = lambda batch, ignore_label=None: None  # no token is ever dropped
-        try:
+        # no token is ever dropped
+        with mock.patch.object(_calibration, "kept_tokens", lambda batch, ignore_label=None: None):
             super().group_init(model, targets, cfg, calibration_data)
-        finally:
-            _calibration.kept_tokens = original
 
 
 MUTANT = Mutant("eva_padding_not_masked", "eva", "calibration mask ignored",

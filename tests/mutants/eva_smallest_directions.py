@@ -4,6 +4,8 @@ The rows are still orthonormal eigenvectors of the input covariance (the old inv
 passes) and B = 0 keeps the forward at identity: only the init statement sees the wrong directions.
 """
 
+from unittest import mock
+
 from audit.mutants import Mutant
 from variants import eva
 
@@ -16,12 +18,8 @@ class _AscendingMoments(eva._Moments):
 
 class EvaSmallest(eva.Eva):
     def group_init(self, model, targets, cfg, calibration_data):
-        original = eva._Moments
-        eva._Moments = _AscendingMoments
-        try:
+        with mock.patch.object(eva, "_Moments", _AscendingMoments):
             super().group_init(model, targets, cfg, calibration_data)
-        finally:
-            eva._Moments = original
 
 
 MUTANT = Mutant("eva_smallest_directions", "eva", "init in the wrong direction",
