@@ -50,7 +50,8 @@ def summarise(results: dict) -> dict:
         judged = [r for r in rs if r["status"] not in ("n/a", "error")]
         if not judged and not any(r["status"] == "error" for r in rs):
             why = next((r["message"] for r in rs if r["message"]), "nothing was judged")
-            absent = f"has no {method}" in why
+            # "peft 0.13.2 has no oft (...)" is absent; "OFTConfig has no oft_block_size" is a refusal (not audited)
+            absent = re.search(rf"has no '?{re.escape(method)}'?(?!\w)", why) is not None
             methods[method] = {"verdict": "absent" if absent else "not audited", "why": why, "concerns": {},
                                "coverage": {}, "findings": []}
             continue

@@ -52,6 +52,18 @@ def test_a_finding_has_its_first_and_last_release_and_decides_its_cells():
     assert "| – |" in row_010  # vera is absent from 0.10.0
 
 
+def test_a_release_refusing_a_config_field_is_not_audited_rather_than_absent():
+    """'OFTConfig has no oft_block_size' (a release that has OFT but not the field the card's config needs)
+    reads "not audited" with its reason; only 'peft X has no oft' is an absent method."""
+    res = _results("0.13.2", False, absent=("oft",))
+    for r in res["rows"]:
+        if r["variant"] == "oft":
+            r["message"] = "peft 0.13.2 OFTConfig has no oft_block_size"
+    cell = peft_matrix_report.summarise(res)["methods"]["oft"]
+    assert cell["verdict"] == "not audited" and "oft_block_size" in cell["why"]
+    assert peft_matrix_report.summarise(_results("0.13.2", False, absent=("oft",)))["methods"]["oft"]["verdict"] == "absent"
+
+
 @pytest.mark.parametrize("spec, error", [("0.10.0,zero", "not a release number"), (",", "names no release")])
 def test_bad_release_lists_are_refused(spec, error):
     with pytest.raises(peft_matrix.MatrixError, match=error):
