@@ -1,0 +1,67 @@
+"""Card: MiSS, matrix shard sharing (Kang, arXiv 2409.15371; earlier titled Bone, then DiSHA).
+
+Three forms peft ships, each a config axis (peft's init_weights): balance (the default: one fragment D (r, d_out)
+shared by every r-wide input shard), mini (D itself tiled from (r, mini_r) along d_out) and bat (block-affine:
+W_ij + W_ij B_i + B_i on r × r blocks, B indexed by the output block). Every form starts at D = 0 (exact identity).
+"""
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard, peft_linear_only
+
+
+def _shard_sharing(p) -> float:
+    """balance / mini: ΔW = W_eff − W read off the hooked layer repeats with period r along d_in (column k equals
+    column k mod r: every shard shares D), max deviation relative to N = max|W| + max|ΔW| + max|b|: the read-off
+    ΔW carries the rounding of y(I) = I·Wᵀ + b + I·ΔWᵀ, of the order u·N (bound 8u: a few roundings per entry).
+    bat has no shard period (its blocks depend on W); it is judged by paper_parity, 0 here."""
+    if p.cfg.get("mode", "balance") == "bat":
+        return 0.0
+    w_eff, b_eff = p.effective
+    dw = w_eff - p.weight
+    r = p.state["D"].shape[0]
+    k = dw.shape[1]
+    period = dw[:, [j % r for j in range(k)]]
+    n = float(p.weight.abs().max() + dw.abs().max() + b_eff.abs().max())
+    return float((dw - period).abs().max()) / n
+
+
+def _trainable(d_in: int, d_out: int, c: dict) -> int:
+    """balance: r·d_out; bat: (d_out/r)·r·r = r·d_out; mini: r·mini_r."""
+    r = c["r_layer"]
+    return r * int(c.get("mini_r", 1)) if c.get("mode") == "mini" else r * d_out
+
+
+CARD = VariantCard(
+    name="miss",
+    paper="MiSS: Revisiting the Trade-off in LoRA with an Efficient Shard-Sharing Structure (Kang, 2024; earlier "
+          "Bone / DiSHA), §3",
+    arxiv="2409.15371",
+    equation="balance: ΔW = [Dᵀ | Dᵀ | … | Dᵀ] (column k = D[k mod r]ᵀ);  mini: D[:, o] = D_s[:, o mod mini_r];  "
+             "bat: W'_ij = W_ij + W_ij B_i + B_i;  W_eff = W + ΔW, no scale;  D = 0 at init",
+    config={"r": 8},
+    references=("paper", "peft"),
+    identity="exact",
+    trainable_per_layer=_trainable,
+    invariants=(Invariant("shard_period_residual", "balance / mini: ΔW read off the hooked layer repeats with period "
+                          "r along the input (every shard shares D)", _shard_sharing,
+                          {"float32": 8 * 2.0 ** -24, "bfloat16": 8 * 2.0 ** -8}),),
+    bad_inputs=(BadInput({"r": 98}, ValueError),                    # r > d_in on every zoo layer
+                BadInput({"mode": "bat", "r": 7}, ValueError),      # 7 divides no zoo width
+                BadInput({"mode": "mini", "mini_r": 7}, ValueError),
+                BadInput({"mini_r": 0, "mode": "mini"}, ValueError),
+                BadInput({"mode": "gaussian"}, ValueError)),
+    perturb={"D": 0.2},
+    config_id="r8",
+    config_why="balance (peft's default form), shards of r = 8 dividing every zoo width",
+    configs=(ConfigCase("bat", {"mode": "bat"}, "the block-affine form: ΔW depends on W (a transposed Conv1D weight "
+                        "must be read in its canonical layout), B indexed by the output block",
+                        models=("mlp", "gpt2")),
+             ConfigCase("mini", {"mode": "mini", "mini_r": 16}, "mini: D tiled from (r, mini_r = 16) along d_out "
+                        "(16 divides 48 and 80)"),
+             ConfigCase("partial-shard", {"r": 12}, "r = 12 does not divide d_in = 80 (the MLP's down projection): the "
+                        "last shard is partial (x zero-padded, ΔW[:, k] = D[k mod r]ᵀ)"),
+             ConfigCase("defaults", {}, SUBJECT_DEFAULTS.why, subject_defaults=True, models=("qwen3",))),
+    deviations=(peft_linear_only("miss", "peft/tuners/miss/model.py _get_tuner_layer_class (torch.nn.Linear only; "
+                                         "MissModel._create_new_module raises TypeError 'not supported')"),),
+    notes="r defaults to 64 (peft's); the defaults config runs on qwen3, whose every d_in (64, 96) takes r = 64 "
+          "(the toy MLP's 48 cannot). The partial last shard and the mini tiling are peft's extensions, audited as "
+          "peft computes them.",
+)
