@@ -71,6 +71,9 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "vera": ("vera", dict(r=4), False),
     "adalora": ("adalora", dict(r=4, alpha=8.0, target_r=2), False),
     "olora": ("olora", dict(r=4, alpha=8.0), False),
+    "miss": ("miss", dict(r=8), False),
+    "miss_bat": ("miss", dict(r=8, mode="bat"), False),
+    "miss_mini": ("miss", dict(r=8, mode="mini", mini_r=16), False),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

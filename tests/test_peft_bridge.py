@@ -107,6 +107,9 @@ CASES = {  # id -> (variant, cfg)
     "road_1": ("road", {"road_variant": "road_1", "group_size": 4}),
     "road_2": ("road", {"road_variant": "road_2", "group_size": 4}),
     "road_4": ("road", {"road_variant": "road_4", "group_size": 4}),
+    "miss": ("miss", {"r": 4}),
+    "miss_bat": ("miss", {"r": 4, "mode": "bat"}),
+    "miss_mini": ("miss", {"r": 4, "mode": "mini", "mini_r": 2}),
 }
 EVA_RANKS = (2, 5, 3, 1, 6, 4, 2)  # cycled over targets: r_l != cfg r, so scaling must use the config r
 
@@ -148,6 +151,10 @@ def random_state(variant, cfg, mod, index, dtype, seed=0):
     if variant == "road":
         n = road_size(cfg, d_out)
         return {"theta": rn(n, scale=0.7), "alpha": 1 + rn(n, scale=0.3)}
+    if variant == "miss":
+        mode = cfg.get("mode", "balance")
+        shape = {"balance": (r, d_out), "bat": (d_out // r, r, r), "mini": (r, cfg.get("mini_r", 1))}[mode]
+        return {"D": rn(*shape, scale=0.3)}
     raise AssertionError(variant)
 
 
@@ -216,6 +223,19 @@ def merged(variant, cfg, w, b, st):
     if variant == "road":
         R = road_matrix(cfg["road_variant"], cfg["group_size"], st["theta"], st["alpha"])
         return R @ w, None if b is None else R @ b
+    if variant == "miss":  # column k of ΔW is D[k mod r]; bat: block (i, j) gets W_ij B_i + B_i
+        D, mode = st["D"], cfg.get("mode", "balance")
+        if mode == "bat":
+            rb = D.shape[-1]
+            dw = torch.zeros_like(w)
+            for i in range(w.shape[0] // rb):
+                for j in range(w.shape[1] // rb):
+                    blk = w[i * rb:(i + 1) * rb, j * rb:(j + 1) * rb]
+                    dw[i * rb:(i + 1) * rb, j * rb:(j + 1) * rb] = blk @ D[i] + D[i]
+            return w + dw, b
+        if mode == "mini":
+            D = torch.cat([D] * (w.shape[0] // D.shape[1]), dim=1)
+        return w + torch.stack([D[k % D.shape[0]] for k in range(w.shape[1])], dim=1), b
     raise AssertionError(variant)
 
 

@@ -53,6 +53,7 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "vera": {**lowrank, "lambda_b": rand(D_OUT, seed=10, scale=0.5), "lambda_d": rand(R, seed=11, scale=0.5)},
         "olora": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
+        "miss": {"D": rand(R, D_OUT, seed=12, scale=0.5)},
     }
     if variant == "road":
         n = {"road_1": D_OUT // 2, "road_2": D_OUT, "road_4": 2 * D_OUT}[road_variant]

@@ -116,6 +116,7 @@ def identity_cases(W):
         "antipasto": (W_res, {"U": U, "S": S, "Vh": Vh, "delta": torch.zeros(R, dtype=F64),
                               "T": torch.zeros(R // 2, 1, dtype=F64)},
                       {"r": R, "block_size": 2, "max_rotation_angle": 0.5, "rotate_basis": "V"}),
+        "miss": (W, {"D": torch.zeros(R, D_OUT, dtype=F64)}, {"r": R}),
     }
 
 

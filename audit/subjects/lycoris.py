@@ -65,6 +65,9 @@ NOT_IN_LYCORIS = {
     "delora": "LyCORIS has no DeLoRA",
     "road": "LyCORIS has no RoAd",
     "antipasto": "LyCORIS has no AntiPaSTO",
+    "miss": "LyCORIS has no shard-sharing adapter (MiSS / Bone: one fragment replicated over the input shards)",
+    "hira": "LyCORIS has no Hadamard product with the frozen base weight (HiRA; its LoHa multiplies two low-rank "
+            "products, not W0)",
 }
 SELECTION = ("target_names", "target_roles", "exclude_names", "layers")  # resolved by the audit: `targets`
 ATTR = "_lycoris_audit_network"  # where the network lives on the model (object.__setattr__: not a submodule)
