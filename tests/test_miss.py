@@ -70,7 +70,7 @@ def test_forward_and_gradient_match_the_paper_formula(conv1d, over, d_out):
         mod.adapter_D.grad = None
         (got * t).sum().backward()
         assert torch.allclose(mod.adapter_D.grad, d.grad, atol=1e-12)
-            assert float((want.detach() - xin @ _w(mod).t() - mod.bias.double()).abs().max()) > 1e-3  # non-identity
+        assert float((want.detach() - xin @ _w(mod).t() - mod.bias.double()).abs().max()) > 1e-3  # non-identity
 
 
 def test_balance_delta_is_d_replicated_over_shards():
