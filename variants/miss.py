@@ -14,7 +14,9 @@ One trainable matrix per layer, three forms (``mode``):
 No scale. Init: D = 0 (B = 0), so ΔW = 0 exactly; every entry gets a gradient at step 0 (ΔW is
 linear in D with the base weight or ones as the other factor). The hook never forms ΔW for balance
 and mini (a shard sum and one r-wide GEMM, like LoRA's second factor); bat builds the dense ΔW from the
-canonical weight (Conv1D: its transpose view) and adds x ΔWᵀ.
+canonical weight (Conv1D: its transpose view); where the layer, input and adapter share a dtype it recomputes
+y = x (W + ΔW)ᵀ + b (the base output is discarded: backward costs what a merged layer's does), else it adds
+x ΔWᵀ to the base output (a bf16 base stays exactly itself at init).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
+from ._layers import is_conv1d
 from ._peft_format import PeftFormat, peft_type_is
 from .lora import add_lowrank
 
@@ -104,7 +107,12 @@ class Miss(Variant):
     def forward(self, layer, x, y):
         d = layer.adapter_D
         if self.cfg.mode == "bat":
-            dw = bat_delta(self.weight(layer).to(d.dtype), d)
+            w = self.weight(layer)
+            dw = bat_delta(w.to(d.dtype), d)
+            if x.dtype == d.dtype == w.dtype and not is_conv1d(layer):
+                # y is recomputed with W + ΔW (one GEMM each way in backward, as a merged layer) rather than
+                # y + x ΔWᵀ (two): the same arithmetic as the base layer's at ΔW = 0, so still exactly W there
+                return F.linear(x, w + dw, getattr(layer, "bias", None))
             return add_lowrank(y, x.to(d.dtype), dw, layer)
         if self.cfg.mode == "mini":
             d = d.repeat(1, y.shape[-1] // d.shape[1])  # D[:, o] = D_small[:, o mod mini_r]
