@@ -72,6 +72,17 @@ def bat_delta(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return delta.reshape(w.shape)
 
 
+def dense_update(layer, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
+    """y + x ΔWᵀ for a dense ΔW (d_out, d_in) that depends on W (MiSS bat, HiRA). Where the layer is nn.Linear and
+    x, W and ΔW share a dtype, y is recomputed as x (W + ΔW)ᵀ + b instead (the base output is discarded): one GEMM
+    each way in backward, as a merged layer, instead of two, and at ΔW = 0 the same call on the same values as the
+    base layer's, so still exactly it. Otherwise (Conv1D's stored layout, a bf16 base under float32 adapters) the
+    product is added to the base output, which keeps the base exact at ΔW = 0 too."""
+    if x.dtype == dw.dtype == w.dtype and not is_conv1d(layer):
+        return F.linear(x, w + dw, getattr(layer, "bias", None))
+    return add_lowrank(y, x.to(dw.dtype), dw, layer)
+
+
 class Miss(Variant):
     name = "miss"
     Config = MissConfig
@@ -108,12 +119,7 @@ class Miss(Variant):
         d = layer.adapter_D
         if self.cfg.mode == "bat":
             w = self.weight(layer)
-            dw = bat_delta(w.to(d.dtype), d)
-            if x.dtype == d.dtype == w.dtype and not is_conv1d(layer):
-                # y is recomputed with W + ΔW (one GEMM each way in backward, as a merged layer) rather than
-                # y + x ΔWᵀ (two): the same arithmetic as the base layer's at ΔW = 0, so still exactly W there
-                return F.linear(x, w + dw, getattr(layer, "bias", None))
-            return add_lowrank(y, x.to(d.dtype), dw, layer)
+            return dense_update(layer, x, y, w, bat_delta(w.to(d.dtype), d))
         if self.cfg.mode == "mini":
             d = d.repeat(1, y.shape[-1] // d.shape[1])  # D[:, o] = D_small[:, o mod mini_r]
         return add_lowrank(y, shard_sum(x.to(d.dtype), d.shape[0]), d.t(), layer)
