@@ -74,6 +74,7 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "miss": ("miss", dict(r=8), False),
     "miss_bat": ("miss", dict(r=8, mode="bat"), False),
     "miss_mini": ("miss", dict(r=8, mode="mini", mini_r=16), False),
+    "hira": ("hira", dict(r=4), False),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

@@ -44,6 +44,8 @@ BUG_CLASSES = (
     "wrong scaling (alpha/target_r vs alpha/init_r)",
     "merge: bias merged without its scale",
     "Conv1D block-affine on the un-transposed weight",
+    "Conv1D Hadamard product with the stored (transposed) weight",
+    "merge: the base term of W₀ ⊙ (1 + BA) dropped",
 )
 
 

@@ -110,6 +110,7 @@ CASES = {  # id -> (variant, cfg)
     "miss": ("miss", {"r": 4}),
     "miss_bat": ("miss", {"r": 4, "mode": "bat"}),
     "miss_mini": ("miss", {"r": 4, "mode": "mini", "mini_r": 2}),
+    "hira": ("hira", {"r": 4}),
 }
 EVA_RANKS = (2, 5, 3, 1, 6, 4, 2)  # cycled over targets: r_l != cfg r, so scaling must use the config r
 
@@ -151,6 +152,8 @@ def random_state(variant, cfg, mod, index, dtype, seed=0):
     if variant == "road":
         n = road_size(cfg, d_out)
         return {"theta": rn(n, scale=0.7), "alpha": 1 + rn(n, scale=0.3)}
+    if variant == "hira":
+        return {"A": rn(r, d_in, scale=0.3), "B": rn(d_out, r, scale=0.3)}
     if variant == "miss":
         mode = cfg.get("mode", "balance")
         shape = {"balance": (r, d_out), "bat": (d_out // r, r, r), "mini": (r, cfg.get("mini_r", 1))}[mode]
@@ -223,6 +226,8 @@ def merged(variant, cfg, w, b, st):
     if variant == "road":
         R = road_matrix(cfg["road_variant"], cfg["group_size"], st["theta"], st["alpha"])
         return R @ w, None if b is None else R @ b
+    if variant == "hira":  # W ⊙ (1 + BA)
+        return w * (1 + st["B"] @ st["A"]), b
     if variant == "miss":  # column k of ΔW is D[k mod r]; bat: block (i, j) gets W_ij B_i + B_i
         D, mode = st["D"], cfg.get("mode", "balance")
         if mode == "bat":
@@ -472,7 +477,7 @@ def test_eva_scaling_uses_config_rank_and_rank0_layers_are_skipped():
     assert_states_equal(back, states)
 
 
-CONV_CASES = ["lora", "pissa", "dora", "eva", "ia3", "ia3_ff"]
+CONV_CASES = ["lora", "pissa", "dora", "eva", "ia3", "ia3_ff", "hira"]
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -488,7 +493,7 @@ def test_conv1d_layers(case):
     assert_states_equal(peft_state(pm, variant, CONV_TARGETS), states)
 
 
-@pytest.mark.parametrize("case", ["hra", "delora", "road_1"])
+@pytest.mark.parametrize("case", ["hra", "delora", "road_1", "miss"])
 def test_conv1d_refused_where_peft_has_no_conv1d(case):
     variant, cfg = CASES[case]
     base = toy_conv1d()

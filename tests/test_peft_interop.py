@@ -80,7 +80,7 @@ def align_w_res(ours, pm, variant: str, *, into_ours: bool) -> None:
 # ours -> peft -> ours, every case of the test configs peft can represent
 # ---------------------------------------------------------------------------------------------------------------
 WRITABLE = [c for c in CASE_NAMES if variant_of(c) != "antipasto" and c != "delora"]
-CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora")
+CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "hira")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 
 
@@ -117,7 +117,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora", "miss", "miss_bat"])
+                                  "loha", "vera", "olora", "miss", "miss_bat", "hira"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -139,7 +139,7 @@ def test_saved_folder_is_what_peft_itself_saves(tmp_path):
     from references.peft_bridge import build_peft_model
     base = fresh("qwen3")
     for case in ("lora", "dora", "ia3_ff", "hra", "delora_peft", "road_4", "oft_neumann", "lokr", "loha", "vera",
-                 "adalora", "miss_bat"):
+                 "adalora", "miss_bat", "hira"):
         ours = attach(fresh("qwen3"), case, **OVER.get(case, {}))
         perturb(variants.adapter_parameters(ours))
         st = variants.state_of(ours)

@@ -54,6 +54,7 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "olora": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
         "miss": {"D": rand(R, D_OUT, seed=12, scale=0.5)},
+        "hira": lowrank,
     }
     if variant == "road":
         n = {"road_1": D_OUT // 2, "road_2": D_OUT, "road_4": 2 * D_OUT}[road_variant]

@@ -117,6 +117,7 @@ def identity_cases(W):
                               "T": torch.zeros(R // 2, 1, dtype=F64)},
                       {"r": R, "block_size": 2, "max_rotation_angle": 0.5, "rotate_basis": "V"}),
         "miss": (W, {"D": torch.zeros(R, D_OUT, dtype=F64)}, {"r": R}),
+        "hira": (W, {"A": A, "B": torch.zeros(D_OUT, R, dtype=F64)}, {"r": R}),
     }
 
 
