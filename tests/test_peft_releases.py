@@ -35,8 +35,9 @@ _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}
     ("0.11.1", _OLD | {"pissa", "vera"}),
     ("0.13.2", _OLD | {"pissa", "vera", "hra", "olora"}),
     ("0.15.2", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),
-    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),  # RoAd/DeLoRA 0.18.0
-    ("0.18.0", set(NEEDS)),
+    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva", "miss"}),  # MiSS 0.17.0; RoAd/DeLoRA 0.18.0
+    ("0.18.0", set(NEEDS) - {"hira"}),  # HiRA 0.20.0
+    ("0.20.0", set(NEEDS)),
 ])
 def test_supports_follows_the_release(monkeypatch, version, methods):
     p = _as_release(monkeypatch, version)

@@ -40,7 +40,7 @@ MISS = VariantMapping(
            "bat: peft's forward is dense (F.linear with W + ΔW), the base layer is not called"),
     make_config=_make_miss,
     peft_exports=("MissConfig",),
-    since="0.18.0",
+    since="0.17.0",
     subject_config=lambda cfg, targets, conv1d, make: make(
         "MissConfig", r=int(cfg.get("r", 64)), init_weights=_INIT[cfg.get("mode", "balance")],
         mini_r=int(cfg.get("mini_r", 1)), **targets),
