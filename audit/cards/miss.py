@@ -54,7 +54,7 @@ CARD = VariantCard(
     configs=(ConfigCase("bat", {"mode": "bat"}, "the block-affine form: ΔW depends on W (a transposed Conv1D weight "
                         "must be read in its canonical layout), B indexed by the output block; merge too (peft unmerges by "
                         "solving (W' − B)(I + B)⁻¹)",
-                        models=("mlp", "gpt2"), checks=("identity_at_init", "init", "grad_flow", "paper_parity",
+                        models=("mlp", "gpt2"), dtypes=("float32", "bfloat16"), checks=("identity_at_init", "init", "grad_flow", "paper_parity",
                                                         "peft_parity", "properties", "merge", "save_load")),
              ConfigCase("mini", {"mode": "mini", "mini_r": 16}, "mini: D tiled from (r, mini_r = 16) along d_out "
                         "(16 divides 48 and 80)"),
