@@ -4,22 +4,36 @@ Three forms peft ships, each a config axis (peft's init_weights): balance (the d
 shared by every r-wide input shard), mini (D itself tiled from (r, mini_r) along d_out) and bat (block-affine:
 W_ij + W_ij B_i + B_i on r × r blocks, B indexed by the output block). Every form starts at D = 0 (exact identity).
 """
+import math
+
+import torch
+
 from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, VariantCard, peft_linear_only
 
 
-def _shard_sharing(p) -> float:
-    """balance / mini: ΔW = W_eff − W read off the hooked layer repeats with period r along d_in (column k equals
-    column k mod r: every shard shares D), max deviation relative to N = max|W| + max|ΔW| + max|b|: the read-off
-    ΔW carries the rounding of y(I) = I·Wᵀ + b + I·ΔWᵀ, of the order u·N (bound 8u: a few roundings per entry).
-    bat has no shard period (its blocks depend on W); it is judged by paper_parity, 0 here."""
-    if p.cfg.get("mode", "balance") == "bat":
-        return 0.0
+def _shared_structure(p) -> float:
+    """ΔW = W_eff − W read off the hooked layer has the structure of the form, whatever D is:
+    balance / mini: it repeats with period r along d_in (column k equals column k mod r: every shard shares D);
+    bat: each output block row i has one B_i: solving (W_ij + I) X = ΔW_ij gives the same X for every input block j.
+    Max deviation relative to N = max|W| + max|ΔW| + max|b| (bat: times √r·max_ij ‖(W_ij + I)⁻¹‖₂, the solve's
+    amplification): the read-off ΔW carries the rounding of y(I) = I·Wᵀ + b + I·ΔWᵀ, of the order u·N (bound 8u: a
+    few roundings per entry)."""
     w_eff, b_eff = p.effective
     dw = w_eff - p.weight
-    r = p.state["D"].shape[0]
-    k = dw.shape[1]
-    period = dw[:, [j % r for j in range(k)]]
     n = float(p.weight.abs().max() + dw.abs().max() + b_eff.abs().max())
+    if p.cfg.get("mode", "balance") == "bat":
+        r = p.state["D"].shape[-1]
+        (d_out, d_in), eye = dw.shape, torch.eye(r, dtype=dw.dtype)
+        blocks = [[(p.weight[i:i + r, j:j + r] + eye, dw[i:i + r, j:j + r]) for j in range(0, d_in, r)]
+                  for i in range(0, d_out, r)]
+        worst, amp = 0.0, 0.0
+        for row in blocks:
+            xs = [torch.linalg.solve(m, d) for m, d in row]
+            amp = max(amp, max(float(torch.linalg.matrix_norm(torch.linalg.inv(m), ord=2)) for m, _ in row))
+            worst = max(worst, max(float((x - xs[0]).abs().max()) for x in xs))
+        return worst / (n * math.sqrt(r) * amp)
+    r = p.state["D"].shape[0]
+    period = dw[:, [j % r for j in range(dw.shape[1])]]
     return float((dw - period).abs().max()) / n
 
 
@@ -40,8 +54,9 @@ CARD = VariantCard(
     references=("paper", "peft"),
     identity="exact",
     trainable_per_layer=_trainable,
-    invariants=(Invariant("shard_period_residual", "balance / mini: ΔW read off the hooked layer repeats with period "
-                          "r along the input (every shard shares D)", _shard_sharing,
+    invariants=(Invariant("shared_structure_residual", "ΔW read off the hooked layer has the form's sharing: balance / "
+                          "mini repeat with period r along the input (every shard shares D); bat has one B_i per output "
+                          "block row ((W_ij + I)⁻¹ΔW_ij the same for every j)", _shared_structure,
                           {"float32": 8 * 2.0 ** -24, "bfloat16": 8 * 2.0 ** -8}),),
     bad_inputs=(BadInput({"r": 98}, ValueError),                    # r > d_in on every zoo layer
                 BadInput({"mode": "bat", "r": 7}, ValueError),      # 7 divides no zoo width

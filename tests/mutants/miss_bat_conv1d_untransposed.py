@@ -18,4 +18,4 @@ class MissBatStoredWeight(Miss):
 MUTANT = Mutant("miss_bat_conv1d_untransposed", "miss", "Conv1D block-affine on the un-transposed weight",
                 "the bat form builds its blocks from Conv1D's stored Wᵀ reshaped to (d_out, d_in) instead of the "
                 "canonical W: identity intact (B = 0), the adapted function wrong on GPT-2",
-                ("paper_parity",), MissBatStoredWeight, models=("gpt2",), configs=("bat",))
+                ("paper_parity", "properties"), MissBatStoredWeight, models=("gpt2",), configs=("bat",))

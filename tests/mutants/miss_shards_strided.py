@@ -17,4 +17,4 @@ class MissStrided(Miss):
 MUTANT = Mutant("miss_shards_strided", "miss", "a reshape in the wrong memory order",
                 "the d_in/r shards are summed from a (r, d_in/r) view (strided entries) instead of (d_in/r, r) "
                 "(contiguous r-wide slices): identity and gradient flow intact, ΔW's columns permuted",
-                ("paper_parity", "peft_parity"), MissStrided)
+                ("paper_parity", "peft_parity", "properties"), MissStrided)
