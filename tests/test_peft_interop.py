@@ -206,6 +206,11 @@ PEFT_MADE = {
     "lokr_full": ("lokr", lambda: peft.LoKrConfig(r=4, alpha=4, target_modules=T)),  # q: w1, w2 full; scale 1
     "loha": ("loha", lambda: peft.LoHaConfig(r=4, alpha=8, rank_dropout=0.1, target_modules=T)),
     "vera": ("vera", lambda: peft.VeraConfig(r=4, target_modules=["q_proj", "o_proj"])),
+    "miss": ("miss", lambda: peft.MissConfig(r=8, target_modules=T)),
+    "miss_random": ("miss", lambda: peft.MissConfig(r=8, init_weights=False, target_modules=T)),  # balance
+    "miss_bat": ("miss", lambda: peft.MissConfig(r=8, init_weights="bat", target_modules=T)),
+    "miss_mini": ("miss", lambda: peft.MissConfig(r=8, init_weights="mini", mini_r=16, target_modules=T)),
+    "hira": ("hira", lambda: peft.HiraConfig(r=4, target_modules=T)),
 }
 
 
