@@ -32,7 +32,6 @@ from ._layers import is_conv1d
 from ._peft_format import PeftFormat, peft_type_is
 from .lora import add_lowrank
 
-MODES = ("balance", "bat", "mini")
 _PEFT_INIT = {"balance": True, "bat": "bat", "mini": "mini"}  # our mode -> peft's init_weights
 
 

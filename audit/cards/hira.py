@@ -1,5 +1,5 @@
 """Card: HiRA, Hadamard high-rank adaptation (Huang, Ko, Zhuang, Tang, Zhang, ICLR 2025)."""
-from ..cards import SUBJECT_DEFAULTS, ConfigCase, OpenChoice, Option, VariantCard, ZeroGrad
+from ..cards import SUBJECT_DEFAULTS, OpenChoice, Option, VariantCard, ZeroGrad
 
 # B = 0 makes ΔW = W₀ ⊙ BA = 0 whatever A is: the authors' code and peft's default draw A kaiming-uniform, peft's
 # init_weights='gaussian' draws it N(0, 1/r²). Both start at the base model: both conform.
