@@ -43,6 +43,8 @@ BUG_CLASSES = (
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",
     "merge: bias merged without its scale",
+    "FFT normalisation missing (unnormalised inverse DFT)",
+    "imaginary part taken for the real part",
 )
 
 

@@ -65,6 +65,8 @@ NOT_IN_LYCORIS = {
     "delora": "LyCORIS has no DeLoRA",
     "road": "LyCORIS has no RoAd",
     "antipasto": "LyCORIS has no AntiPaSTO",
+    "fourierft": "LyCORIS has no spectral (inverse-DFT) adaptation (FourierFT)",
+    "c3a": "LyCORIS has no circular-convolution adaptation (C3A)",
 }
 SELECTION = ("target_names", "target_roles", "exclude_names", "layers")  # resolved by the audit: `targets`
 ATTR = "_lycoris_audit_network"  # where the network lives on the model (object.__setattr__: not a submodule)
