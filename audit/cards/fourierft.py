@@ -10,7 +10,7 @@ import torch
 
 from references.paper import fourierft as ref
 
-from ..cards import BadInput, ConfigCase, Invariant, OpenChoice, Option, VariantCard
+from ..cards import BadInput, ConfigCase, Deviation, Invariant, OpenChoice, Option, VariantCard
 
 
 def _spectral_support(p) -> float:
@@ -76,6 +76,21 @@ CARD = VariantCard(
              ConfigCase("defaults", {}, "the subject's own defaults for every method field (peft: n = 1000, "
                         "α = 150, seed 777, c ~ N(0, 1): identity_at_init is not asked)",
                         subject_defaults=True, checks=_NO_IDENTITY)),
+    deviations=(
+        # GPT-2's attn.c_proj and mlp.c_proj write into the residual stream, whose every reader is a LayerNorm (ln_1,
+        # ln_2, ln_f): adding the same value to all d_out features changes nothing downstream. A coefficient at row
+        # frequency E₀ = 0 makes ΔW constant down each column, ΔWx = (f·x)·1: exactly that direction, so its gradient
+        # is 0 in exact arithmetic (float32 gives 0 or a rounding residue, by seed: seeds 3 and 9 give an exact 0).
+        # Bound: the E₀ = 0 entries of those layers under seed 777 and n = 256: 3 of attn.c_proj (64 × 64), 2 of
+        # mlp.c_proj (64 × 96), out of 4 × 256 coefficients = 5/1024.
+        Deviation("fourierft-gpt2-layernorm-blind-entries", "grad_flow", "dead_fraction[spectrum]", "paper", "tolerance",
+                  "on a layer whose output feeds only LayerNorms (GPT-2's c_proj layers, into the residual stream) a "
+                  "coefficient at row frequency 0 moves every output feature by the same amount, which LayerNorm "
+                  "removes: its gradient is exactly 0 in exact arithmetic (rounding decides whether float32 shows 0)",
+                  "arXiv 2405.03003 §3 (E drawn uniformly over all d_out·d_in entries, row 0 included); "
+                  "transformers GPT2Block (residual stream read through ln_1, ln_2, ln_f)",
+                  tolerance=5 / 1024, models=("gpt2",), configs=("n256-zeros",)),
+    ),
     notes="The entry matrix E is a function of the layer shape and random_loc_seed (the first n of "
           "torch.randperm(d_out·d_in) from torch.Generator().manual_seed(seed), read row-major), the same on every "
           "side; it is not part of the state, so a subject drawing other entries from the same seed fails paper "
