@@ -45,6 +45,8 @@ BUG_CLASSES = (
     "merge: bias merged without its scale",
     "FFT normalisation missing (unnormalised inverse DFT)",
     "imaginary part taken for the real part",
+    "circulant transposed (first column for first row)",
+    "block index swapped",
 )
 
 

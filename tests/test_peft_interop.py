@@ -117,7 +117,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora", "fourierft"])
+                                  "loha", "vera", "olora", "fourierft", "c3a"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -206,6 +206,7 @@ PEFT_MADE = {
     "lokr_full": ("lokr", lambda: peft.LoKrConfig(r=4, alpha=4, target_modules=T)),  # q: w1, w2 full; scale 1
     "loha": ("loha", lambda: peft.LoHaConfig(r=4, alpha=8, rank_dropout=0.1, target_modules=T)),
     "vera": ("vera", lambda: peft.VeraConfig(r=4, target_modules=["q_proj", "o_proj"])),
+    "c3a": ("c3a", lambda: peft.C3AConfig(block_size=16, target_modules=T)),
     "fourierft": ("fourierft", lambda: peft.FourierFTConfig(n_frequency=50, scaling=100.0, random_loc_seed=9,
                                                             target_modules=T)),
 }

@@ -55,6 +55,7 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "olora": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
         "fourierft": {"spectrum": rand(40, seed=12, scale=0.5)},
+        "c3a": {"kernel": rand(D_OUT // 4, D_IN // 4, 4, seed=13)},
     }
     if variant == "road":
         n = {"road_1": D_OUT // 2, "road_2": D_OUT, "road_4": 2 * D_OUT}[road_variant]
@@ -82,9 +83,10 @@ def test_paper_and_peft_agree(variant, road_variant, dtype, tol):
     y_ref = paper.get(variant).forward(x.to(dtype).double(), w64, b64,
                                        {k: v.to(dtype).double() for k, v in state.items()}, cfg)
     err = float((y_peft - y_ref).norm() / y_ref.norm())
-    if variant == "fourierft" and dtype == torch.float64:
-        # peft builds ΔW in float32 whatever the spectrum's dtype (layer.py get_delta_weight: torch.zeros' default
-        # dtype, then ifft2): a float64 run gets float32's rounding, a few u₃₂ = 6e-8 relative
+    if variant in ("fourierft", "c3a") and dtype == torch.float64:
+        # peft computes these in float32 whatever the adapter's dtype (fourierft get_delta_weight: torch.zeros'
+        # default dtype, then ifft2; c3a forward: x and the kernel cast to float32): a float64 run gets float32's
+        # rounding, a few u₃₂ = 6e-8 relative
         tol = 8 * 2.0 ** -24
     assert err <= tol, f"{variant}/{road_variant} {dtype}: paper vs peft rel err {err:.3g} > {tol}"
     assert float((y_ref - x @ w64.t() - b64).norm()) > 1e-3, "the state must be non-identity"
