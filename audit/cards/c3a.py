@@ -79,8 +79,8 @@ CARD = VariantCard(
                 BadInput({"block_size": 256}, ValueError),  # larger than every zoo width
                 BadInput({"init_weights": "orthogonal"}, ValueError)),
     choices=(KERNEL_SCALE, KERNEL_INIT),
-    # w at init is 0 (main): σ = 1 gives ΔW entries ≈ σ/d_in·√(row's nonzeros)… per block ≈ 1/d_in, a few
-    # percent of the base weights' entries on the zoo (d_in 32 to 192), and every block non-trivial
+    # w at init is 0 (main): σ = 1 makes every entry of ΔW = w/d_in of size ≈ 1/d_in = 0.005-0.03 on the zoo
+    # (d_in 32 to 192), the size of the base weights' own entries (std 0.02), and every block non-trivial
     perturb={"kernel": 1.0},
     config_id="b16-zeros",
     config_why="b = 16 (the gcd of the zoo's widths: every layer tiles into 16 × 16 circulant blocks), w = 0 at init "
