@@ -97,7 +97,7 @@ CARD = VariantCard(
                         "convolution coincide (peft's input gradient is right here)")),
     deviations=(
         Deviation("peft-c3a-input-grad-vs-paper", "paper_parity", "input_grad_rel_err", "peft", "xfail",
-                  _BWD_REASON, _BWD_SOURCE, magnitude=_BWD_MAGNITUDE, configs=_B3),
+                  _BWD_REASON, _BWD_SOURCE, magnitude=_BWD_MAGNITUDE, configs=_B3, subjects=("peft",)),
         Deviation("peft-c3a-input-grad", "peft_parity",
                   "grad_rel_err[kernel]|trajectory_logits_rel_err|trajectory_state_rel_err", "peft", "xfail",
                   _BWD_REASON, _BWD_SOURCE, magnitude=_BWD_MAGNITUDE, configs=_B3),
