@@ -59,7 +59,11 @@ _BWD_REASON = ("peft's BlockCircularConvolution.backward computes the input grad
                "a C3A layer (to earlier layers' kernels, to the inputs) is wrong; the kernel's own gradient is right")
 _BWD_SOURCE = "peft/tuners/c3a/utils.py BlockCircularConvolution.backward (x_grad line)"
 _B3 = ("b16-zeros", "xavier-init", "kaiming-init", "gaussian-init", "b4")  # b ≥ 3 (b2: peft's gradient is right)
-_BWD_MAGNITUDE = 2.0
+# measured, peft subject, default zoo, seeds 0-9 (peft 0.21.2): model-level kernel gradients off by ≤ 1.08 relative
+# (peft_parity), the layer input gradient by ≤ 0.89 (paper_parity); after two Adam steps the logits by ≤ 1.2e-3 and
+# the states by ≤ 1.7e-3. Declared with headroom for other seeds and models: 1.5 and 5e-3
+_BWD_MAGNITUDE = 1.5
+_TRAJ_MAGNITUDE = 5e-3
 
 CARD = VariantCard(
     name="c3a",
@@ -98,9 +102,11 @@ CARD = VariantCard(
     deviations=(
         Deviation("peft-c3a-input-grad-vs-paper", "paper_parity", "input_grad_rel_err", "peft", "xfail",
                   _BWD_REASON, _BWD_SOURCE, magnitude=_BWD_MAGNITUDE, configs=_B3, subjects=("peft",)),
-        Deviation("peft-c3a-input-grad", "peft_parity",
-                  "grad_rel_err[kernel]|trajectory_logits_rel_err|trajectory_state_rel_err", "peft", "xfail",
+        Deviation("peft-c3a-input-grad", "peft_parity", "grad_rel_err[kernel]", "peft", "xfail",
                   _BWD_REASON, _BWD_SOURCE, magnitude=_BWD_MAGNITUDE, configs=_B3),
+        Deviation("peft-c3a-input-grad-trajectory", "peft_parity", "trajectory_logits_rel_err|trajectory_state_rel_err",
+                  "peft", "xfail", _BWD_REASON + "; two Adam steps (lr 1e-3) on those gradients part the paths",
+                  _BWD_SOURCE, magnitude=_TRAJ_MAGNITUDE, configs=_B3),
         peft_linear_only("c3a", "peft/tuners/c3a/layer.py C3ALayer.__init__ (TypeError 'Unsupported layer type' for "
                                 "anything but torch.nn.Linear)"),
     ),
