@@ -174,6 +174,12 @@ def _apply(card: VariantCard, rows: list[Row], subject_kind: str) -> list[Row]:
         if r.status in ("error", "n/a"):
             continue
         for dev in devs:
+            if dev.no_truth_for(r, subject_kind) and dev.matches(r.check, r.metric, r.model, r.dtype):
+                used.add(dev.id)  # the library this row compares against departs here: no measure of the subject
+                r.deviation, r.status = dev.id, "n/a"
+                r.message = (f"{dev.reference} departs here (deviation {dev.id!r}), so it is no truth to compare the "
+                             f"subject with: " + r.message)
+                break
             if not (dev.matches(r.check, r.metric, r.model, r.dtype) and dev.applies_to(r, subject_kind)):
                 continue
             used.add(dev.id)

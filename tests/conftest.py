@@ -75,6 +75,10 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "miss_bat": ("miss", dict(r=8, mode="bat"), False),
     "miss_mini": ("miss", dict(r=8, mode="mini", mini_r=16), False),
     "hira": ("hira", dict(r=4), False),
+    "fourierft": ("fourierft", dict(n_frequency=64, scaling=150.0), False),
+    "fourierft_zeros": ("fourierft", dict(n_frequency=64, init_weights="zeros"), False),
+    "c3a": ("c3a", dict(block_size=16), False),
+    "c3a_zeros": ("c3a", dict(block_size=16, init_weights="zeros"), False),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

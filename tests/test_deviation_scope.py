@@ -87,3 +87,18 @@ def test_a_config_given_by_values_gets_the_cards_deviations_end_to_end(tmp_path)
     assert extra, proc.stdout + proc.stderr
     assert not [r for r in extra if r["status"] in ("fail", "error", "xpass")], proc.stdout
     assert {r["deviation"] for r in extra if r["status"] == "xfail"} >= {"peft-lokr-full-scale"}
+
+
+def test_a_row_against_a_departing_reference_is_na_for_another_subject():
+    """A peft deviation on a check where ours is compared side by side with peft (peft_parity): peft is no truth
+    there, so ours' row is n/a naming the deviation (not failed, not partial); peft's own row is xfail."""
+    dev = _dev(check="peft_parity", metric="grad_rel_err[A]", subjects=None)
+    card = replace(get("lora"), deviations=(dev,), configs=())
+    row = Row("lora", "peft_parity", "mlp", "float32", "grad_rel_err[A]", 0.5, 1e-6, "fail", reference="peft")
+    ours, = runner.apply_deviations(card, [replace(row)], "ours")
+    assert ours.status == "n/a" and ours.deviation == "peft-x" and "no truth" in ours.message
+    peft, = runner.apply_deviations(card, [replace(row, reference="ours")], "peft")
+    assert peft.status == "xfail"
+    paper_row = replace(row, check="peft_parity", reference="paper")  # compared with something else: judged
+    judged = runner.apply_deviations(card, [paper_row], "ours")
+    assert judged[0].status == "fail"

@@ -46,6 +46,10 @@ BUG_CLASSES = (
     "Conv1D block-affine on the un-transposed weight",
     "Conv1D Hadamard product with the stored (transposed) weight",
     "merge: the base term of W₀ ⊙ (1 + BA) dropped",
+    "FFT normalisation missing (unnormalised inverse DFT)",
+    "imaginary part taken for the real part",
+    "circulant transposed (first column for first row)",
+    "block index swapped",
 )
 
 

@@ -80,7 +80,7 @@ def align_w_res(ours, pm, variant: str, *, into_ours: bool) -> None:
 # ours -> peft -> ours, every case of the test configs peft can represent
 # ---------------------------------------------------------------------------------------------------------------
 WRITABLE = [c for c in CASE_NAMES if variant_of(c) != "antipasto" and c != "delora"]
-CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "hira")
+CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "hira", "fourierft")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 
 
@@ -117,7 +117,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora", "miss", "miss_bat", "hira"])
+                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -211,6 +211,9 @@ PEFT_MADE = {
     "miss_bat": ("miss", lambda: peft.MissConfig(r=8, init_weights="bat", target_modules=T)),
     "miss_mini": ("miss", lambda: peft.MissConfig(r=8, init_weights="mini", mini_r=16, target_modules=T)),
     "hira": ("hira", lambda: peft.HiraConfig(r=4, target_modules=T)),
+    "c3a": ("c3a", lambda: peft.C3AConfig(block_size=16, target_modules=T)),
+    "fourierft": ("fourierft", lambda: peft.FourierFTConfig(n_frequency=50, scaling=100.0, random_loc_seed=9,
+                                                            target_modules=T)),
 }
 
 

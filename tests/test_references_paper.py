@@ -113,6 +113,9 @@ def identity_cases(W):
                  {"r": R, "d_initial": 0.1}),
         "olora": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
         "adalora": (W, {"A": A, "E": torch.zeros(R, 1, dtype=F64), "B": B}, {"r": R, "alpha": 16.0}),
+        "fourierft": (W, {"spectrum": torch.zeros(10, dtype=F64)}, {"n_frequency": 10, "scaling": 150.0,
+                                                                   "random_loc_seed": 2}),
+        "c3a": (W, {"kernel": torch.zeros(D_OUT // 4, D_IN // 4, 4, dtype=F64)}, {"block_size": 4}),
         "antipasto": (W_res, {"U": U, "S": S, "Vh": Vh, "delta": torch.zeros(R, dtype=F64),
                               "T": torch.zeros(R // 2, 1, dtype=F64)},
                       {"r": R, "block_size": 2, "max_rotation_angle": 0.5, "rotate_basis": "V"}),
@@ -140,7 +143,8 @@ def test_non_identity_state_moves_W(W, b):
         mod = get(case.split("_paper")[0])
         key = {"lora": "B", "pissa": "B", "dora": "B", "ia3": "l", "ia3_ff": "l", "hra": "u", "delora": "B",
                "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "fourierft": "spectrum",
+               "c3a": "kernel"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

@@ -86,6 +86,13 @@ class Deviation:
         parts += [f"{k}={v!r}" for k, v in (self.when or {}).items()]
         return ", ".join(parts)
 
+    def no_truth_for(self, row, subject_kind: str) -> bool:
+        """Is ``row`` a side-by-side comparison of another subject with the library this deviation says departs
+        (a peft_parity row of ours against peft)? Then that library is no truth for it: the row is n/a, naming
+        the deviation (a correct subject must not fail, nor be called partial, for a reference's departure)."""
+        return (self.reference != "paper" and subject_kind != self.reference and row.about == "subject"
+                and row.reference == self.reference)
+
     def applies_to(self, row, subject_kind: str) -> bool:
         """Is ``row`` about the implementation this deviation describes (see the class docstring)?"""
         if self.reference == "peft":

@@ -68,6 +68,8 @@ NOT_IN_LYCORIS = {
     "miss": "LyCORIS has no shard-sharing adapter (MiSS / Bone: one fragment replicated over the input shards)",
     "hira": "LyCORIS has no Hadamard product with the frozen base weight (HiRA; its LoHa multiplies two low-rank "
             "products, not W0)",
+    "fourierft": "LyCORIS has no spectral (inverse-DFT) adaptation (FourierFT)",
+    "c3a": "LyCORIS has no circular-convolution adaptation (C3A)",
 }
 SELECTION = ("target_names", "target_roles", "exclude_names", "layers")  # resolved by the audit: `targets`
 ATTR = "_lycoris_audit_network"  # where the network lives on the model (object.__setattr__: not a submodule)
