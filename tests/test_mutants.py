@@ -43,6 +43,8 @@ BUG_CLASSES = (
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",
     "merge: bias merged without its scale",
+    "butterfly components multiplied in the wrong order",
+    "merge computes another function than the forward",
 )
 
 
