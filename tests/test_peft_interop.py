@@ -117,7 +117,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora"])
+                                  "loha", "vera", "olora", "boft_m1"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""

@@ -65,6 +65,7 @@ NOT_IN_LYCORIS = {
     "delora": "LyCORIS has no DeLoRA",
     "road": "LyCORIS has no RoAd",
     "antipasto": "LyCORIS has no AntiPaSTO",
+    "boft": "LyCORIS has no butterfly orthogonal finetuning (BOFT); its diag-OFT is the m = 1 case",
 }
 SELECTION = ("target_names", "target_roles", "exclude_names", "layers")  # resolved by the audit: `targets`
 ATTR = "_lycoris_audit_network"  # where the network lives on the model (object.__setattr__: not a submodule)
