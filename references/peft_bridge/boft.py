@@ -82,7 +82,7 @@ BOFT = VariantMapping(
            "torch.nn.Linear only: transformers Conv1D raises TypeError (model.py _get_tuner_layer_class)"),
     make_config=_make_boft,
     peft_exports=("BOFTConfig",),
-    since="0.10.0",  # BOFT came in peft 0.10.0 (#1326)
+    since="0.11.0",  # BOFT came in peft 0.11.0 (#1326, merged after 0.10.0's release)
     subject_config=_subject_boft,
     subject_defaults=_subject_defaults,
 )
