@@ -66,6 +66,8 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "oft_neumann": ("oft", dict(block_size=8, use_cayley_neumann=True), False),
     "oft_share": ("oft", dict(block_size=8, block_share=True), False),
     "oft_coft": ("oft", dict(block_size=8, coft=True, eps=0.1), False),
+    "boft": ("boft", dict(block_size=8, n_butterfly_factor=2), False),
+    "boft_m1": ("boft", dict(block_size=8, n_butterfly_factor=1), False),
     "lokr": ("lokr", dict(r=2, alpha=4.0), False),
     "loha": ("loha", dict(r=4, alpha=8.0), False),
     "vera": ("vera", dict(r=4), False),

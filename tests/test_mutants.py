@@ -50,6 +50,8 @@ BUG_CLASSES = (
     "imaginary part taken for the real part",
     "circulant transposed (first column for first row)",
     "block index swapped",
+    "butterfly components multiplied in the wrong order",
+    "merge computes another function than the forward",
 )
 
 

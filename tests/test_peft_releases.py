@@ -26,7 +26,8 @@ def _supported(p: Peft) -> set[str]:
 
 
 # -- supports() ---------------------------------------------------------------------------------------
-# AdaLoRA 0.3.0, LoKr/LoHa 0.6.0; OFT 0.7.0 (its full-block layout before 0.16.0 is read through OLDER_LAYOUTS)
+# AdaLoRA 0.3.0, LoKr/LoHa 0.6.0; OFT 0.7.0 (its full-block layout before 0.16.0 is read through OLDER_LAYOUTS);
+# BOFT 0.11.0
 _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}
 
 
@@ -38,6 +39,11 @@ _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}
     ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva", "miss"}),  # MiSS 0.17.0; RoAd/DeLoRA 0.18.0
     ("0.18.0", set(NEEDS) - {"hira"}),  # HiRA 0.20.0
     ("0.20.0", set(NEEDS)),
+    ("0.11.1", _OLD | {"pissa", "vera", "boft"}),
+    ("0.13.2", _OLD | {"pissa", "vera", "boft", "hra", "olora"}),
+    ("0.15.2", _OLD | {"pissa", "vera", "boft", "hra", "olora", "eva"}),
+    ("0.17.1", _OLD | {"pissa", "vera", "boft", "hra", "olora", "eva"}),  # RoAd/DeLoRA 0.18.0
+    ("0.18.0", set(NEEDS)),
 ])
 def test_supports_follows_the_release(monkeypatch, version, methods):
     p = _as_release(monkeypatch, version)
@@ -78,7 +84,7 @@ def test_a_missing_export_is_unsupported_and_named(monkeypatch):
     assert "lacks HRAConfig" in p.supports("hra")
     assert "lacks initialize_lora_eva_weights" in p.supports("eva")
     assert p.supports("lora") is None and p.supports("ia3") is None
-    assert "no 'boft' method" in p.supports("boft")
+    assert "no 'fourierft' method" in p.supports("fourierft")
 
 
 def test_every_needed_name_exists_in_the_installed_peft():

@@ -51,6 +51,8 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "loha": {k: rand(*shape, seed=10 + i, scale=0.5) for i, (k, shape) in enumerate(
             (("w1_a", (D_OUT, R)), ("w1_b", (R, D_IN)), ("w2_a", (D_OUT, R)), ("w2_b", (R, D_IN))))},
         "oft": {"Q": rand(D_IN // 4, 6, seed=10, scale=0.1)},
+        # BOFT with one butterfly component (peft builds m > 1 only with its CUDA kernel, tests/test_boft.py)
+        "boft": {"Q": rand(1, D_IN // 4, 6, seed=12, scale=0.1)},
         "vera": {**lowrank, "lambda_b": rand(D_OUT, seed=10, scale=0.5), "lambda_d": rand(R, seed=11, scale=0.5)},
         "olora": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},

@@ -109,6 +109,7 @@ def identity_cases(W):
         "loha": (W, {"w1_a": randn(D_OUT, R, seed=12), "w1_b": randn(R, D_IN, seed=13), "w2_a": randn(D_OUT, R, seed=14),
                      "w2_b": torch.zeros(R, D_IN, dtype=F64)}, {"r": R, "alpha": 8.0}),
         "oft": (W, {"Q": torch.zeros(D_IN // 4, 6, dtype=F64)}, {"block_size": 4, "use_cayley_neumann": False}),
+        "boft": (W, {"Q": torch.zeros(2, D_IN // 2, 1, dtype=F64)}, {"block_size": 2, "n_butterfly_factor": 2}),
         "vera": (W, {"A": A, "B": B, "lambda_b": torch.zeros(D_OUT, dtype=F64), "lambda_d": torch.full((R,), 0.1, dtype=F64)},
                  {"r": R, "d_initial": 0.1}),
         "olora": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
@@ -145,6 +146,7 @@ def test_non_identity_state_moves_W(W, b):
                "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
                "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "fourierft": "spectrum",
                "c3a": "kernel"}[case]
+               "loha": "w2_b", "oft": "Q", "boft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

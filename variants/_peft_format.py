@@ -29,8 +29,23 @@ INERT = ("peft_type", "task_type", "base_model_name_or_path", "revision", "infer
          "auto_mapping", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
          "megatron_core", "megatron_config", "runtime_config", "fan_in_fan_out")
 
-# ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape)
-TRANSFORMS = ("identity", "transpose", "column", "row", "negate")
+# ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape);
+# "negated skew blocks": packed skew rows q (…, b(b−1)/2) -> the full skew blocks of −q (…, b, b), read back
+# as the strict upper triangle of −½(B − Bᵀ) (peft's BOFT: full blocks, Cayley of their skew part, sign flipped)
+TRANSFORMS = ("identity", "transpose", "column", "row", "negate", "negated skew blocks")
+
+
+def _skew_full(q: torch.Tensor) -> torch.Tensor:
+    b = (1 + int(round((1 + 8 * q.shape[-1]) ** 0.5))) // 2
+    rows, cols = torch.triu_indices(b, b, 1)
+    m = q.new_zeros(*q.shape[:-1], b, b)
+    m[..., rows, cols] = q
+    return m - m.transpose(-1, -2)
+
+
+def _skew_packed(t: torch.Tensor) -> torch.Tensor:
+    rows, cols = torch.triu_indices(t.shape[-1], t.shape[-1], 1)
+    return (0.5 * (t - t.transpose(-1, -2)))[..., rows, cols]
 
 
 def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
@@ -43,6 +58,8 @@ def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
         return t.reshape(1, -1)
     if transform == "negate":
         return -t
+    if transform == "negated skew blocks":
+        return _skew_full(-t)
     return t
 
 
@@ -55,6 +72,8 @@ def from_peft(t: torch.Tensor, transform: str, shape: torch.Size) -> torch.Tenso
         t = t.reshape(shape)
     elif transform == "negate":
         t = -t
+    elif transform == "negated skew blocks" and t.dim() >= 2 and t.shape[-1] == t.shape[-2]:
+        t = -_skew_packed(t)
     return t
 
 

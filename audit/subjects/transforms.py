@@ -165,7 +165,9 @@ class PackedSkew(Transform):
         return f"packed skew (strict upper triangle of {f}(B − Bᵀ))"
 
 
-NAMED = {"identity": Transform(), "transpose": Transpose(), "reshape": Reshape()}
+NAMED = {"identity": Transform(), "transpose": Transpose(), "reshape": Reshape(),
+         # peft's BOFT full blocks B, rotating by the Cayley map of −½(B − Bᵀ) (references/peft_bridge/_core.py)
+         "negated packed skew (Q = −triu ½(B − Bᵀ))": PackedSkew(-0.5)}
 
 
 def as_transform(spec) -> Transform:

@@ -188,6 +188,26 @@ TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor, bool], torch.Tensor], Callab
 BASE_LAYOUT = "base layout (identity for nn.Linear, transpose for Conv1D)"
 
 
+def _skew_blocks(q: torch.Tensor) -> torch.Tensor:
+    """Full skew blocks (…, b, b) from packed strict upper triangles q (…, b(b−1)/2), row-major."""
+    b = (1 + int(round((1 + 8 * q.shape[-1]) ** 0.5))) // 2
+    rows, cols = torch.triu_indices(b, b, 1)
+    m = q.new_zeros(*q.shape[:-1], b, b)
+    m[..., rows, cols] = q
+    return m - m.transpose(-1, -2)
+
+
+def _packed(t: torch.Tensor) -> torch.Tensor:
+    rows, cols = torch.triu_indices(t.shape[-1], t.shape[-1], 1)
+    return (0.5 * (t - t.transpose(-1, -2)))[..., rows, cols]
+
+
+# peft's BOFT: full blocks B whose skew part S = ½(B − Bᵀ) gives the Cayley rotation of −S (tuners/boft/layer.py
+# cayley_batch): canonical Q = −(strict upper triangle of S), written as B = the skew blocks of −Q
+NEGATED_PACKED_SKEW = "negated packed skew (Q = −triu ½(B − Bᵀ))"
+TRANSFORMS[NEGATED_PACKED_SKEW] = (lambda t, c: _skew_blocks(-t), lambda t, c: -_packed(t))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # targeting
 # ---------------------------------------------------------------------------------------------------------
