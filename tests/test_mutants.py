@@ -43,6 +43,8 @@ BUG_CLASSES = (
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",
     "merge: bias merged without its scale",
+    "repeated positions in a random mask",
+    "a mask regenerated at load",
 )
 
 

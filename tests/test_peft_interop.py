@@ -117,7 +117,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora"])
+                                  "loha", "vera", "olora", "shira"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -139,7 +139,7 @@ def test_saved_folder_is_what_peft_itself_saves(tmp_path):
     from references.peft_bridge import build_peft_model
     base = fresh("qwen3")
     for case in ("lora", "dora", "ia3_ff", "hra", "delora_peft", "road_4", "oft_neumann", "lokr", "loha", "vera",
-                 "adalora"):
+                 "adalora", "shira"):
         ours = attach(fresh("qwen3"), case, **OVER.get(case, {}))
         perturb(variants.adapter_parameters(ours))
         st = variants.state_of(ours)
@@ -206,6 +206,7 @@ PEFT_MADE = {
     "lokr_full": ("lokr", lambda: peft.LoKrConfig(r=4, alpha=4, target_modules=T)),  # q: w1, w2 full; scale 1
     "loha": ("loha", lambda: peft.LoHaConfig(r=4, alpha=8, rank_dropout=0.1, target_modules=T)),
     "vera": ("vera", lambda: peft.VeraConfig(r=4, target_modules=["q_proj", "o_proj"])),
+    "shira": ("shira", lambda: peft.ShiraConfig(r=2, random_seed=3, target_modules=T)),
 }
 
 

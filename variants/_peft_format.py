@@ -29,8 +29,9 @@ INERT = ("peft_type", "task_type", "base_model_name_or_path", "revision", "infer
          "auto_mapping", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
          "megatron_core", "megatron_config", "runtime_config", "fan_in_fan_out")
 
-# ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape)
-TRANSFORMS = ("identity", "transpose", "column", "row", "negate")
+# ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape), int64
+# positions -> peft's int32 (SHiRA's shira_indices; read back as int64)
+TRANSFORMS = ("identity", "transpose", "column", "row", "negate", "int32")
 
 
 def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
@@ -43,6 +44,8 @@ def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
         return t.reshape(1, -1)
     if transform == "negate":
         return -t
+    if transform == "int32":
+        return t.to(torch.int32)
     return t
 
 
@@ -55,6 +58,8 @@ def from_peft(t: torch.Tensor, transform: str, shape: torch.Size) -> torch.Tenso
         t = t.reshape(shape)
     elif transform == "negate":
         t = -t
+    elif transform == "int32":
+        t = t.long()
     return t
 
 

@@ -65,7 +65,8 @@ def random_positions(d_in: int, d_out: int, k: int, gen: torch.Generator) -> tor
 
 
 def sparse_delta(x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, d_out: int) -> torch.Tensor:
-    """x Sᵀ (…, d_out), S (d_out, d_in) holding ``values`` at ``indices`` (duplicates add), in at least float32."""
+    """x Sᵀ (…, d_out), S (d_out, d_in) holding ``values`` at ``indices``, in at least float32. The positions must be
+    distinct (a mask is a set): the backward of torch's CSR constructor refuses a repeated one."""
     d_in = x.shape[-1]
     rows, cols = indices[0].long(), indices[1].long()
     order = torch.argsort(rows * d_in + cols)  # CSR: row-major order (any stored order is accepted)
@@ -84,7 +85,7 @@ class Shira(Variant):
     # peft's ShiraConfig: shira_weight (K,) and shira_indices (2, K) int32 per layer; the mask fixed by the file
     peft_format = PeftFormat(
         peft_type="SHIRA", claims=peft_type_is("SHIRA"),
-        tensors={"values": "shira_weight", "indices": "shira_indices"},
+        tensors={"values": "shira_weight", "indices": "shira_indices"}, transforms={"indices": "int32"},
         to_config=lambda cfg, st: {"r": cfg.r, "mask_type": cfg.mask_type, "random_seed": cfg.seed,
                                    "init_weights": True},
         from_config=lambda pcfg, shapes: {"r": int(pcfg.get("r", 32)), "mask_type": str(pcfg.get("mask_type", "random")),

@@ -65,6 +65,7 @@ NOT_IN_LYCORIS = {
     "delora": "LyCORIS has no DeLoRA",
     "road": "LyCORIS has no RoAd",
     "antipasto": "LyCORIS has no AntiPaSTO",
+    "shira": "LyCORIS has no sparse adapter on a fixed mask of the base weight's entries (SHiRA)",
 }
 SELECTION = ("target_names", "target_roles", "exclude_names", "layers")  # resolved by the audit: `targets`
 ATTR = "_lycoris_audit_network"  # where the network lives on the model (object.__setattr__: not a submodule)
