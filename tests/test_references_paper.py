@@ -84,6 +84,11 @@ def test_registry_and_metadata():
 
 # (b) identity states ---------------------------------------------------------------------------------------
 
+def _positions(k):
+    flat = torch.randperm(D_IN * D_OUT, generator=torch.Generator().manual_seed(10))[:k]
+    return torch.stack((flat // D_IN, flat % D_IN))
+
+
 def identity_cases(W):
     U, S, Vh, W_res = svd_parts(W)
     s = 16.0 / R
@@ -116,6 +121,9 @@ def identity_cases(W):
         "antipasto": (W_res, {"U": U, "S": S, "Vh": Vh, "delta": torch.zeros(R, dtype=F64),
                               "T": torch.zeros(R // 2, 1, dtype=F64)},
                       {"r": R, "block_size": 2, "max_rotation_angle": 0.5, "rotate_basis": "V"}),
+        # positions: the first R·(D_IN + D_OUT) entries of a fixed permutation; values 0 (S = 0)
+        "shira": (W, {"indices": _positions(R * (D_IN + D_OUT)),
+                      "values": torch.zeros(R * (D_IN + D_OUT), dtype=F64)}, {"r": R}),
     }
 
 
@@ -138,7 +146,7 @@ def test_non_identity_state_moves_W(W, b):
         mod = get(case.split("_paper")[0])
         key = {"lora": "B", "pissa": "B", "dora": "B", "ia3": "l", "ia3_ff": "l", "hra": "u", "delora": "B",
                "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "shira": "values"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 
