@@ -63,11 +63,14 @@ def test_forward_and_gradients_equal_the_paper_formula_float64(conv1d):
         mod = getattr(model, n)
         xin = x if n == "up" else model.up(x).detach()
         t = torch.randn(5, _w(mod).shape[0], dtype=torch.float64)
+        xin = xin.clone().requires_grad_(True)
         (mod(xin) * t).sum().backward()
         vals = mod.adapter_values.detach().clone().requires_grad_(True)
-        want = ref.forward(xin, _w(mod).detach(), mod.bias.detach(), {"indices": mod.adapter_indices, "values": vals},
+        x2 = xin.detach().clone().requires_grad_(True)
+        want = ref.forward(x2, _w(mod).detach(), mod.bias.detach(), {"indices": mod.adapter_indices, "values": vals},
                            {"r": 2})
         (want * t).sum().backward()
+        assert torch.allclose(xin.grad, x2.grad, rtol=1e-12, atol=1e-12), n
         # float64 on both sides, the same sums in another order: a few ulps (u = 1.1e-16)
         assert torch.allclose(mod(xin), want, rtol=1e-12, atol=1e-12), n
         assert torch.allclose(mod.adapter_values.grad, vals.grad, rtol=1e-12, atol=1e-12), n
@@ -263,15 +266,24 @@ def test_a_mask_larger_than_the_weight_is_refused_before_any_change():
     assert not hasattr(model, "_adapter_audit_state")
 
 
-def test_repeated_positions_are_refused_in_the_backward():
-    """A mask is a set: a state with a repeated position (not one our init makes) is an error, not a silent
-    different function."""
-    model = Toy()
-    _attach(model)
+def test_repeated_positions_add_like_the_formula_and_peft():
+    """A mask is a set, and the init statement and an invariant flag a repeated position; a state that has one
+    (not one our init makes) still computes what the formula and peft's coalesced COO do: the entries add."""
+    model = Toy().double()
+    _attach(model, dtype="float64")
+    _move(model)
     with torch.no_grad():
         model.up.adapter_indices[:, 1] = model.up.adapter_indices[:, 0]
-    with pytest.raises(RuntimeError):
-        model(torch.randn(2, 16)).sum().backward()
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    model.up(x).pow(2).sum().backward()
+    vals = model.up.adapter_values.detach().clone().requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    want = ref.forward(x2, model.up.weight.detach(), model.up.bias.detach(),
+                       {"indices": model.up.adapter_indices, "values": vals}, {"r": 2})
+    want.pow(2).sum().backward()
+    assert torch.allclose(model.up(x), want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(model.up.adapter_values.grad, vals.grad, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_variant_is_registered():
