@@ -23,6 +23,8 @@ def formula_outputs(ref, x, w, b, state, cfg, trainable, t, dtype=torch.float64,
         if v is None:
             return None
         v = v.detach() if gen is None else jitter(v, dtype, gen)
+        if not v.is_floating_point():  # integer state (mask positions) is read as is
+            return v
         return v.to(dtype).clone().requires_grad_(grad)
     xs = leaf(x, True)
     st = {k: leaf(v, k in trainable) for k, v in state.items()}

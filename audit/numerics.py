@@ -96,6 +96,8 @@ def jitter(t: torch.Tensor | None, dtype: torch.dtype, gen: torch.Generator) -> 
     """``t`` moved by one unit round-off of ``dtype`` in a seeded random direction, per entry."""
     if t is None:
         return None
+    if not t.is_floating_point():  # integer state (SHiRA's mask positions): exact, nothing to round
+        return t
     noise = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)
     return (t.detach().to(torch.float64) * (1 + unit_roundoff(dtype) * noise)).to(t.dtype)
 

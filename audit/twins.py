@@ -85,7 +85,8 @@ def _library_twin(cell, adapted: Adapted, other: str, dtype: torch.dtype | None)
         raise bridge.BridgeUnsupported(f"{subject.describe()} adapted {sorted(set(handle.names) ^ set(adapted.names))} "
                                        "differently from the subject: no side-by-side twin")
     state = adapted.state()
-    handle.set_state({n: {k: v.to(dtype) if dtype is not None else v for k, v in st.items()} for n, st in state.items()})
+    handle.set_state({n: {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in st.items()}
+                      for n, st in state.items()})
     return handle
 
 

@@ -81,6 +81,7 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "fourierft_zeros": ("fourierft", dict(n_frequency=64, init_weights="zeros"), False),
     "c3a": ("c3a", dict(block_size=16), False),
     "c3a_zeros": ("c3a", dict(block_size=16, init_weights="zeros"), False),
+    "shira": ("shira", dict(r=2), False),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

@@ -59,6 +59,9 @@ def test_conv1d_adapter_equals_the_linear_one(case):
         assert torch.allclose(canonical(tc[n]), tl[n].weight, rtol=1e-5, atol=1e-6), (case, n)  # W_res alike
     with torch.no_grad():
         for k, v in all_adapter_tensors(conv).items():
+            if not v.is_floating_point():  # integer positions (SHiRA's mask): copied, not moved
+                all_adapter_tensors(lin)[k].copy_(v)
+                continue
             v.add_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.05)
             all_adapter_tensors(lin)[k].copy_(v)
         # away from init: a norm over the wrong axis hides at init (m / ‖W‖ = 1), not here

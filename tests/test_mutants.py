@@ -52,6 +52,8 @@ BUG_CLASSES = (
     "block index swapped",
     "butterfly components multiplied in the wrong order",
     "merge computes another function than the forward",
+    "repeated positions in a random mask",
+    "a mask regenerated at load",
 )
 
 

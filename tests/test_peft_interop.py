@@ -120,7 +120,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a", "boft_m1"])
+                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a", "boft_m1", "shira"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -142,7 +142,7 @@ def test_saved_folder_is_what_peft_itself_saves(tmp_path):
     from references.peft_bridge import build_peft_model
     base = fresh("qwen3")
     for case in ("lora", "dora", "ia3_ff", "hra", "delora_peft", "road_4", "oft_neumann", "lokr", "loha", "vera",
-                 "adalora", "miss_bat", "hira"):
+                 "adalora", "miss_bat", "hira", "shira"):
         ours = attach(fresh("qwen3"), case, **OVER.get(case, {}))
         perturb(variants.adapter_parameters(ours))
         st = variants.state_of(ours)
@@ -217,6 +217,7 @@ PEFT_MADE = {
     "c3a": ("c3a", lambda: peft.C3AConfig(block_size=16, target_modules=T)),
     "fourierft": ("fourierft", lambda: peft.FourierFTConfig(n_frequency=50, scaling=100.0, random_loc_seed=9,
                                                             target_modules=T)),
+    "shira": ("shira", lambda: peft.ShiraConfig(r=2, random_seed=3, target_modules=T)),
 }
 
 

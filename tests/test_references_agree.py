@@ -31,6 +31,11 @@ def rand(*shape, seed, scale=1.0, shift=0.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale + shift
 
 
+def _positions(d_in: int, d_out: int, k: int) -> torch.Tensor:
+    flat = torch.randperm(d_in * d_out, generator=torch.Generator().manual_seed(13))[:k].sort().values
+    return torch.stack((flat // d_in, flat % d_in))
+
+
 def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tuple[dict, dict]:
     cfg = {"r": R, "alpha": 8.0, "use_rslora": False, "road_variant": road_variant, "group_size": 8,
            "lambda0": 3.0, "init_style": "peft", "rho": 1.0,
@@ -60,6 +65,8 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "hira": lowrank,
         "fourierft": {"spectrum": rand(40, seed=12, scale=0.5)},
         "c3a": {"kernel": rand(D_OUT // 4, D_IN // 4, 4, seed=13)},
+        # K = R·(D_IN + D_OUT) distinct positions of the (D_OUT, D_IN) weight, row-major order
+        "shira": {"indices": _positions(D_IN, D_OUT, R * (D_IN + D_OUT)), "values": rand(R * (D_IN + D_OUT), seed=12)},
     }
     if variant == "road":
         n = {"road_1": D_OUT // 2, "road_2": D_OUT, "road_4": 2 * D_OUT}[road_variant]
@@ -79,13 +86,15 @@ def test_paper_and_peft_agree(variant, road_variant, dtype, tol):
     w64, b64 = lin.weight.detach().double(), lin.bias.detach().double()
     state, cfg = state_for(variant, w64, road_variant)
     cfg["dtype"] = "float32" if dtype == torch.float32 else None
-    pm = bridge.build_peft_model(base, variant, cfg, [NAME], {NAME: {k: v.to(dtype) for k, v in state.items()}})
+    pm = bridge.build_peft_model(base, variant, cfg, [NAME], {NAME: {k: v.to(dtype) if v.is_floating_point() else v
+                                                                     for k, v in state.items()}})
     x = rand(5, D_IN, seed=9)
     with torch.no_grad():
         y_peft = pm(x.to(dtype)).double()
     # the paper formula sees the same (rounded) tensors peft holds
     y_ref = paper.get(variant).forward(x.to(dtype).double(), w64, b64,
-                                       {k: v.to(dtype).double() for k, v in state.items()}, cfg)
+                                       {k: v.to(dtype).double() if v.is_floating_point() else v
+                                        for k, v in state.items()}, cfg)
     err = float((y_peft - y_ref).norm() / y_ref.norm())
     if variant in ("fourierft", "c3a") and dtype == torch.float64:
         # peft computes these in float32 whatever the adapter's dtype (fourierft get_delta_weight: torch.zeros'

@@ -84,6 +84,11 @@ def test_registry_and_metadata():
 
 # (b) identity states ---------------------------------------------------------------------------------------
 
+def _positions(k):
+    flat = torch.randperm(D_IN * D_OUT, generator=torch.Generator().manual_seed(10))[:k]
+    return torch.stack((flat // D_IN, flat % D_IN))
+
+
 def identity_cases(W):
     U, S, Vh, W_res = svd_parts(W)
     s = 16.0 / R
@@ -122,6 +127,9 @@ def identity_cases(W):
                       {"r": R, "block_size": 2, "max_rotation_angle": 0.5, "rotate_basis": "V"}),
         "miss": (W, {"D": torch.zeros(R, D_OUT, dtype=F64)}, {"r": R}),
         "hira": (W, {"A": A, "B": torch.zeros(D_OUT, R, dtype=F64)}, {"r": R}),
+        # positions: the first R·(D_IN + D_OUT) entries of a fixed permutation; values 0 (S = 0)
+        "shira": (W, {"indices": _positions(R * (D_IN + D_OUT)),
+                      "values": torch.zeros(R * (D_IN + D_OUT), dtype=F64)}, {"r": R}),
     }
 
 
@@ -147,6 +155,7 @@ def test_non_identity_state_moves_W(W, b):
                "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "fourierft": "spectrum",
                "c3a": "kernel"}[case]
                "loha": "w2_b", "oft": "Q", "boft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "shira": "values"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

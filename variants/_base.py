@@ -24,10 +24,12 @@ PREFIX = "adapter_"
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One adapter tensor: its shape, and whether it is a trainable Parameter or a buffer."""
+    """One adapter tensor: its shape, and whether it is a trainable Parameter or a buffer. ``dtype``: a fixed
+    dtype (an integer buffer of positions, SHiRA's mask), else None for the adapter dtype."""
 
     shape: tuple[int, ...]
     trainable: bool = True
+    dtype: torch.dtype | None = None
 
 
 class Variant:

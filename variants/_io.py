@@ -165,7 +165,7 @@ def _check_tensors(loaded: dict[str, torch.Tensor], cfg: AdapterConfig) -> list[
     if cfg.dtype is not None:
         want = getattr(torch, cfg.dtype)
         wrong = sorted(f"{k} ({str(t.dtype).removeprefix('torch.')})" for k, t in loaded.items()
-                       if f".{PREFIX}" in k and t.dtype != want)
+                       if f".{PREFIX}" in k and t.is_floating_point() and t.dtype != want)
         if wrong:
             problems.append(f"adapter tensors of another dtype than the config's {cfg.dtype}: {wrong[:6]}")
     return problems

@@ -46,6 +46,9 @@ def _skew_full(q: torch.Tensor) -> torch.Tensor:
 def _skew_packed(t: torch.Tensor) -> torch.Tensor:
     rows, cols = torch.triu_indices(t.shape[-1], t.shape[-1], 1)
     return (0.5 * (t - t.transpose(-1, -2)))[..., rows, cols]
+# ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape), int64
+# positions -> peft's int32 (SHiRA's shira_indices; read back as int64)
+TRANSFORMS = ("identity", "transpose", "column", "row", "negate", "int32")
 
 
 def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
@@ -60,6 +63,8 @@ def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
         return -t
     if transform == "negated skew blocks":
         return _skew_full(-t)
+    if transform == "int32":
+        return t.to(torch.int32)
     return t
 
 
@@ -74,6 +79,8 @@ def from_peft(t: torch.Tensor, transform: str, shape: torch.Size) -> torch.Tenso
         t = -t
     elif transform == "negated skew blocks" and t.dim() >= 2 and t.shape[-1] == t.shape[-2]:
         t = -_skew_packed(t)
+    elif transform == "int32":
+        t = t.long()
     return t
 
 

@@ -148,7 +148,7 @@ def load_peft(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
                        "base model it was trained on)")
     by_module = {m: {t: shapes[k] for t in fmt.tensors if (k := fmt.key(m, t)) in shapes} for m in modules}
     fields = fmt.from_config(pcfg, by_module)
-    kinds = sorted(set(dtypes.values()))
+    kinds = sorted({d for d in dtypes.values() if d.startswith(("F", "BF"))})  # integer positions (SHiRA) aside
     if len(kinds) != 1:
         raise ValueError(f"{wpath}: adapter tensors of several dtypes {kinds}; adapter-audit keeps one adapter dtype")
     dtype = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(kinds[0])

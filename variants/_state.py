@@ -57,7 +57,7 @@ def allocate(layer: nn.Module, variant: Variant, cfg: AdapterConfig, r: int) -> 
     remove_tensors(layer)
     dev, dt = layer.weight.device, adapter_dtype(layer, cfg)
     for pname, spec in variant.param_specs(*features(layer), r, cfg).items():
-        t = torch.zeros(spec.shape, device=dev, dtype=dt)
+        t = torch.zeros(spec.shape, device=dev, dtype=spec.dtype or dt)
         if spec.trainable:
             layer.register_parameter(PREFIX + pname, nn.Parameter(t))
         else:

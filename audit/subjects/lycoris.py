@@ -71,6 +71,7 @@ NOT_IN_LYCORIS = {
     "fourierft": "LyCORIS has no spectral (inverse-DFT) adaptation (FourierFT)",
     "c3a": "LyCORIS has no circular-convolution adaptation (C3A)",
     "boft": "LyCORIS has no butterfly orthogonal finetuning (BOFT); its diag-OFT is the m = 1 case",
+    "shira": "LyCORIS has no sparse adapter on a fixed mask of the base weight's entries (SHiRA)",
 }
 SELECTION = ("target_names", "target_roles", "exclude_names", "layers")  # resolved by the audit: `targets`
 ATTR = "_lycoris_audit_network"  # where the network lives on the model (object.__setattr__: not a submodule)

@@ -294,9 +294,11 @@ def adapted_module_names(peft_model: nn.Module) -> set[str]:
 
 
 def _resolve(layer: nn.Module, path: str) -> torch.Tensor:
-    owner_path, _, leaf = path.rpartition(".")
-    owner = layer.get_submodule(owner_path) if owner_path else layer
-    t = getattr(owner, leaf, None)
+    t: Any = layer
+    for part in path.split("."):  # attributes, or the keys of a plain dict (SHiRA's shira_indices[adapter])
+        t = t.get(part) if isinstance(t, dict) else getattr(t, part, None)
+        if t is None:
+            break
     if not isinstance(t, torch.Tensor):
         raise KeyError(f"peft layer {type(layer).__name__} has no tensor at {path!r}")
     return t
