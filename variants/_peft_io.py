@@ -47,6 +47,8 @@ def save_peft(model: nn.Module, folder: str | os.PathLike) -> Path:
             key = fmt.key(name, t)
             if key not in tensors:  # a shared tensor once
                 tensors[key] = to_peft(v.detach(), fmt.transform(st.cfg, t)).to("cpu").contiguous().clone()
+    if fmt.pack is not None:
+        tensors = fmt.pack(st.cfg, tensors)
     pcfg = {"peft_type": fmt.peft_type, "task_type": None, "inference_mode": True,
             "base_model_name_or_path": getattr(model, "name_or_path", None) or None,
             "target_modules": sorted(st.targets), **fields}
@@ -192,3 +194,9 @@ def _fill(model: nn.Module, fmt: PeftFormat, wpath: Path, keys: set[str]) -> Non
     with torch.no_grad():
         for nt, v in live.items():
             v.copy_(loaded[own[nt]])
+    for t in fmt.shared:  # one tensor again on every layer, as peft holds it (VB-LoRA's trainable bank)
+        holder = None
+        for n, mod in st.targets.items():
+            slot = mod._parameters if PREFIX + t in mod._parameters else mod._buffers
+            holder = slot[PREFIX + t] if holder is None else holder
+            slot[PREFIX + t] = holder
