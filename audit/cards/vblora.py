@@ -1,5 +1,5 @@
 """Card: VB-LoRA (Li, Han, Ji, NeurIPS 2024, arXiv 2405.15179)."""
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
+from ..cards import BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 
 def _bank_tensors(p) -> float:
@@ -42,7 +42,7 @@ CARD = VariantCard(
     arxiv="2405.15179",
     equation="ΔW = Σ_i b_i a_iᵀ, every length-b sub-vector of b_i, a_i = Σ_{top-k(σ)} softmax(σ)_s 𝓑_s;  "
              "one vector bank 𝓑 shared by every layer",
-    config={"r": 4, "num_vectors": 32, "vector_length": 16, "topk": 2},
+    config={"r": 4, "num_vectors": 8, "vector_length": 16, "topk": 2},
     references=("paper", "peft"),
     identity="offset",
     offset_tensors=("bank",),
@@ -54,35 +54,49 @@ CARD = VariantCard(
     placement_source="all projections (the paper adapts the query/value/key/output and FFN projections, §4)",
     bad_inputs=(BadInput({"vector_length": 12}, ValueError),
                 BadInput({"topk": 0}, ValueError),
-                BadInput({"topk": 33}, ValueError),
+                BadInput({"topk": 9}, ValueError),
                 BadInput({"init_vector_bank_bound": 0.0}, ValueError)),
     # logits moved well away from their N(0, 0.1²) init so that the top-k choice and the softmax weights vary;
     # the bank is not perturbed: it is one tensor, and a per-layer perturbation would unshare it
     perturb={"logits_A": 1.0, "logits_B": 1.0},
-    config_id="n32-b16-k2",
-    config_why="r = 4, a bank of 32 vectors of length 16 (16 divides every zoo width), top-2 (the paper's k)",
-    configs=(ConfigCase("topk-1", {"topk": 1}, "k = 1: each sub-vector is one bank row (softmax weight 1); the "
-                        "logits' gradient is zero everywhere (the softmax of one logit is constant)",
+    config_id="n8-b16-k2",
+    config_why=("r = 4, a bank of 8 vectors of length 16 (16 divides every zoo width), top-2 (the paper's k). A bank "
+                "row gets a gradient only if some sub-vector's top-k picks it; the smallest zoo model has 64 "
+                "sub-vectors (128 picks), so with 8 rows each is picked but with probability (3/4)^64 ≈ 1e-8, and "
+                "grad_flow can claim a live bank"),
+    configs=(ConfigCase("topk-1", {"topk": 1, "num_vectors": 4}, "k = 1: each sub-vector is one bank row (softmax "
+                        "weight 1), so the logits' gradient is zero everywhere; 4 rows, so that 64 single picks leave "
+                        "none unpicked but with probability (3/4)^64",
                         zero_grads={t: ZeroGrad("k = 1: the softmax of one logit is 1 whatever its value", fraction=1.0,
                                                 stays_zero=True) for t in ("logits_A", "logits_B")}),
-             ConfigCase("topk-all", {"topk": 32, "num_vectors": 32}, "k = num_vectors: a dense softmax over the whole "
-                        "bank (no sparsity), every logit live"),
-             ConfigCase("b8-n64-r2", {"vector_length": 8, "num_vectors": 64, "r": 2}, "another sub-vector length, bank "
+             ConfigCase("topk-all", {"topk": 8}, "k = num_vectors: a dense softmax over the whole bank (no "
+                        "sparsity), every logit live"),
+             ConfigCase("b8-n10-r2", {"vector_length": 8, "num_vectors": 10, "r": 2}, "another sub-vector length, bank "
                         "size and rank (the reshape of the tiles into A and B depends on all three)"),
              ConfigCase("init-bank-0.1", {"init_vector_bank_bound": 0.1, "init_logits_std": 1.0},
-                        "other init laws: a wider bank and logits spread 10× (the init claims read both)"),
+                        "other init laws: a bank 5× wider and logits spread 10× (the init claims read both)"),
+             ConfigCase("n256", {"num_vectors": 256}, "peft's default bank of 256 vectors (its default length 256 "
+                        "divides no zoo width): most rows are picked by no sub-vector and get no gradient, a share that "
+                        "depends on the draw, so grad_flow is not asked",
+                        checks=("identity_at_init", "init", "paper_parity", "peft_parity", "properties")),
              ConfigCase("topk-checkpoint", {"save_only_topk_weights": True}, "peft's save_only_topk_weights: the "
                         "checkpoint holds each logits row's top-k indices and softmax weights only; loaded, the "
-                        "adapter must compute the same function", checks=("save_load",), models=None, dtypes=None),
-             SUBJECT_DEFAULTS),
+                        "adapter must compute the same function", checks=("save_load",), models=None, dtypes=None)),
     deviations=(
         Deviation("vblora-init-not-identity", "identity_at_init", "logits_rel_err|layer_max_rel_err", "paper",
                   "tolerance", "VB-LoRA does not start at the base model: the bank ~ U(±bound) and the logits ~ "
                   "N(0, std²) are both non-zero, so ΔW₀ = B₀A₀ ≠ 0 (|ΔW₀|_ij ≤ r·bound²); with the bank zeroed the "
                   "init is the identity (the _offset_zeroed row, strict)",
                   "arXiv 2405.15179 §3.3 (no zero factor); peft/tuners/vblora/model.py _init_vblora_vector_bank, "
-                  "layer.py reset_vblora_logits", tolerance=INIT_OFFSET),
+                  "layer.py reset_vblora_logits", tolerance=INIT_OFFSET,
+                  configs=("n8-b16-k2", "topk-1", "topk-all", "b8-n10-r2", "n256")),
+        Deviation("vblora-init-not-identity-wide-bank", "identity_at_init", "logits_rel_err|layer_max_rel_err", "paper",
+                  "tolerance", "as vblora-init-not-identity with a bank 5× wider: |ΔW₀| ≤ r·bound² grows 25×",
+                  "arXiv 2405.15179 §3.3; peft/tuners/vblora/model.py _init_vblora_vector_bank",
+                  tolerance=25 * INIT_OFFSET, configs=("init-bank-0.1",)),
     ),
     notes="The bank is one trainable tensor shared by every adapted layer; the logits are per layer, in peft's "
-          "layout (logits_A (r, d_in/b, n), logits_B (d_out/b, r, n)). The init is not an identity.",
+          "layout (logits_A (r, d_in/b, n), logits_B (d_out/b, r, n)). The init is not an identity. The subject's "
+          "own defaults are not a config here: peft's vector_length 256 divides no zoo width (its num_vectors 256 is "
+          "the n256 config).",
 )
