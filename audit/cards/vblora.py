@@ -1,5 +1,7 @@
 """Card: VB-LoRA (Li, Han, Ji, NeurIPS 2024, arXiv 2405.15179)."""
-from ..cards import BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
+from dataclasses import replace
+
+from ..cards import PEFT_LOAD_DEVIATIONS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 
 def _bank_tensors(p) -> float:
@@ -91,9 +93,29 @@ CARD = VariantCard(
                   "layer.py reset_vblora_logits", tolerance=INIT_OFFSET,
                   configs=("n8-b16-k2", "topk-1", "topk-all", "b8-n10-r2", "n256")),
         Deviation("vblora-init-not-identity-wide-bank", "identity_at_init", "logits_rel_err|layer_max_rel_err", "paper",
-                  "tolerance", "as vblora-init-not-identity with a bank 5× wider: |ΔW₀| ≤ r·bound² grows 25×",
+                  "tolerance", "as vblora-init-not-identity with a bank 5× wider and logits 10× spread: |ΔW₀| ≤ r·bound² grows 25×; "
+                  "measured 0.043 on the toy MLP (the bound has the same ~4× margin as the main one)",
                   "arXiv 2405.15179 §3.3; peft/tuners/vblora/model.py _init_vblora_vector_bank",
-                  tolerance=25 * INIT_OFFSET, configs=("init-bank-0.1",)),
+                  tolerance=4 * INIT_OFFSET, configs=("init-bank-0.1",)),
+        Deviation("peft-vblora-topk-checkpoint-logits", "save_load", "adapter_tensors_max_abs_diff", "peft", "xfail",
+                  "save_only_topk_weights stores each logits row's top-k indices and its first k−1 softmax weights, "
+                  "not the logits: loaded, the logits are log(weight) at the top-k and −∞ elsewhere (peft: such a "
+                  "checkpoint is for inference or merging only, not for resuming training), so the reloaded tensors "
+                  "differ from the saved ones without bound (−∞ where a finite logit was)",
+                  "peft/tuners/vblora/model.py VBLoRAModel._get_adapter_state_dict, _remap_adapter_state_dict_for_load; "
+                  "peft/tuners/vblora/config.py (save_only_topk_weights help)",
+                  magnitude=float("inf"), subjects=("peft",), configs=("topk-checkpoint",)),
+        Deviation("peft-vblora-topk-checkpoint-rounding", "save_load", "logits_max_abs_diff", "peft", "xfail",
+                  "the top-k checkpoint reloads the same function only up to float32 rounding: the weights go "
+                  "softmax → (last one as 1 − Σ others) → log → softmax again, a few ulps each, which moves ΔW by "
+                  "~u·|ΔW| and the model logits by ~1e-7 (measured ≤ 2.4e-7 in float32, 0 in bfloat16, where the "
+                  "model's own rounding hides it); covered up to 1e-6",
+                  "peft/tuners/vblora/model.py VBLoRAModel._remap_adapter_state_dict_for_load (1 − Σ, torch.log)",
+                  magnitude=1e-6, dtypes=("float32",), subjects=("peft",), configs=("topk-checkpoint",)),
+        # peft's own load accepts an extra tensor (cards.PEFT_LOAD_DEVIATIONS), except in a top-k checkpoint:
+        # there an extra '<...>_topk_indices' without its '_topk_weights' partner makes peft's remap raise a
+        # KeyError looking for that partner, an accidental refusal; so the deviation is scoped to the main config
+        *(replace(d, configs=("n8-b16-k2",)) for d in PEFT_LOAD_DEVIATIONS if d.id == "peft-load-unexpected-keys"),
     ),
     notes="The bank is one trainable tensor shared by every adapted layer; the logits are per layer, in peft's "
           "layout (logits_A (r, d_in/b, n), logits_B (d_out/b, r, n)). The init is not an identity. The subject's "
