@@ -43,6 +43,8 @@ BUG_CLASSES = (
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",
     "merge: bias merged without its scale",
+    "softmax over every logit instead of the top-k",
+    "vector bank not shared across layers",
 )
 
 
