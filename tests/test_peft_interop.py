@@ -80,7 +80,7 @@ def align_w_res(ours, pm, variant: str, *, into_ours: bool) -> None:
 # ours -> peft -> ours, every case of the test configs peft can represent
 # ---------------------------------------------------------------------------------------------------------------
 WRITABLE = [c for c in CASE_NAMES if variant_of(c) != "antipasto" and c != "delora"]
-CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora")
+CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "vblora")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 
 
@@ -117,7 +117,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora"])
+                                  "loha", "vera", "olora", "vblora"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -139,7 +139,7 @@ def test_saved_folder_is_what_peft_itself_saves(tmp_path):
     from references.peft_bridge import build_peft_model
     base = fresh("qwen3")
     for case in ("lora", "dora", "ia3_ff", "hra", "delora_peft", "road_4", "oft_neumann", "lokr", "loha", "vera",
-                 "adalora"):
+                 "adalora", "vblora"):
         ours = attach(fresh("qwen3"), case, **OVER.get(case, {}))
         perturb(variants.adapter_parameters(ours))
         st = variants.state_of(ours)
@@ -206,6 +206,9 @@ PEFT_MADE = {
     "lokr_full": ("lokr", lambda: peft.LoKrConfig(r=4, alpha=4, target_modules=T)),  # q: w1, w2 full; scale 1
     "loha": ("loha", lambda: peft.LoHaConfig(r=4, alpha=8, rank_dropout=0.1, target_modules=T)),
     "vera": ("vera", lambda: peft.VeraConfig(r=4, target_modules=["q_proj", "o_proj"])),
+    "vblora": ("vblora", lambda: peft.VBLoRAConfig(r=4, num_vectors=8, vector_length=16, target_modules=T)),
+    "vblora_topk": ("vblora", lambda: peft.VBLoRAConfig(r=4, num_vectors=8, vector_length=16, target_modules=T,
+                                                        save_only_topk_weights=True)),
 }
 
 
@@ -292,6 +295,7 @@ def _edit_config(folder, **fields):
     ("adalora", {"rank_pattern": {"x": [True]}}, ValueError, "rank_pattern="),
     ("oft_exact", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("vera", {"save_projection": False}, ValueError, "save_projection=False"),
+    ("vblora", {"save_only_topk_weights": True}, ValueError, "save_only_topk_weights=True"),
     ("ia3", {"feedforward_modules": ["k_proj"]}, ValueError, "no adapter-audit variant is this IA3 adapter"),
     ("lokr_full", {"alpha": 8}, ValueError, "peft scales kron\\(w1, w2\\) by alpha/r"),
     ("lokr", {"rank_pattern": {"q_proj": 8}}, ValueError, "rank_pattern="),

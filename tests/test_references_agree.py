@@ -36,7 +36,9 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
            "lambda0": 3.0, "init_style": "peft", "rho": 1.0,
            # OFT: blocks of 4; peft's Cayley–Neumann branch has the paper's sign (its exact branch is the
            # declared transposed rotation, tests/test_oft.py)
-           "block_size": 4, "use_cayley_neumann": True, "num_neumann_terms": 5, "d_initial": 0.1}
+           "block_size": 4, "use_cayley_neumann": True, "num_neumann_terms": 5, "d_initial": 0.1,
+           # VB-LoRA: sub-vectors of 4 tile 12 in and 16 out; a bank of 6, top-2
+           "num_vectors": 6, "vector_length": 4, "topk": 2}
     lowrank = {"A": rand(R, D_IN, seed=1, scale=0.3), "B": rand(D_OUT, R, seed=2, scale=0.3)}
     states = {
         "lora": lowrank, "pissa": lowrank, "eva": lowrank,
@@ -52,6 +54,8 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "oft": {"Q": rand(D_IN // 4, 6, seed=10, scale=0.1)},
         "vera": {**lowrank, "lambda_b": rand(D_OUT, seed=10, scale=0.5), "lambda_d": rand(R, seed=11, scale=0.5)},
         "olora": lowrank,
+        "vblora": {"bank": rand(6, 4, seed=12, scale=0.5), "logits_A": rand(R, D_IN // 4, 6, seed=13),
+                   "logits_B": rand(D_OUT // 4, R, 6, seed=14)},
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
     }
     if variant == "road":
