@@ -295,7 +295,7 @@ def _edit_config(folder, **fields):
     ("adalora", {"rank_pattern": {"x": [True]}}, ValueError, "rank_pattern="),
     ("oft_exact", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("vera", {"save_projection": False}, ValueError, "save_projection=False"),
-    ("vblora", {"save_only_topk_weights": True}, ValueError, "save_only_topk_weights=True"),
+    ("vblora", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("ia3", {"feedforward_modules": ["k_proj"]}, ValueError, "no adapter-audit variant is this IA3 adapter"),
     ("lokr_full", {"alpha": 8}, ValueError, "peft scales kron\\(w1, w2\\) by alpha/r"),
     ("lokr", {"rank_pattern": {"q_proj": 8}}, ValueError, "rank_pattern="),

@@ -101,6 +101,8 @@ class PeftFormat:
                    cannot, and ``save_peft`` refuses such an adapter with that reason
     pack           (our config, {saved key: tensor}) -> the tensors ``save_peft`` writes, where a peft option
                    stores another form of them (VB-LoRA's save_only_topk_weights); None: as they are
+    unpack         (peft config dict, {saved key: tensor}) -> the tensors in the plain form ``load_peft`` reads
+                   (the inverse of ``pack`` up to what the packed form dropped); None: as they are
     """
 
     peft_type: str
@@ -118,6 +120,7 @@ class PeftFormat:
     per_layer_rank: str | None = None
     conv1d: str | None = "peft's layers of this method adapt torch.nn.Linear only (it refuses transformers Conv1D)"
     pack: Callable[[Any, dict], dict] | None = None
+    unpack: Callable[[Mapping[str, Any], dict], dict] | None = None
 
     def transform(self, cfg, name: str) -> str:
         """The TRANSFORMS entry of our tensor ``name`` under our config ``cfg``."""

@@ -99,6 +99,32 @@ def _topk_pack(cfg, tensors: dict) -> dict:
     return out
 
 
+def _topk_unpack(pcfg, tensors: dict) -> dict:
+    """Logits again from a save_only_topk_weights file: log(weight) at the stored top-k indices (the last weight
+    1 − Σ of the others) and the dtype's lowest finite number elsewhere (peft writes −∞ there; any value below
+    the top k gives the same top-k softmax, and ours keeps the tensors finite). The function is the saved one
+    up to the rounding of softmax → log → softmax; the logits themselves are not (peft: inference only)."""
+    if not pcfg.get("save_only_topk_weights"):
+        return tensors
+    n = int(pcfg.get("num_vectors", 256))
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith("_topk_weights"):
+            continue
+        if not key.endswith("_topk_indices"):
+            out[key] = t
+            continue
+        stem = key[: -len("_topk_indices")]
+        if stem + "_topk_weights" not in tensors:
+            raise ValueError(f"{key} has no {stem}_topk_weights beside it (save_only_topk_weights stores both)")
+        w = tensors[stem + "_topk_weights"]
+        w = torch.cat([w, 1 - w.sum(dim=-1, keepdim=True)], dim=-1).clamp_min(0)
+        low = torch.finfo(w.dtype).min
+        logits = torch.full((*w.shape[:-1], n), low, dtype=w.dtype)
+        out[stem] = logits.scatter(-1, t.long(), torch.log(w).clamp_min(low / 2))
+    return out
+
+
 class VBLoRA(Variant):
     name = "vblora"
     Config = VBLoRAConfig
@@ -115,11 +141,13 @@ class VBLoRA(Variant):
             "r": int(pcfg.get("r", 4)), "num_vectors": int(pcfg.get("num_vectors", 256)),
             "vector_length": int(pcfg.get("vector_length", 256)), "topk": int(pcfg.get("topk", 2)),
             "init_vector_bank_bound": float(pcfg.get("init_vector_bank_bound", 0.02)),
-            "init_logits_std": float(pcfg.get("init_logits_std", 0.1))},
-        reads=("r", "num_vectors", "vector_length", "topk", "init_vector_bank_bound", "init_logits_std"),
-        # a top-k-only folder holds indices and weights, not logits: refused by name (see _topk_pack)
-        fixed={"bias": ("none",), "save_only_topk_weights": (False, None)},
-        training_only=("vblora_dropout",), conv1d=None, pack=_topk_pack)
+            "init_logits_std": float(pcfg.get("init_logits_std", 0.1)),
+            "save_only_topk_weights": bool(pcfg.get("save_only_topk_weights", False))},
+        reads=("r", "num_vectors", "vector_length", "topk", "init_vector_bank_bound", "init_logits_std",
+               "save_only_topk_weights"),
+        # a top-k-only folder holds indices and weights, not logits: packed and unpacked (see _topk_pack)
+        fixed={"bias": ("none",)},
+        training_only=("vblora_dropout",), conv1d=None, pack=_topk_pack, unpack=_topk_unpack)
 
     def __init__(self, cfg):
         super().__init__(cfg)
