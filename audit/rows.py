@@ -28,7 +28,11 @@ def judge(value: float | None, op: str, tolerance: float | None) -> str:
 
 
 def within(value: float | None, op: str, bound: float) -> bool:
-    """Is ``value`` on the allowed side of ``bound`` (a declared deviation's magnitude)?"""
+    """Is ``value`` on the allowed side of ``bound`` (a declared deviation's magnitude)? A magnitude of +inf
+    covers an infinite distance too (a departure that writes −∞ where a finite value was: VB-LoRA's top-k
+    checkpoint in peft); NaN is never covered."""
+    if op not in (">", ">=") and bound == math.inf and value == math.inf:
+        return True
     return judge(value, ">=" if op in (">", ">=") else "<=", bound) == "pass"
 
 

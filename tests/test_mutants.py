@@ -54,6 +54,8 @@ BUG_CLASSES = (
     "merge computes another function than the forward",
     "repeated positions in a random mask",
     "a mask regenerated at load",
+    "softmax over every logit instead of the top-k",
+    "vector bank not shared across layers",
 )
 
 

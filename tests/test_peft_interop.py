@@ -84,6 +84,7 @@ CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "ve
 # boft (m = 2): peft builds one butterfly component without its CUDA kernel (tests/test_boft.py); boft_m1 runs
 WRITABLE = [c for c in CASE_NAMES if variant_of(c) != "antipasto" and c not in ("delora", "boft")]
 CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora")
+CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "vblora")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 
 
@@ -120,7 +121,7 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a", "boft_m1", "shira"])
+                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a", "boft_m1", "shira", "vblora"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -142,7 +143,7 @@ def test_saved_folder_is_what_peft_itself_saves(tmp_path):
     from references.peft_bridge import build_peft_model
     base = fresh("qwen3")
     for case in ("lora", "dora", "ia3_ff", "hra", "delora_peft", "road_4", "oft_neumann", "lokr", "loha", "vera",
-                 "adalora", "miss_bat", "hira", "shira"):
+                 "adalora", "miss_bat", "hira", "shira", "vblora"):
         ours = attach(fresh("qwen3"), case, **OVER.get(case, {}))
         perturb(variants.adapter_parameters(ours))
         st = variants.state_of(ours)
@@ -218,6 +219,9 @@ PEFT_MADE = {
     "fourierft": ("fourierft", lambda: peft.FourierFTConfig(n_frequency=50, scaling=100.0, random_loc_seed=9,
                                                             target_modules=T)),
     "shira": ("shira", lambda: peft.ShiraConfig(r=2, random_seed=3, target_modules=T)),
+    "vblora": ("vblora", lambda: peft.VBLoRAConfig(r=4, num_vectors=8, vector_length=16, target_modules=T)),
+    "vblora_topk": ("vblora", lambda: peft.VBLoRAConfig(r=4, num_vectors=8, vector_length=16, target_modules=T,
+                                                        save_only_topk_weights=True)),
 }
 
 
@@ -304,6 +308,7 @@ def _edit_config(folder, **fields):
     ("adalora", {"rank_pattern": {"x": [True]}}, ValueError, "rank_pattern="),
     ("oft_exact", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("vera", {"save_projection": False}, ValueError, "save_projection=False"),
+    ("vblora", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("ia3", {"feedforward_modules": ["k_proj"]}, ValueError, "no adapter-audit variant is this IA3 adapter"),
     ("lokr_full", {"alpha": 8}, ValueError, "peft scales kron\\(w1, w2\\) by alpha/r"),
     ("lokr", {"rank_pattern": {"q_proj": 8}}, ValueError, "rank_pattern="),

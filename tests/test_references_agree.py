@@ -43,6 +43,8 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
            # declared transposed rotation, tests/test_oft.py)
            "block_size": 4, "use_cayley_neumann": True, "num_neumann_terms": 5, "d_initial": 0.1,
            "n_frequency": 40, "scaling": 150.0, "random_loc_seed": 5}
+           # VB-LoRA: sub-vectors of 4 tile 12 in and 16 out; a bank of 6, top-2
+           "num_vectors": 6, "vector_length": 4, "topk": 2}
     lowrank = {"A": rand(R, D_IN, seed=1, scale=0.3), "B": rand(D_OUT, R, seed=2, scale=0.3)}
     states = {
         "lora": lowrank, "pissa": lowrank, "eva": lowrank,
@@ -60,6 +62,8 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "boft": {"Q": rand(1, D_IN // 4, 6, seed=12, scale=0.1)},
         "vera": {**lowrank, "lambda_b": rand(D_OUT, seed=10, scale=0.5), "lambda_d": rand(R, seed=11, scale=0.5)},
         "olora": lowrank,
+        "vblora": {"bank": rand(6, 4, seed=12, scale=0.5), "logits_A": rand(R, D_IN // 4, 6, seed=13),
+                   "logits_B": rand(D_OUT // 4, R, 6, seed=14)},
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
         "miss": {"D": rand(R, D_OUT, seed=12, scale=0.5)},
         "hira": lowrank,

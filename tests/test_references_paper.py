@@ -118,6 +118,10 @@ def identity_cases(W):
         "vera": (W, {"A": A, "B": B, "lambda_b": torch.zeros(D_OUT, dtype=F64), "lambda_d": torch.full((R,), 0.1, dtype=F64)},
                  {"r": R, "d_initial": 0.1}),
         "olora": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
+        # VB-LoRA has no identity init (variants/vblora.py); a zero bank is its identity state
+        "vblora": (W, {"bank": torch.zeros(6, 4, dtype=F64), "logits_A": randn(R, D_IN // 4, 6, seed=15),
+                       "logits_B": randn(D_OUT // 4, R, 6, seed=16)},
+                   {"r": R, "num_vectors": 6, "vector_length": 4, "topk": 2}),
         "adalora": (W, {"A": A, "E": torch.zeros(R, 1, dtype=F64), "B": B}, {"r": R, "alpha": 16.0}),
         "fourierft": (W, {"spectrum": torch.zeros(10, dtype=F64)}, {"n_frequency": 10, "scaling": 150.0,
                                                                    "random_loc_seed": 2}),
@@ -156,6 +160,8 @@ def test_non_identity_state_moves_W(W, b):
                "c3a": "kernel"}[case]
                "loha": "w2_b", "oft": "Q", "boft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
                "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "shira": "values"}[case]
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
+               "vblora": "bank"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

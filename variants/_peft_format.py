@@ -125,6 +125,10 @@ class PeftFormat:
     per_layer_rank our name of the tensor whose first dimension is the layer's rank (EVA), or None
     conv1d         None where peft adapts transformers Conv1D layers (fan_in_fan_out) as ours; else why it
                    cannot, and ``save_peft`` refuses such an adapter with that reason
+    pack           (our config, {saved key: tensor}) -> the tensors ``save_peft`` writes, where a peft option
+                   stores another form of them (VB-LoRA's save_only_topk_weights); None: as they are
+    unpack         (peft config dict, {saved key: tensor}) -> the tensors in the plain form ``load_peft`` reads
+                   (the inverse of ``pack`` up to what the packed form dropped); None: as they are
     """
 
     peft_type: str
@@ -141,6 +145,8 @@ class PeftFormat:
     reinit: bool = False
     per_layer_rank: str | None = None
     conv1d: str | None = "peft's layers of this method adapt torch.nn.Linear only (it refuses transformers Conv1D)"
+    pack: Callable[[Any, dict], dict] | None = None
+    unpack: Callable[[Mapping[str, Any], dict], dict] | None = None
 
     def transform(self, cfg, name: str) -> str:
         """The TRANSFORMS entry of our tensor ``name`` under our config ``cfg``."""

@@ -47,6 +47,8 @@ def save_peft(model: nn.Module, folder: str | os.PathLike) -> Path:
             key = fmt.key(name, t)
             if key not in tensors:  # a shared tensor once
                 tensors[key] = to_peft(v.detach(), fmt.transform(st.cfg, t)).to("cpu").contiguous().clone()
+    if fmt.pack is not None:
+        tensors = fmt.pack(st.cfg, tensors)
     pcfg = {"peft_type": fmt.peft_type, "task_type": None, "inference_mode": True,
             "base_model_name_or_path": getattr(model, "name_or_path", None) or None,
             "target_modules": sorted(st.targets), **fields}
@@ -131,10 +133,17 @@ def load_peft(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
         pickled = [p.name for p in folder.glob("adapter_model.bin")]
         raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE}" + (f" ({pickled[0]} is a pickle, which is never loaded: "
                                 "re-save it with save_pretrained(safe_serialization=True))" if pickled else ""))
+    unpack = _unpacker(pcfg)
+    stored = None
     with _safe(wpath) as f:
-        slices = {k: f.get_slice(k) for k in f.keys()}
-        shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
-        dtypes = {k: s.get_dtype() for k, s in slices.items()}
+        if unpack is None:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            dtypes = {k: s.get_dtype() for k, s in slices.items()}
+        else:  # a method whose peft options may store another form of its tensors: read them whole, rebuilt
+            stored = unpack(pcfg, {k: f.get_tensor(k) for k in f.keys()})
+            shapes = {k: tuple(t.shape) for k, t in stored.items()}
+            dtypes = {k: _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)) for k, t in stored.items()}
     variant, fmt, modules = _claim(pcfg, sorted(shapes))
     _check_fields(pcfg, fmt, variant.name, folder / CONFIG_FILE)
     if not modules:
@@ -158,7 +167,7 @@ def load_peft(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
     ranks = {m: int(by_module[m][fmt.per_layer_rank][0]) for m in modules} if fmt.per_layer_rank else None
     attach(model, cfg, variant=variant, _init=fmt.reinit, _ranks=ranks)
     try:
-        _fill(model, fmt, wpath, set(shapes))
+        _fill(model, fmt, wpath, set(shapes), stored)
     except BaseException:
         detach(model)
         raise
@@ -172,8 +181,20 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def _fill(model: nn.Module, fmt: PeftFormat, wpath: Path, keys: set[str]) -> None:
-    """Copy the file's tensors into the attached adapter, after every check passed."""
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+
+
+def _unpacker(pcfg: dict):
+    """The ``unpack`` of the variant formats of this peft type (one at most declares it), or None."""
+    from ._registry import REGISTRY
+    found = [v.peft_format.unpack for v in REGISTRY.values() if v.peft_format is not None
+             and v.peft_format.peft_type == pcfg.get("peft_type") and v.peft_format.unpack is not None]
+    return found[0] if found else None
+
+
+def _fill(model: nn.Module, fmt: PeftFormat, wpath: Path, keys: set[str], stored: dict | None = None) -> None:
+    """Copy the file's tensors (``stored``: as already read and unpacked) into the attached adapter, after
+    every check passed."""
     st = state_of(model)
     live = {(n, t): v for n, mod in st.targets.items() for t, v in adapter_tensors(mod).items()}
     fmt.require_mapped(st.variant.name, {t for _, t in live})
@@ -183,8 +204,9 @@ def _fill(model: nn.Module, fmt: PeftFormat, wpath: Path, keys: set[str]) -> Non
     if missing or extra:
         raise KeyError(f"{wpath}: keys do not match the adapter {st.variant.name!r} builds on this model under the "
                        f"folder's config: missing {missing[:6]}, unexpected {extra[:6]}")
-    with _safe(wpath) as f:
-        stored = {k: f.get_tensor(k) for k in keys}  # each once, a shared one too
+    if stored is None:
+        with _safe(wpath) as f:
+            stored = {k: f.get_tensor(k) for k in keys}  # each once, a shared one too
     loaded = {own[nt]: from_peft(stored[file_key[nt]], fmt.transform(st.cfg, nt[1]), v.shape) for nt, v in live.items()}
     problems = tensor_problems(loaded, {own[nt]: v for nt, v in live.items()}, st.cfg, "the folder's config")
     if problems:
@@ -192,3 +214,9 @@ def _fill(model: nn.Module, fmt: PeftFormat, wpath: Path, keys: set[str]) -> Non
     with torch.no_grad():
         for nt, v in live.items():
             v.copy_(loaded[own[nt]])
+    for t in fmt.shared:  # one tensor again on every layer, as peft holds it (VB-LoRA's trainable bank)
+        holder = None
+        for n, mod in st.targets.items():
+            slot = mod._parameters if PREFIX + t in mod._parameters else mod._buffers
+            holder = slot[PREFIX + t] if holder is None else holder
+            slot[PREFIX + t] = holder

@@ -201,9 +201,16 @@ def detach(model: nn.Module) -> nn.Module:
 
 def named_adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """{state-dict name: parameter} of every trainable adapter tensor ('…q_proj.adapter_A'); frozen
-    adapter tensors (buffers: VeRA's shared projections, DeLoRA's frozen copies) are not included."""
-    return {f"{mname}.{pname}" if mname else pname: p for mname, mod in state_of(model).targets.items()
-            for pname, p in mod.named_parameters(recurse=False) if pname.startswith(PREFIX) and p.requires_grad}
+    adapter tensors (buffers: VeRA's shared projections, DeLoRA's frozen copies) are not included; a parameter
+    several layers share (VB-LoRA's bank) is listed once, under the first layer holding it."""
+    out: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for mname, mod in state_of(model).targets.items():
+        for pname, p in mod.named_parameters(recurse=False):
+            if pname.startswith(PREFIX) and p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out[f"{mname}.{pname}" if mname else pname] = p
+    return out
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -314,8 +314,9 @@ def _discover() -> dict[str, VariantCard]:
         if info.name.startswith("_"):
             continue
         card = importlib.import_module(f"{__name__}.{info.name}").CARD
-        if "peft" in card.references:
-            card = replace(card, deviations=card.deviations + PEFT_LOAD_DEVIATIONS)
+        if "peft" in card.references:  # a card may scope one of them itself, under the same id
+            own = {d.id for d in card.deviations}
+            card = replace(card, deviations=card.deviations + tuple(d for d in PEFT_LOAD_DEVIATIONS if d.id not in own))
         found[card.name] = card
     return found
 

@@ -44,11 +44,19 @@ def reference_model(cell: Cell, adapted, dtype: torch.dtype = torch.float64):
     mods = modules_named(clone, adapted.names)
     params = []
     states = adapted.state(with_weight=True)
+    held: dict[tuple, torch.nn.Parameter] = {}  # a tensor the subject shares across layers (VB-LoRA's bank): one here too
     for name in adapted.names:
         slots = adapted.slots[name]
-        state = {k: torch.nn.Parameter(v.double() if truth else v.detach().clone(), requires_grad=slots[k].trainable)
-                 for k, v in states[name].items() if k != "weight"}
-        params += [p for p in state.values() if p.requires_grad]
+        state = {}
+        for k, v in states[name].items():
+            if k == "weight":
+                continue
+            key = (k, id(slots[k].tensor))
+            if key not in held:
+                held[key] = torch.nn.Parameter(v.double() if truth else v.detach().clone(),
+                                               requires_grad=slots[k].trainable)
+                params += [held[key]] if held[key].requires_grad else []
+            state[k] = held[key]
         w = states[name]["weight"].double() if truth else states[name]["weight"].detach()
         bias = adapted.bias(name)
         b = None if bias is None else (bias.detach().double() if truth else bias.detach())
