@@ -1,6 +1,6 @@
 """Card: CorDA (Yang et al., arXiv 2406.05223)."""
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Invariant, OpenChoice, Option, VariantCard
+from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, OpenChoice, Option, VariantCard
 
 # §3.1 decomposes W C and inverts C back; how a singular C (a LayerNorm's zero-sum outputs, too few tokens) is
 # made invertible the paper leaves to the implementation: C itself where invertible, or the authors' released
@@ -54,6 +54,33 @@ CARD = VariantCard(
              ConfigCase("alpha-ne-r", {"alpha": 8.0}, "alpha ≠ r: Σ_I divided by s = alpha/r before the square "
                         "root so that s·BA is the selected part of W for any alpha"),
              SUBJECT_DEFAULTS),
+    deviations=(
+        # measured (peft subject, seed 0): adapter_part up to 0.62 (qwen3 bf16), sqrt_split_spread up to 0.16
+        # (llama fp32); recomputing the statement with peft's per-sequence normalised C gives 2.6e-6 (toy MLP)
+        Deviation("peft-corda-max-normalised-covariance", "init",
+                  "peft_adapter_part|peft_sqrt_split_spread|adapter_part|sqrt_split_spread", "peft", "xfail",
+                  "peft's preprocess_corda divides each forward call's layer input by its largest value before "
+                  "accumulating xᵀx (and averages per call), so C = mean_calls X_kᵀX_k / max(X_k)²: sequences are "
+                  "re-weighted by their peak activation, not the covariance of the inputs §3.1 decomposes W with; "
+                  "another C selects other components of W C",
+                  "peft/tuners/lora/corda.py calib_cov_distribution (hook: input = input / torch.max(input).abs(); "
+                  "module.covariance_matrix /= module.sample_count); arXiv 2406.05223 §3.1",
+                  magnitude=1.0),
+        # measured 1.88-2.04 relative on the five decoders (fp32, seed 0): padding rows change the covariance
+        Deviation("peft-corda-padding-counted", "init", "masked_token_influence", "peft", "xfail",
+                  "peft's CorDA hook accumulates every position of the layer input, padding included: it never sees "
+                  "the attention mask, so right-padded calibration rows change C and with it the init",
+                  "peft/tuners/lora/corda.py calib_cov_distribution (hook reads input[0] whole)",
+                  magnitude=3.0, subjects=("peft",)),
+        Deviation("peft-corda-checkpoint-needs-preprocessing", "save_load", "subject_raised", "peft", "xfail",
+                  "a CorDA adapter saved by save_pretrained (init_lora_weights='corda') cannot be loaded by "
+                  "PeftModel.from_pretrained: loading re-runs corda_init, which raises without preprocess_corda's "
+                  "per-layer decomposition; peft's way is to convert at save time "
+                  "(path_initial_model_for_weight_conversion: a rank-2r plain LoRA on the original base)",
+                  "peft/tuners/lora/layer.py corda_init (ValueError '`eigens` attribute not found'); "
+                  "peft/peft_model.py save_pretrained (path_initial_model_for_weight_conversion)",
+                  magnitude=1.0, subjects=("peft",)),
+    ),
     notes="The paper has no scale (alpha = r); peft divides Σ_I by s, as here. The covariance's normalisation "
           "(sum or mean over tokens) is left free by the init statement: it moves weight between A and B only.",
 )
