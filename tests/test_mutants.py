@@ -43,6 +43,7 @@ BUG_CLASSES = (
     "random projections not shared across layers",
     "wrong scaling (alpha/target_r vs alpha/init_r)",
     "merge: bias merged without its scale",
+    "decomposition not mapped back to W",
 )
 
 
