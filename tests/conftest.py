@@ -71,6 +71,8 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "vera": ("vera", dict(r=4), False),
     "adalora": ("adalora", dict(r=4, alpha=8.0, target_r=2), False),
     "olora": ("olora", dict(r=4, alpha=8.0), False),
+    "corda": ("corda", dict(r=4, alpha=4.0), True),
+    "corda_kpm": ("corda", dict(r=4, alpha=8.0, corda_method="kpm"), True),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

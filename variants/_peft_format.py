@@ -99,6 +99,9 @@ class PeftFormat:
     per_layer_rank our name of the tensor whose first dimension is the layer's rank (EVA), or None
     conv1d         None where peft adapts transformers Conv1D layers (fan_in_fan_out) as ours; else why it
                    cannot, and ``save_peft`` refuses such an adapter with that reason
+    unloadable     None, or why peft's own checkpoint of this method does not rebuild the adapted layer from
+                   the base and the file (CorDA, LoRA-GA: W_res needs the calibration data again): then
+                   ``save_peft`` and ``load_peft`` refuse it with that reason
     """
 
     peft_type: str
@@ -115,6 +118,7 @@ class PeftFormat:
     reinit: bool = False
     per_layer_rank: str | None = None
     conv1d: str | None = "peft's layers of this method adapt torch.nn.Linear only (it refuses transformers Conv1D)"
+    unloadable: str | None = None
 
     def transform(self, cfg, name: str) -> str:
         """The TRANSFORMS entry of our tensor ``name`` under our config ``cfg``."""

@@ -16,7 +16,7 @@ and the paper leaves the regulariser open (audit/cards/corda.py; an undamped C i
 float64 and W_res is built from A and B after their cast to the adapter dtype (as PiSSA), so identity at
 init is up to the rounding of W_res. init overwrites the layer weight with W_res; save() stores it and
 detach() restores W. peft's CorDA checkpoint (init_lora_weights="corda") cannot be re-initialised from the
-base alone (its corda_init needs preprocess_corda's covariance again): no peft format here.
+base alone (its corda_init needs preprocess_corda's covariance again): save_peft / load_peft refuse it.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ._layers import features
-from .lora import Lora, LoraConfig
+from .lora import Lora, LoraConfig, peft_lora_format
 
 MODES = ("ipm", "kpm")
 DAMP = 0.01  # the authors' code's λ / mean(diag C) (peft/tuners/lora/corda.py collect_eigens_for_layer: damp)
@@ -64,7 +64,12 @@ class Corda(Lora):
     needs_dense_weight = True
     needs_calibration = True
     mutates_base_weight = True
-    peft_format = None
+    # peft writes CorDA as A, B and init_lora_weights="corda", whose load re-runs corda_init: that needs
+    # preprocess_corda's covariance again, so neither peft nor we rebuild W_res from the folder alone
+    peft_format = peft_lora_format("corda", unloadable=(
+        "peft's checkpoint holds A and B only, and W_res = W − s·BA needs the calibration covariance again "
+        "(peft's corda_init raises without preprocess_corda; peft converts at save time with "
+        "path_initial_model_for_weight_conversion instead)"))
 
     def check_layer(self, name, layer, d_in, d_out, cfg):
         if cfg.r > min(d_in, d_out):
