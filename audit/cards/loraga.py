@@ -67,6 +67,38 @@ CARD = VariantCard(
                   f"bound); bound {SPREAD_FACTOR:g} × κ_max (= {KAPPA:g}) × u",
                   "arXiv 2407.05000 Algorithm 1 lines 8-10; §3.3 (c chosen for the output's variance, not W's scale)",
                   tolerance=_IDENTITY_TOL, dtypes=("float32",)),
+        # measured (peft subject, seed 0): A_scaled_orthonormal up to 8.2 (γ = 64: c² = 0.11, A unscaled), B's up
+        # to 1.0, gradient_approximation_err up to 8.2; larger γ or smaller d_out make them larger (1/c² − 1)
+        Deviation("peft-loraga-singular-values-on-b", "init",
+                  "peft_A_scaled_orthonormal|peft_B_scaled_orthonormal|peft_gradient_approximation_err|"
+                  "A_scaled_orthonormal|B_scaled_orthonormal|gradient_approximation_err", "peft", "xfail",
+                  "peft's lora_ga_init multiplies B by diag(S_J), the gradient's singular values, and applies the "
+                  "stable scale d_out^{1/4}/√γ to B only: A = V_Iᵀ is left unscaled and B = c·U_J S_J. Algorithm 1 "
+                  "scales both factors by c and puts no singular values on either (so does the authors' released "
+                  "code), and only then is the first step η²(G AᵀA + BBᵀG) the rank-2r approximation of G §3.2 "
+                  "derives",
+                  "peft/tuners/lora/layer.py:677-691 (lora_B_weight @ torch.diag(S_B)), :702-705 (stable: "
+                  "lora_B_weight * scale_factor only); arXiv 2407.05000 Algorithm 1 lines 8-9",
+                  magnitude=10.0),
+        # measured: A_subspace_err up to 0.048, B_subspace_err up to 0.33 (llama bf16); peft's own gradient
+        # equals ours to 2e-7 (mlp, llama float32), and an exact SVD of it gives the statement's spans
+        Deviation("peft-loraga-randomised-svd", "init", "peft_A_subspace_err|peft_B_subspace_err|A_subspace_err|"
+                  "B_subspace_err", "peft", "tolerance",
+                  "peft decomposes the gradient with torch.svd_lowrank(G, q=min(4r, min(G.shape)), niter=4), a "
+                  "randomised approximation: its r+1..2r singular vectors (B's under ArB2r) are off where the "
+                  "spectrum has small gaps, and close where it has none (so a row may pass or not: judged against "
+                  "the approximation's declared reach, 0.5 in projector distance); the paper takes the SVD of G",
+                  "peft/tuners/lora/layer.py:663 (torch.svd_lowrank); arXiv 2407.05000 Algorithm 1 line 7 (svd)",
+                  tolerance=0.5),
+        # measured: logits off by up to 0.39 (qwen2), the base weights by up to 0.031
+        Deviation("peft-loraga-checkpoint-drops-offset", "save_load",
+                  "logits_max_abs_diff|adapter_tensors_max_abs_diff", "peft", "xfail",
+                  "a LoRA-GA adapter saved by save_pretrained (init_lora_weights='lora_ga') and loaded by "
+                  "PeftModel.from_pretrained onto the original base is W + η·BA, not W_res + η·BA: loading re-runs "
+                  "lora_ga_init, which without a gradient falls back to the default init and leaves W unchanged "
+                  "(peft's way is to convert at save time with path_initial_model_for_weight_conversion)",
+                  "peft/tuners/lora/layer.py:635-639 (lora_ga_init: no _peft_loraga_grad -> reset_lora_parameters)",
+                  magnitude=1.0, subjects=("peft",)),
     ),
     notes="ℓ is the calibration batches' next-token cross-entropy (labels = -100 and padding ignored), the audit's "
           "protocol for a causal LM; the toy MLP's logits take the same loss. §3.2 leaves the split of the top 2r "

@@ -223,8 +223,10 @@ class Peft(Subject):
         torch.manual_seed(int(cfg.get("seed", 0)))  # peft's inits draw from the global generator
         autocast = cfg.get("dtype", "float32") == "float32"
         kw = {"autocast_adapter_dtype": autocast} if _accepts(get_peft_model, "autocast_adapter_dtype") else {}
-        if method == "corda":  # peft's CorDA needs its preprocessing on the bare model first
+        if method == "corda":  # peft's CorDA and LoRA-GA need their preprocessing on the bare model first
             self._corda_preprocess(model, config, calibration)
+        if method == "loraga":
+            self._loraga_preprocess(model, config, calibration)
         try:  # peft < 0.12: adapters take the base layer's dtype, as with autocast off
             pm = get_peft_model(model, config, **kw)
         except (TypeError, ValueError) as e:  # peft's own refusal of a layer type ("... is not supported")
@@ -248,6 +250,21 @@ class Peft(Subject):
             for b in rows:
                 model(**b)
         preprocess_corda(model, config, run_model=run_model)
+
+    def _loraga_preprocess(self, model: nn.Module, config, calibration) -> None:
+        """peft's own LoRA-GA preprocessing: preprocess_loraga runs a train_step (here: forward and backward of each
+        calibration batch's next-token cross-entropy, variants/_calibration.causal_lm_loss, the loss the card's
+        statement is about) and keeps each target's mean weight gradient."""
+        from peft import preprocess_loraga
+
+        from variants._calibration import causal_lm_loss, model_logits
+        if calibration is None:
+            raise ValueError("LoRA-GA needs calibration data")
+
+        def train_step():
+            for batch in calibration:
+                causal_lm_loss(model_logits(model, batch), batch).backward()
+        preprocess_loraga(model, config, train_step)
 
     def _eva_init(self, pm: nn.Module, cfg: dict, calibration) -> None:
         """peft's own EVA init: get_eva_state_dict (incremental PCA of the layer inputs) loaded by

@@ -56,9 +56,12 @@ def stable_scale(d_out: int, cfg: dict) -> float:
     return d_out ** 0.25 / float(cfg.get("stable_gamma", 16.0)) ** 0.5
 
 
-def _projector_err(M: torch.Tensor, Q: torch.Tensor) -> float:
-    """‖M − QQᵀ‖₂: how far M is from the orthogonal projector onto span(Q) (Q orthonormal columns)."""
-    return float(torch.linalg.matrix_norm(M - Q @ Q.T, ord=2))
+def _span_err(M: torch.Tensor, Q: torch.Tensor) -> float:
+    """‖P_M − QQᵀ‖₂: the distance between the projectors onto span of M's columns and span(Q) (Q orthonormal
+    columns), whatever M's scale (its numerically nonzero singular directions)."""
+    U, S, _ = torch.linalg.svd(M, full_matrices=False)
+    P = U[:, S > 1e-6 * S[0]] if float(S[0]) > 0 else U[:, :0]
+    return float(torch.linalg.matrix_norm(P @ P.T - Q @ Q.T, ord=2))
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
@@ -66,7 +69,7 @@ def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
 
     Stated up to the signs of the singular pairs and rotations inside repeated singular values: A's rows and B's
     columns are c times orthonormal (AAᵀ = BᵀB = c²I, c = d_out^{1/4}/√γ); their spans are those of V_I and U_J for
-    the configured split (‖AᵀA/c² − V_IV_Iᵀ‖₂, ‖BBᵀ/c² − U_JU_Jᵀ‖₂); and the first step they give approximates G as
+    the configured split (projector distances, free of the factors' scale); and the first step they give approximates G as
     §3.2 states: (G AᵀA + BBᵀG)/c² = G_2r, the top-2r part of G (relative to its max), whatever the split.
     """
     if inputs is None:
@@ -86,9 +89,9 @@ def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
         InitClaim("B_scaled_orthonormal", "deterministic", "§3.3: BᵀB = c²I, c = d_out^{1/4}/√γ (max entry error / c²)",
                   value=float((B.T @ B / c2 - eye).abs().max())),
         InitClaim("A_subspace_err", "deterministic", "§3.2, Alg. 1: rows of A span V_I (the split's right singular "
-                  "vectors of G): ‖AᵀA/c² − V_IV_Iᵀ‖₂", value=_projector_err(A.T @ A / c2, Vh[ia].T)),
+                  "vectors of G): ‖P_row(A) − V_IV_Iᵀ‖₂", value=_span_err(A.T, Vh[ia].T)),
         InitClaim("B_subspace_err", "deterministic", "§3.2, Alg. 1: columns of B span U_J (the split's left singular "
-                  "vectors of G): ‖BBᵀ/c² − U_JU_Jᵀ‖₂", value=_projector_err(B @ B.T / c2, U[:, ib])),
+                  "vectors of G): ‖P_col(B) − U_JU_Jᵀ‖₂", value=_span_err(B, U[:, ib])),
         InitClaim("gradient_approximation_err", "deterministic", "§3.2: (G AᵀA + BBᵀG)/c² = G_2r, the best rank-2r "
                   "approximation of G (relative to max|G_2r|)",
                   value=float((step - G2r).abs().max() / G2r.abs().max().clamp(min=1e-300))),
