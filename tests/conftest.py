@@ -73,6 +73,7 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "olora": ("olora", dict(r=4, alpha=8.0), False),
     "corda": ("corda", dict(r=4, alpha=4.0), True),
     "corda_kpm": ("corda", dict(r=4, alpha=8.0, corda_method="kpm"), True),
+    "loraga": ("loraga", dict(r=4, alpha=8.0, use_rslora=True), True),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

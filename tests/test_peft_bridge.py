@@ -99,6 +99,7 @@ CASES = {  # id -> (variant, cfg)
     "rslora": ("lora", {"r": 4, "alpha": 6.0, "use_rslora": True}),
     "pissa": ("pissa", {"r": 3, "alpha": 5.0}),
     "corda": ("corda", {"r": 3, "alpha": 5.0, "corda_method": "kpm"}),
+    "loraga": ("loraga", {"r": 3, "alpha": 5.0, "use_rslora": True, "direction": "ArBr"}),
     "dora": ("dora", {"r": 4, "alpha": 6.0}),
     "ia3": ("ia3", {}),
     "ia3_ff": ("ia3_ff", {}),
@@ -125,9 +126,9 @@ def random_state(variant, cfg, mod, index, dtype, seed=0):
         return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
 
     r = cfg.get("r", 8)
-    if variant in ("lora", "pissa", "dora", "corda"):
+    if variant in ("lora", "pissa", "dora", "corda", "loraga"):
         st = {"A": rn(r, d_in, scale=0.3), "B": rn(d_out, r, scale=0.3)}
-        if variant in ("pissa", "corda"):
+        if variant in ("pissa", "corda", "loraga"):
             st["weight"] = (w + 0.1 * torch.randn(d_out, d_in, generator=g, dtype=torch.float64)).to(dtype)
         if variant == "dora":
             st["m"] = (w.norm(dim=1) * (1 + 0.3 * torch.rand(d_out, generator=g, dtype=torch.float64))).to(dtype)
@@ -195,9 +196,9 @@ def merged(variant, cfg, w, b, st):
     """(W_eff, b_eff) in float64 from the base (w, b) and a canonical state."""
     st = {k: v.double() for k, v in st.items()}
     r = cfg.get("r", 8)
-    if variant in ("lora", "pissa", "dora", "corda"):
+    if variant in ("lora", "pissa", "dora", "corda", "loraga"):
         s = cfg["alpha"] / (r ** 0.5 if cfg.get("use_rslora") else r)
-        base = st["weight"] if variant in ("pissa", "corda") else w
+        base = st["weight"] if variant in ("pissa", "corda", "loraga") else w
         v = base + s * st["B"] @ st["A"]
         if variant == "dora":
             v = (st["m"] / v.norm(dim=1)).reshape(-1, 1) * v

@@ -79,7 +79,7 @@ def align_w_res(ours, pm, variant: str, *, into_ours: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # ours -> peft -> ours, every case of the test configs peft can represent
 # ---------------------------------------------------------------------------------------------------------------
-WRITABLE = [c for c in CASE_NAMES if variant_of(c) not in ("antipasto", "corda") and c != "delora"]
+WRITABLE = [c for c in CASE_NAMES if variant_of(c) not in ("antipasto", "corda", "loraga") and c != "delora"]
 CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 

@@ -51,7 +51,7 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
             (("w1_a", (D_OUT, R)), ("w1_b", (R, D_IN)), ("w2_a", (D_OUT, R)), ("w2_b", (R, D_IN))))},
         "oft": {"Q": rand(D_IN // 4, 6, seed=10, scale=0.1)},
         "vera": {**lowrank, "lambda_b": rand(D_OUT, seed=10, scale=0.5), "lambda_d": rand(R, seed=11, scale=0.5)},
-        "olora": lowrank, "corda": lowrank,
+        "olora": lowrank, "corda": lowrank, "loraga": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
     }
     if variant == "road":
