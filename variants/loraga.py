@@ -1,7 +1,8 @@
 """LoRA-GA, low-rank adaptation with gradient approximation (Wang, Yu, Li, arXiv 2407.05000, §3.2-3.3, Alg. 1).
 
     G = ∂ℓ/∂W on calibration batches (the mean of the batches' gradients),  G = U S Vᵀ (SVD)
-    A = c·V_Iᵀ (r, d_in),  B = c·U_J (d_out, r),  c = d_out^{1/4}/√γ  ("stable output" scale, §3.3)
+    A = c·V_Iᵀ (r, d_in),  B = c·U_J (d_out, r),  c = d_out^{1/4}/√γ  ("stable output" scale, §3.3;
+    ``scale`` "unit" c = 1 and "gd_scale" c = 1/η are the authors' code's ablations)
     W_res = W − s·B A,   y = x W_resᵀ + b + s·(x Aᵀ) Bᵀ,   s = alpha/r  (rsLoRA alpha/√r: Alg. 1's η = α/√r)
 
 I, J: disjoint index sets of the top 2r singular pairs (§3.2: any split of the top 2r makes the first step's
@@ -25,6 +26,14 @@ from ._layers import dense_weight
 from .lora import Lora, LoraConfig, peft_lora_format
 
 DIRECTIONS = ("ArB2r", "A2rBr", "ArBr")
+# the factor c on A and B: "stable" the paper's d_out^{1/4}/√γ (§3.3); "unit" 1 and "gd_scale" 1/η, the authors'
+# code's ablations (peft's too; peft's "weight_svd" is neither the paper's nor the authors' "weightS": refused)
+SCALES = ("stable", "unit", "gd_scale")
+
+
+def factor_scale(scale: str, d_out: int, gamma: float, eta: float) -> float:
+    """c with A = c·V_Iᵀ, B = c·U_J."""
+    return {"stable": d_out ** 0.25 / gamma ** 0.5, "unit": 1.0, "gd_scale": 1.0 / eta}[scale]
 
 
 def split_indices(direction: str, r: int) -> tuple[list[int], list[int]]:
@@ -40,17 +49,20 @@ def split_indices(direction: str, r: int) -> tuple[list[int], list[int]]:
 
 @dataclass(frozen=True)
 class LoraGaConfig(LoraConfig):
-    """direction: which of the top 2r singular pairs of G go to A and which to B (DIRECTIONS); stable_gamma: γ of
-    the stable-output scale c = d_out^{1/4}/√γ on both factors (§3.3)."""
+    """direction: which of the top 2r singular pairs of G go to A and which to B (DIRECTIONS); scale: the factor c
+    on both (SCALES: "stable" c = d_out^{1/4}/√γ, §3.3; "unit" 1; "gd_scale" 1/η); stable_gamma: its γ."""
 
     variant = "loraga"
     direction: str = "ArB2r"
+    scale: str = "stable"
     stable_gamma: float = 16.0
 
     def check(self):
         super().check()
         if self.direction not in DIRECTIONS:
             raise self.fail("direction", f"must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.scale not in SCALES:
+            raise self.fail("scale", f"must be one of {SCALES}, got {self.scale!r}")
         if not self.stable_gamma > 0:
             raise self.fail("stable_gamma", f"must be > 0, got {self.stable_gamma}")
 
@@ -80,7 +92,7 @@ class LoraGa(Lora):
             u, _, vh = torch.linalg.svd(grads[n], full_matrices=False)
             ia, ib = split_indices(cfg.direction, r)
             w = dense_weight(mod)
-            c = w.shape[0] ** 0.25 / cfg.stable_gamma ** 0.5
+            c = factor_scale(cfg.scale, w.shape[0], cfg.stable_gamma, s)
             with torch.no_grad():
                 mod.adapter_A.copy_(c * vh[ia])
                 mod.adapter_B.copy_(c * u[:, ib])

@@ -37,7 +37,7 @@ CARD = VariantCard(
     arxiv="2407.05000",
     equation="G = ∂ℓ/∂W = U S Vᵀ;  A = c·V_[1:r]ᵀ,  B = c·U_[r+1:2r],  c = d_out^{1/4}/√γ;  W_res = W − η·BA;  "
              "y = x(W_res + η·BA)ᵀ + b,  η = α/√r",
-    config={"r": 4, "alpha": 8.0, "use_rslora": True, "direction": "ArB2r", "stable_gamma": 16.0},
+    config={"r": 4, "alpha": 8.0, "use_rslora": True, "direction": "ArB2r", "scale": "stable", "stable_gamma": 16.0},
     references=("paper", "peft"),
     identity="numeric",
     needs_calibration=True,
@@ -48,6 +48,7 @@ CARD = VariantCard(
                 BadInput({"calibration_data": []}, ValueError),
                 BadInput({"direction": "BrAr"}, ValueError),
                 BadInput({"stable_gamma": 0.0}, ValueError),
+                BadInput({"scale": "weight_svd"}, ValueError),
                 BadInput({"r": 33}, ValueError)),
     config_id="paper",
     config_why="Algorithm 1: A from V_[1:r], B from U_[r+1:2r], η = α/√r (rsLoRA), γ = 16",
@@ -55,6 +56,8 @@ CARD = VariantCard(
                         "B from U_[1:r]"),
              ConfigCase("ar-br", {"direction": "ArBr"}, "the interleaved split: A from the even-numbered pairs, B from "
                         "the odd-numbered ones (1-based)"),
+             ConfigCase("unit-scale", {"scale": "unit"}, "the authors' code's 'unit' ablation: c = 1 on A and B "
+                        "(orthonormal factors)"),
              ConfigCase("alpha-over-r", {"use_rslora": False, "stable_gamma": 64.0}, "η = α/r and γ = 64: the scale "
                         "in W_res and the forward, c = d_out^{1/4}/8 on A and B"),
              SUBJECT_DEFAULTS),
@@ -69,9 +72,15 @@ CARD = VariantCard(
                   tolerance=_IDENTITY_TOL, dtypes=("float32",)),
         # measured (peft subject, seed 0): A_scaled_orthonormal up to 8.2 (γ = 64: c² = 0.11, A unscaled), B's up
         # to 1.0, gradient_approximation_err up to 8.2; larger γ or smaller d_out make them larger (1/c² − 1)
+        Deviation("peft-loraga-stable-scale-on-b-only", "init", "peft_A_scaled_orthonormal|A_scaled_orthonormal",
+                  "peft", "xfail",
+                  "with scale='stable', peft's lora_ga_init multiplies B alone by d_out^{1/4}/√γ, leaving A = V_Iᵀ "
+                  "orthonormal; Algorithm 1 scales both factors (so does the authors' released code)",
+                  "peft/tuners/lora/layer.py:702-705 (stable: lora_B_weight * scale_factor only); arXiv 2407.05000 "
+                  "Algorithm 1 lines 8-9", magnitude=10.0, when={"scale": "stable"}),
         Deviation("peft-loraga-singular-values-on-b", "init",
-                  "peft_A_scaled_orthonormal|peft_B_scaled_orthonormal|peft_gradient_approximation_err|"
-                  "A_scaled_orthonormal|B_scaled_orthonormal|gradient_approximation_err", "peft", "xfail",
+                  "peft_B_scaled_orthonormal|peft_gradient_approximation_err|"
+                  "B_scaled_orthonormal|gradient_approximation_err", "peft", "xfail",
                   "peft's lora_ga_init multiplies B by diag(S_J), the gradient's singular values, and applies the "
                   "stable scale d_out^{1/4}/√γ to B only: A = V_Iᵀ is left unscaled and B = c·U_J S_J. Algorithm 1 "
                   "scales both factors by c and puts no singular values on either (so does the authors' released "

@@ -52,7 +52,13 @@ def split(direction: str, r: int) -> tuple[list[int], list[int]]:
 
 
 def stable_scale(d_out: int, cfg: dict) -> float:
-    """c = d_out^{1/4}/√γ (§3.3, Algorithm 1 lines 8-9), γ = cfg["stable_gamma"]."""
+    """c on A and B: d_out^{1/4}/√γ (§3.3, Algorithm 1 lines 8-9; γ = cfg["stable_gamma"]) for scale "stable", the
+    paper's; the authors' code's ablations "unit" (c = 1) and "gd_scale" (c = 1/η)."""
+    scale = cfg.get("scale", "stable")
+    if scale == "unit":
+        return 1.0
+    if scale == "gd_scale":
+        return 1.0 / scaling(cfg)
     return d_out ** 0.25 / float(cfg.get("stable_gamma", 16.0)) ** 0.5
 
 

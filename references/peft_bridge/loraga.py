@@ -19,7 +19,7 @@ def _subject_config(cfg, targets, conv1d, make):
     """peft's own LoRA-GA init for the subject: the paper's "stable" scale with the card's split and γ; the subject
     runs preprocess_loraga."""
     fif = {"fan_in_fan_out": True} if conv1d else {}
-    ga = make("LoraGAConfig", direction=str(cfg.get("direction", "ArB2r")), scale="stable",
+    ga = make("LoraGAConfig", direction=str(cfg.get("direction", "ArB2r")), scale=str(cfg.get("scale", "stable")),
               stable_gamma=float(cfg.get("stable_gamma", 16.0)))
     return make("LoraConfig", r=int(cfg.get("r", 8)), lora_alpha=float(cfg.get("alpha", 8.0)),
                 use_rslora=bool(cfg.get("use_rslora", False)), lora_dropout=0.0, init_lora_weights="lora_ga",
@@ -29,7 +29,7 @@ def _subject_config(cfg, targets, conv1d, make):
 def _subject_defaults(defaults):
     d, ga = defaults("LoraConfig"), defaults("LoraGAConfig")
     return {"r": d["r"], "alpha": float(d["lora_alpha"]), "use_rslora": d["use_rslora"],
-            "direction": ga["direction"], "stable_gamma": float(ga["stable_gamma"])}
+            "direction": ga["direction"], "scale": ga["scale"], "stable_gamma": float(ga["stable_gamma"])}
 
 
 LORAGA = VariantMapping(
@@ -44,9 +44,9 @@ LORAGA = VariantMapping(
         ConfigField("direction", "lora_ga_config.direction", "'ArB2r', 'A2rBr' or 'ArBr' (peft's 'random' draws "
                                                              "a split: not an axis here)"),
         ConfigField("stable_gamma", "lora_ga_config.stable_gamma"),
-        ConfigField(None, "lora_ga_config.scale", "'stable', the paper's (§3.3, Algorithm 1); peft's 'unit', "
-                                                  "'gd_scale' and 'weight_svd' are the authors' code's ablations, "
-                                                  "held at 'stable'", "unaudited"),
+        ConfigField("scale", "lora_ga_config.scale", "'stable' (the paper's, §3.3), 'unit' or 'gd_scale' (the "
+                                                     "authors' code's ablations); peft's 'weight_svd' has no "
+                                                     "counterpart (ours refuses it)"),
         ConfigField(None, "init_lora_weights",
                     "True, NOT 'lora_ga': peft's 'lora_ga' init needs preprocess_loraga's gradients and overwrites "
                     "base_layer.weight with its W_res; the bridge instead copies the given A, B and W_res",
