@@ -55,8 +55,9 @@ CARD = VariantCard(
                         "root so that s·BA is the selected part of W for any alpha"),
              SUBJECT_DEFAULTS),
     deviations=(
-        # measured (peft subject, seed 0): adapter_part up to 0.62 (qwen3 bf16), sqrt_split_spread up to 0.16
-        # (llama fp32); recomputing the statement with peft's per-sequence normalised C gives 2.6e-6 (toy MLP)
+        # measured (peft subject and peft's init beside ours, seeds 0-9): adapter_part up to 1.24 (qwen3 bf16, seed
+        # 7: other components than the statement's, compared with its largest entry), sqrt_split_spread up to 0.60;
+        # recomputing the statement with peft's per-sequence normalised C gives 2.6e-6 (toy MLP, seed 0)
         Deviation("peft-corda-max-normalised-covariance", "init",
                   "peft_adapter_part|peft_sqrt_split_spread|adapter_part|sqrt_split_spread", "peft", "xfail",
                   "peft's preprocess_corda divides each forward call's layer input by its largest value before "
@@ -65,13 +66,14 @@ CARD = VariantCard(
                   "another C selects other components of W C",
                   "peft/tuners/lora/corda.py calib_cov_distribution (hook: input = input / torch.max(input).abs(); "
                   "module.covariance_matrix /= module.sample_count); arXiv 2406.05223 §3.1",
-                  magnitude=1.0),
-        # measured 1.88-2.04 relative on the five decoders (fp32, seed 0): padding rows change the covariance
+                  magnitude=2.5),
+        # measured 1.88-2.04 relative on the five decoders (fp32, seed 0), up to 2.30 over seeds 0-9: padding
+        # rows change the covariance
         Deviation("peft-corda-padding-counted", "init", "masked_token_influence", "peft", "xfail",
                   "peft's CorDA hook accumulates every position of the layer input, padding included: it never sees "
                   "the attention mask, so right-padded calibration rows change C and with it the init",
                   "peft/tuners/lora/corda.py calib_cov_distribution (hook reads input[0] whole)",
-                  magnitude=3.0, subjects=("peft",)),
+                  magnitude=4.0, subjects=("peft",)),
         Deviation("peft-corda-checkpoint-needs-preprocessing", "save_load", "subject_raised", "peft", "xfail",
                   "a CorDA adapter saved by save_pretrained (init_lora_weights='corda') cannot be loaded by "
                   "PeftModel.from_pretrained: loading re-runs corda_init, which raises without preprocess_corda's "

@@ -70,14 +70,15 @@ CARD = VariantCard(
                   f"bound); bound {SPREAD_FACTOR:g} × κ_max (= {KAPPA:g}) × u",
                   "arXiv 2407.05000 Algorithm 1 lines 8-10; §3.3 (c chosen for the output's variance, not W's scale)",
                   tolerance=_IDENTITY_TOL, dtypes=("float32",)),
-        # measured (peft subject, seed 0): A_scaled_orthonormal up to 8.2 (γ = 64: c² = 0.11, A unscaled), B's up
-        # to 1.0, gradient_approximation_err up to 8.2; larger γ or smaller d_out make them larger (1/c² − 1)
+        # measured (peft subject and peft's init beside ours, seeds 0-9): A_scaled_orthonormal up to 8.2 (γ = 64:
+        # c² = 0.11, A unscaled: 1/c² − 1), B's up to 1.0, gradient_approximation_err up to 9.4; a larger γ or a
+        # smaller d_out makes them larger
         Deviation("peft-loraga-stable-scale-on-b-only", "init", "peft_A_scaled_orthonormal|A_scaled_orthonormal",
                   "peft", "xfail",
                   "with scale='stable', peft's lora_ga_init multiplies B alone by d_out^{1/4}/√γ, leaving A = V_Iᵀ "
                   "orthonormal; Algorithm 1 scales both factors (so does the authors' released code)",
                   "peft/tuners/lora/layer.py:702-705 (stable: lora_B_weight * scale_factor only); arXiv 2407.05000 "
-                  "Algorithm 1 lines 8-9", magnitude=10.0, when={"scale": "stable"}),
+                  "Algorithm 1 lines 8-9", magnitude=20.0, when={"scale": "stable"}),
         Deviation("peft-loraga-singular-values-on-b", "init",
                   "peft_B_scaled_orthonormal|peft_gradient_approximation_err|"
                   "B_scaled_orthonormal|gradient_approximation_err", "peft", "xfail",
@@ -88,8 +89,8 @@ CARD = VariantCard(
                   "derives",
                   "peft/tuners/lora/layer.py:677-691 (lora_B_weight @ torch.diag(S_B)), :702-705 (stable: "
                   "lora_B_weight * scale_factor only); arXiv 2407.05000 Algorithm 1 lines 8-9",
-                  magnitude=10.0),
-        # measured: A_subspace_err up to 0.048, B_subspace_err up to 0.33 (llama bf16); peft's own gradient
+                  magnitude=20.0),
+        # measured (seeds 0-9): A_subspace_err up to 0.19, B_subspace_err up to 0.33 (llama bf16); peft's own gradient
         # equals ours to 2e-7 (mlp, llama float32), and an exact SVD of it gives the statement's spans
         Deviation("peft-loraga-randomised-svd", "init", "peft_A_subspace_err|peft_B_subspace_err|A_subspace_err|"
                   "B_subspace_err", "peft", "tolerance",
@@ -99,7 +100,7 @@ CARD = VariantCard(
                   "the approximation's declared reach, 0.5 in projector distance); the paper takes the SVD of G",
                   "peft/tuners/lora/layer.py:663 (torch.svd_lowrank); arXiv 2407.05000 Algorithm 1 line 7 (svd)",
                   tolerance=0.5),
-        # measured: logits off by up to 0.39 (qwen2), the base weights by up to 0.031
+        # measured (seeds 0-9): logits off by up to 0.65, the base weights by up to 0.046
         Deviation("peft-loraga-checkpoint-drops-offset", "save_load",
                   "logits_max_abs_diff|adapter_tensors_max_abs_diff", "peft", "xfail",
                   "a LoRA-GA adapter saved by save_pretrained (init_lora_weights='lora_ga') and loaded by "
@@ -107,7 +108,7 @@ CARD = VariantCard(
                   "lora_ga_init, which without a gradient falls back to the default init and leaves W unchanged "
                   "(peft's way is to convert at save time with path_initial_model_for_weight_conversion)",
                   "peft/tuners/lora/layer.py:635-639 (lora_ga_init: no _peft_loraga_grad -> reset_lora_parameters)",
-                  magnitude=1.0, subjects=("peft",)),
+                  magnitude=2.0, subjects=("peft",)),
     ),
     notes="ℓ is the calibration batches' next-token cross-entropy (labels = -100 and padding ignored), the audit's "
           "protocol for a causal LM; the toy MLP's logits take the same loss. §3.2 leaves the split of the top 2r "
