@@ -112,6 +112,8 @@ def identity_cases(W):
         "vera": (W, {"A": A, "B": B, "lambda_b": torch.zeros(D_OUT, dtype=F64), "lambda_d": torch.full((R,), 0.1, dtype=F64)},
                  {"r": R, "d_initial": 0.1}),
         "olora": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
+        "corda": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
+        "loraga": (W - 8.0 * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0, "use_rslora": True}),
         "adalora": (W, {"A": A, "E": torch.zeros(R, 1, dtype=F64), "B": B}, {"r": R, "alpha": 16.0}),
         "antipasto": (W_res, {"U": U, "S": S, "Vh": Vh, "delta": torch.zeros(R, dtype=F64),
                               "T": torch.zeros(R // 2, 1, dtype=F64)},
@@ -138,7 +140,8 @@ def test_non_identity_state_moves_W(W, b):
         mod = get(case.split("_paper")[0])
         key = {"lora": "B", "pissa": "B", "dora": "B", "ia3": "l", "ia3_ff": "l", "hra": "u", "delora": "B",
                "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
+               "corda": "B", "loraga": "B"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 
