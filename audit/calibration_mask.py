@@ -65,6 +65,11 @@ def influence(a: dict, b: dict) -> float:
     return worst
 
 
+def _reference(name: str):
+    from references import paper
+    return paper.get(name) if name in paper.VARIANTS else None
+
+
 def measure(cell, attach_state) -> None:
     """The ``masked_token_influence`` row of ``cell`` (the init check, the plan's first dtype only: which tokens
     an init reads does not depend on the dtype). ``attach_state(calibration)``: the subject's initial state
@@ -74,6 +79,8 @@ def measure(cell, attach_state) -> None:
     takes_mask = "attention_mask" in inspect.signature(base.forward).parameters
     cfg = cell.config()
     label = cfg.get("label_mask_value", IGNORE) if cfg.get("use_label_mask", True) else None
+    if not getattr(_reference(cell.card.name), "LABEL_MASK", True):  # the method's tokens are all attended ones (CorDA)
+        label = None
     pair = (masked_pair(cell.calibration(), emb.num_embeddings, cell.seed, label)
             if emb is not None and takes_mask else None)
     if pair is None:

@@ -83,6 +83,9 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "c3a": ("c3a", dict(block_size=16), False),
     "c3a_zeros": ("c3a", dict(block_size=16, init_weights="zeros"), False),
     "shira": ("shira", dict(r=2), False),
+    "corda": ("corda", dict(r=4, alpha=4.0), True),
+    "corda_kpm": ("corda", dict(r=4, alpha=8.0, corda_method="kpm"), True),
+    "loraga": ("loraga", dict(r=4, alpha=8.0, use_rslora=True), True),
 }
 
 VARIANT_CONFIGS: dict[str, dict] = {case: dict(kw) for case, (_, kw, _) in _CASES.items()}

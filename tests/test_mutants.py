@@ -56,6 +56,7 @@ BUG_CLASSES = (
     "a mask regenerated at load",
     "softmax over every logit instead of the top-k",
     "vector bank not shared across layers",
+    "decomposition not mapped back to W",
 )
 
 

@@ -44,6 +44,11 @@ _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}
     ("0.15.2", _OLD | {"pissa", "vera", "boft", "hra", "olora", "eva"}),
     ("0.17.1", _OLD | {"pissa", "vera", "boft", "hra", "olora", "eva"}),  # RoAd/DeLoRA 0.18.0
     ("0.18.0", set(NEEDS)),
+    ("0.14.0", _OLD | {"pissa", "vera", "hra", "olora", "eva"}),  # CorDA 0.15.0
+    ("0.15.2", _OLD | {"pissa", "vera", "hra", "olora", "eva", "corda"}),
+    ("0.17.1", _OLD | {"pissa", "vera", "hra", "olora", "eva", "corda"}),  # RoAd/DeLoRA 0.18.0
+    ("0.18.0", set(NEEDS) - {"loraga"}),  # LoRA-GA 0.19.0
+    ("0.19.0", set(NEEDS)),
 ])
 def test_supports_follows_the_release(monkeypatch, version, methods):
     p = _as_release(monkeypatch, version)

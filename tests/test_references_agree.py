@@ -64,6 +64,7 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "olora": lowrank,
         "vblora": {"bank": rand(6, 4, seed=12, scale=0.5), "logits_A": rand(R, D_IN // 4, 6, seed=13),
                    "logits_B": rand(D_OUT // 4, R, 6, seed=14)},
+        "olora": lowrank, "corda": lowrank, "loraga": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
         "miss": {"D": rand(R, D_OUT, seed=12, scale=0.5)},
         "hira": lowrank,

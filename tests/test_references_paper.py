@@ -122,6 +122,8 @@ def identity_cases(W):
         "vblora": (W, {"bank": torch.zeros(6, 4, dtype=F64), "logits_A": randn(R, D_IN // 4, 6, seed=15),
                        "logits_B": randn(D_OUT // 4, R, 6, seed=16)},
                    {"r": R, "num_vectors": 6, "vector_length": 4, "topk": 2}),
+        "corda": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
+        "loraga": (W - 8.0 * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0, "use_rslora": True}),
         "adalora": (W, {"A": A, "E": torch.zeros(R, 1, dtype=F64), "B": B}, {"r": R, "alpha": 16.0}),
         "fourierft": (W, {"spectrum": torch.zeros(10, dtype=F64)}, {"n_frequency": 10, "scaling": 150.0,
                                                                    "random_loc_seed": 2}),
@@ -162,6 +164,8 @@ def test_non_identity_state_moves_W(W, b):
                "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "shira": "values"}[case]
                "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
                "vblora": "bank"}[case]
+               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
+               "corda": "B", "loraga": "B"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

@@ -129,6 +129,9 @@ class PeftFormat:
                    stores another form of them (VB-LoRA's save_only_topk_weights); None: as they are
     unpack         (peft config dict, {saved key: tensor}) -> the tensors in the plain form ``load_peft`` reads
                    (the inverse of ``pack`` up to what the packed form dropped); None: as they are
+    unloadable     None, or why peft's own checkpoint of this method does not rebuild the adapted layer from
+                   the base and the file (CorDA, LoRA-GA: W_res needs the calibration data again): then
+                   ``save_peft`` and ``load_peft`` refuse it with that reason
     """
 
     peft_type: str
@@ -147,6 +150,7 @@ class PeftFormat:
     conv1d: str | None = "peft's layers of this method adapt torch.nn.Linear only (it refuses transformers Conv1D)"
     pack: Callable[[Any, dict], dict] | None = None
     unpack: Callable[[Mapping[str, Any], dict], dict] | None = None
+    unloadable: str | None = None
 
     def transform(self, cfg, name: str) -> str:
         """The TRANSFORMS entry of our tensor ``name`` under our config ``cfg``."""

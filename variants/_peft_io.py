@@ -34,6 +34,9 @@ def save_peft(model: nn.Module, folder: str | os.PathLike) -> Path:
     if fmt is None:
         raise ValueError(f"peft has no counterpart of variant {st.variant.name!r}: save it with "
                          "variants.save(model, path) (adapter-audit's format)")
+    if fmt.unloadable:
+        raise ValueError(f"{st.variant.name} cannot be written as a peft adapter folder: {fmt.unloadable}; save it "
+                         "with variants.save(model, path) (adapter-audit's format, which holds W_res)")
     conv1d = sorted(n for n, m in st.targets.items() if is_conv1d(m))
     if conv1d and fmt.conv1d is not None:
         raise ValueError(f"{st.variant.name} on transformers Conv1D layers ({conv1d[:3]}) cannot be written for peft: "
@@ -145,6 +148,9 @@ def load_peft(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
             shapes = {k: tuple(t.shape) for k, t in stored.items()}
             dtypes = {k: _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)) for k, t in stored.items()}
     variant, fmt, modules = _claim(pcfg, sorted(shapes))
+    if fmt.unloadable:
+        raise ValueError(f"{folder}: a peft {variant.name} adapter cannot be loaded from the folder alone: "
+                         f"{fmt.unloadable}")
     _check_fields(pcfg, fmt, variant.name, folder / CONFIG_FILE)
     if not modules:
         wanted = sorted(set(fmt.tensors.values()))

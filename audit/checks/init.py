@@ -40,6 +40,7 @@ from ..numerics import SPREAD_FACTOR, keep_worst, unit_roundoff
 from ..state import modules_named
 from .. import calibration_mask
 from ..subjects import Adapted, NotSupported, ShapeMismatch, canonical_weight
+from ..subjects.handle import is_conv1d
 
 KS_ALPHA = 1e-6  # false-alarm rate of one distribution row
 KS_Z = 4.8916  # the two-sided standard-normal quantile at KS_ALPHA, for the kurtosis rows (sample kurtosis ~ N(3, 24/n))
@@ -84,6 +85,42 @@ def layer_inputs(cell: Cell, names) -> dict[str, torch.Tensor]:
                 h.remove()
         cache.update({n: torch.cat(v) for n, v in seen.items()})
     return {n: cache[n] for n in names}
+
+
+def layer_gradients(cell: Cell, names) -> dict[str, torch.Tensor]:
+    """{layer: ∂ℓ/∂W (d_out, d_in), float64} on the base model: the mean over the calibration batches of the
+    gradient of their next-token cross-entropy (variants/_calibration.causal_lm_loss, the loss the method's
+    statement is about), from autograd's weight gradients in the cell's dtype on a copy of the base (the
+    variants' own path goes through the layers' output gradients instead). Cached per cell base."""
+    from variants._calibration import causal_lm_loss, model_logits
+    cache = cell._base_cache.setdefault("layer_gradients", {})
+    todo = [n for n in names if n not in cache]
+    if todo:
+        model = cell.fresh_model()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        mods = modules_named(model, todo)
+        for m in mods.values():
+            m.weight.requires_grad_(True)
+        batches = cell.calibration()
+        total = {n: torch.zeros_like(canonical_weight(m), dtype=torch.float64) for n, m in mods.items()}
+        for batch in batches:
+            loss = causal_lm_loss(model_logits(model, batch), batch)
+            grads = torch.autograd.grad(loss, [m.weight for m in mods.values()])
+            for (n, m), g in zip(mods.items(), grads):
+                total[n] += (g.t() if is_conv1d(m) else g).to(torch.float64)  # Conv1D stores (d_in, d_out)
+        cache.update({n: t / len(batches) for n, t in total.items()})
+    return {n: cache[n] for n in names}
+
+
+def _layer_data(cell: Cell, ref, names) -> dict[str, torch.Tensor]:
+    """What the statement's init reads per layer: its calibration inputs, or (INIT_DATA "gradients") its loss
+    gradient; none where the cell has no calibration."""
+    if not cell.needs_calibration():
+        return {}
+    if getattr(ref, "INIT_DATA", "inputs") == "gradients":
+        return layer_gradients(cell, names)
+    return layer_inputs(cell, names)
 
 
 def _claims(cell: Cell, handle: Adapted, ref, originals, inputs, options: dict | None = None) -> dict[str, list]:
@@ -234,7 +271,7 @@ def init_choice(cell: Cell) -> choices.Combo:
         ref = paper.get(cell.card.name)
         with cell.shared() as adapted:
             originals = _original(cell, adapted.names)
-            inputs = layer_inputs(cell, adapted.names) if cell.needs_calibration() else {}
+            inputs = _layer_data(cell, ref, adapted.names)
             cell.memo["init_choice"] = _nearest(cell, adapted, ref, originals, inputs)
     return cell.memo["init_choice"]
 
@@ -242,7 +279,7 @@ def init_choice(cell: Cell) -> choices.Combo:
 def _run(cell: Cell, ref, adapted) -> None:
     names = adapted.names
     originals = _original(cell, names)
-    inputs = layer_inputs(cell, names) if cell.needs_calibration() else {}
+    inputs = _layer_data(cell, ref, names)
     if "init_choice" not in cell.memo:
         cell.memo["init_choice"] = _nearest(cell, adapted, ref, originals, inputs)
     combo = cell.memo["init_choice"]

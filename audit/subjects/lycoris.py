@@ -58,6 +58,8 @@ ALGOS = {
 NOT_IN_LYCORIS = {
     "pissa": "LyCORIS has no SVD-initialised LoRA (PiSSA)",
     "olora": "LyCORIS has no QR-initialised LoRA (OLoRA)",
+    "corda": "LyCORIS has no data-driven LoRA init (CorDA's covariance-oriented SVD)",
+    "loraga": "LyCORIS has no gradient-driven LoRA init (LoRA-GA)",
     "eva": "LyCORIS has no data-driven LoRA init (EVA)",
     "adalora": "LyCORIS has no SVD-parametrised adaptive-rank LoRA (AdaLoRA)",
     "hra": "LyCORIS has no Householder reflection adaptation (HRA)",

@@ -77,6 +77,18 @@ def _fingerprint(items) -> tuple:
                  for t in tensors)
 
 
+def _one_row_batches(calibration, method: str) -> list[dict]:
+    """The calibration batches as {"input_ids", "attention_mask"} dicts of one sequence each."""
+    if calibration is None:
+        raise ValueError(f"{method} needs calibration data")
+    out = []
+    for x in calibration:
+        b = dict(x) if isinstance(x, dict) else {"input_ids": x}
+        for i in range(b["input_ids"].shape[0]):
+            out.append({k: b[k][i:i + 1] for k in ("input_ids", "attention_mask") if b.get(k) is not None})
+    return out
+
+
 def _at_least(have: str, need: str) -> bool:
     from packaging.version import Version
     return Version(have) >= Version(need)
@@ -211,6 +223,10 @@ class Peft(Subject):
         torch.manual_seed(int(cfg.get("seed", 0)))  # peft's inits draw from the global generator
         autocast = cfg.get("dtype", "float32") == "float32"
         kw = {"autocast_adapter_dtype": autocast} if _accepts(get_peft_model, "autocast_adapter_dtype") else {}
+        if method == "corda":  # peft's CorDA and LoRA-GA need their preprocessing on the bare model first
+            self._corda_preprocess(model, config, calibration)
+        if method == "loraga":
+            self._loraga_preprocess(model, config, calibration)
         try:  # peft < 0.12: adapters take the base layer's dtype, as with autocast off
             pm = get_peft_model(model, config, **kw)
         except (TypeError, ValueError) as e:  # peft's own refusal of a layer type ("... is not supported")
@@ -221,6 +237,34 @@ class Peft(Subject):
         if method == "eva":
             self._eva_init(pm, cfg, calibration)
         return pm.eval()
+
+    def _corda_preprocess(self, model: nn.Module, config, calibration) -> None:
+        """peft's own CorDA preprocessing: preprocess_corda hooks the targets and collects their input covariance
+        while its callback runs the calibration data. Its hook reads each call's layer input as (tokens, d_in)
+        after squeeze(0) (peft/tuners/lora/corda.py calib_cov_distribution), so one sequence per call, as peft's
+        example feeds it; the ids and attention mask only (labels mark nothing in a forward)."""
+        from peft.tuners.lora.corda import preprocess_corda
+        rows = _one_row_batches(calibration, "CorDA")
+
+        def run_model():
+            for b in rows:
+                model(**b)
+        preprocess_corda(model, config, run_model=run_model)
+
+    def _loraga_preprocess(self, model: nn.Module, config, calibration) -> None:
+        """peft's own LoRA-GA preprocessing: preprocess_loraga runs a train_step (here: forward and backward of each
+        calibration batch's next-token cross-entropy, variants/_calibration.causal_lm_loss, the loss the card's
+        statement is about) and keeps each target's mean weight gradient."""
+        from peft import preprocess_loraga
+
+        from variants._calibration import causal_lm_loss, model_logits
+        if calibration is None:
+            raise ValueError("LoRA-GA needs calibration data")
+
+        def train_step():
+            for batch in calibration:
+                causal_lm_loss(model_logits(model, batch), batch).backward()
+        preprocess_loraga(model, config, train_step)
 
     def _eva_init(self, pm: nn.Module, cfg: dict, calibration) -> None:
         """peft's own EVA init: get_eva_state_dict (incremental PCA of the layer inputs) loaded by
