@@ -42,7 +42,7 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
            # OFT: blocks of 4; peft's Cayley–Neumann branch has the paper's sign (its exact branch is the
            # declared transposed rotation, tests/test_oft.py)
            "block_size": 4, "use_cayley_neumann": True, "num_neumann_terms": 5, "d_initial": 0.1,
-           "n_frequency": 40, "scaling": 150.0, "random_loc_seed": 5}
+           "n_frequency": 40, "scaling": 150.0, "random_loc_seed": 5,
            # VB-LoRA: sub-vectors of 4 tile 12 in and 16 out; a bank of 6, top-2
            "num_vectors": 6, "vector_length": 4, "topk": 2}
     lowrank = {"A": rand(R, D_IN, seed=1, scale=0.3), "B": rand(D_OUT, R, seed=2, scale=0.3)}

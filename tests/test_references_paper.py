@@ -158,14 +158,9 @@ def test_non_identity_state_moves_W(W, b):
         mod = get(case.split("_paper")[0])
         key = {"lora": "B", "pissa": "B", "dora": "B", "ia3": "l", "ia3_ff": "l", "hra": "u", "delora": "B",
                "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "fourierft": "spectrum",
-               "c3a": "kernel"}[case]
-               "loha": "w2_b", "oft": "Q", "boft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E"}[case]
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E", "shira": "values"}[case]
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
-               "vblora": "bank"}[case]
-               "loha": "w2_b", "oft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
-               "corda": "B", "loraga": "B"}[case]
+               "loha": "w2_b", "oft": "Q", "boft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
+               "fourierft": "spectrum", "c3a": "kernel", "shira": "values", "vblora": "bank", "corda": "B",
+               "loraga": "B", "miss": "D", "hira": "B"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

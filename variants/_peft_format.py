@@ -32,7 +32,8 @@ INERT = ("peft_type", "task_type", "base_model_name_or_path", "revision", "infer
 # ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape);
 # "negated skew blocks": packed skew rows q (…, b(b−1)/2) -> the full skew blocks of −q (…, b, b), read back
 # as the strict upper triangle of −½(B − Bᵀ) (peft's BOFT: full blocks, Cayley of their skew part, sign flipped)
-TRANSFORMS = ("identity", "transpose", "column", "row", "negate", "negated skew blocks")
+# "int32": int64 positions -> peft's int32 (SHiRA's shira_indices; read back as int64)
+TRANSFORMS = ("identity", "transpose", "column", "row", "negate", "negated skew blocks", "int32")
 
 
 def _skew_full(q: torch.Tensor) -> torch.Tensor:
@@ -46,9 +47,6 @@ def _skew_full(q: torch.Tensor) -> torch.Tensor:
 def _skew_packed(t: torch.Tensor) -> torch.Tensor:
     rows, cols = torch.triu_indices(t.shape[-1], t.shape[-1], 1)
     return (0.5 * (t - t.transpose(-1, -2)))[..., rows, cols]
-# ours -> peft's: ·ᵀ, (n,) -> (n, 1), (n,) -> (1, n), −· (each is its own inverse up to the reshape), int64
-# positions -> peft's int32 (SHiRA's shira_indices; read back as int64)
-TRANSFORMS = ("identity", "transpose", "column", "row", "negate", "int32")
 
 
 def to_peft(t: torch.Tensor, transform: str) -> torch.Tensor:
