@@ -79,13 +79,10 @@ def align_w_res(ours, pm, variant: str, *, into_ours: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # ours -> peft -> ours, every case of the test configs peft can represent
 # ---------------------------------------------------------------------------------------------------------------
-WRITABLE = [c for c in CASE_NAMES if variant_of(c) != "antipasto" and c != "delora"]
-CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "hira", "fourierft")
 # boft (m = 2): peft builds one butterfly component without its CUDA kernel (tests/test_boft.py); boft_m1 runs
-WRITABLE = [c for c in CASE_NAMES if variant_of(c) != "antipasto" and c not in ("delora", "boft")]
-WRITABLE = [c for c in CASE_NAMES if variant_of(c) not in ("antipasto", "corda", "loraga") and c != "delora"]
-CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora")
-CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "vblora")
+WRITABLE = [c for c in CASE_NAMES if variant_of(c) not in ("antipasto", "corda", "loraga") and c not in ("delora", "boft")]
+CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "hira", "fourierft",
+             "vblora")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 
 
