@@ -296,7 +296,7 @@ def _edit_config(folder, **fields):
 
 @pytest.mark.parametrize("method,fields,exc,match", [
     ("lora", {"peft_type": "PROMPT_TUNING"}, ValueError, "peft_type 'PROMPT_TUNING' has no adapter-audit counterpart"),
-    ("lora", {"init_lora_weights": "corda"}, ValueError, "no adapter-audit variant is this LORA adapter"),
+    ("lora", {"init_lora_weights": "corda"}, ValueError, "corda adapter cannot be loaded from the folder alone"),
     ("pissa", {"init_lora_weights": "pissa_niter_4"}, ValueError, "init_lora_weights='pissa_niter_4'"),
     ("lora", {"modules_to_save": ["lm_head"]}, ValueError, "modules_to_save=\\['lm_head'\\]: variants.load_peft cannot"),
     ("dora", {"lora_bias": True}, ValueError, "lora_bias"),

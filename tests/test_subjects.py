@@ -86,7 +86,8 @@ def test_peft_subject_default_variants_are_the_peft_methods():
     targets = run_plan.resolve_targets(args)
     assert sorted(t.card.name for t in targets) == sorted(
         ["lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road",
-         "oft", "lokr", "loha", "vera", "adalora", "olora", "miss", "hira", "boft", "corda", "loraga"])  # every card but antipasto (no peft method)
+         "oft", "lokr", "loha", "vera", "adalora", "olora", "miss", "hira", "boft", "corda", "loraga",
+         "fourierft", "c3a", "shira", "vblora"])  # every card but antipasto (no peft method)
     assert all(t.subject.kind == "peft" and t.spec == "peft" for t in targets)
 
 

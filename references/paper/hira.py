@@ -14,7 +14,7 @@ from .lora import A_draw_claims, zero_claim
 EQUATION = "ΔW = W₀ ⊙ (B A),  W_eff = W₀ + W₀ ⊙ (B A) = W₀ ⊙ (1 + B A);  b unchanged;  B = 0 at init"
 CITATION = (
     "Huang, Ko, Zhuang, Tang, Zhang, HiRA: Parameter-Efficient Hadamard High-Rank Adaptation for Large Language "
-    "Models, ICLR 2025 (openreview TwJrTz9cRS), §3 (the Hadamard update of the frozen weight; eq. numbers "
+    "Models, ICLR 2025 (OpenReview:TwJrTz9cRS), §3 (the Hadamard update of the frozen weight; eq. numbers "
     "unverified). No scale: the authors' code (hqsiswiliam/hira, hira/tuners/lora.py Linear.forward) computes "
     "F.linear(x, W ⊙ (1 + BA), b) and never applies its scale_ab field; init A kaiming_uniform(a=√5), B = 0 (its "
     "reset_lora_parameters defaults)"
