@@ -299,6 +299,24 @@ PEFT_LOAD_DEVIATIONS = (
 )
 
 
+def frozen_under_a_step(p, names: tuple[str, ...]) -> float:
+    """For an invariant: how many of the layer's tensors ``names`` are trainable or move under one SGD step (lr 0.1)
+    on every trainable tensor of the model, the loss being this layer's output (0: they stay frozen)."""
+    import torch
+
+    slots = p.adapted.slots[p.name]
+    before = {k: slots[k].tensor.detach().clone() for k in names}
+    trainable = sum(int(slots[k].trainable) for k in names)
+    w = p.adapted.weight(p.name)
+    x = torch.randn(4, w.shape[1], generator=torch.Generator().manual_seed(11), dtype=torch.float64).to(w.dtype)
+    opt = torch.optim.SGD(p.adapted.parameters(), lr=0.1)
+    opt.zero_grad(set_to_none=True)
+    p.module(x).float().pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(trainable + sum(int(not torch.equal(before[k], slots[k].tensor.detach())) for k in names))
+
+
 def peft_linear_only(method: str, source: str) -> Deviation:
     """peft refuses transformers' Conv1D for ``method`` (it adapts torch.nn.Linear only): on GPT-2 the
     peft subject's placement row measures it, and its other checks are n/a there."""

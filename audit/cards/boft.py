@@ -1,7 +1,6 @@
 """Card: BOFT (Liu et al., arXiv 2311.06243), a product of butterfly-permuted block-diagonal Cayley rotations."""
 import torch
 
-from references.paper import boft as ref
 
 from ..cards import (CONFIG_CHECKS, SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, OpenChoice, Option,
                      VariantCard, peft_linear_only)

@@ -5,7 +5,6 @@ kaiming_uniform, gaussian): the main config audits the zero init (where identity
 others are their own configs without it. peft's default block_size 256 divides none of the zoo's widths
 (32 to 192), so no subject-defaults config: its init default is audited as the config xavier-init.
 """
-import math
 
 import torch
 

@@ -1,7 +1,7 @@
 """Card: SHiRA (Bhardwaj, Pandey, Priyadarshi, et al., arXiv 2406.13175)."""
 import torch
 
-from ..cards import BadInput, ConfigCase, Invariant, VariantCard, peft_linear_only
+from ..cards import frozen_under_a_step, BadInput, ConfigCase, Invariant, VariantCard, peft_linear_only
 
 
 def _positions(p) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,17 +33,7 @@ def _repeated(p) -> float:
 def _frozen(p) -> float:
     """How many of the mask's positions are trainable or move under one SGD step (lr 0.1) on every trainable
     tensor of the model, the loss being this layer's output: the mask is fixed for the whole training (§3)."""
-    slot = p.adapted.slots[p.name]["indices"]
-    before = slot.tensor.detach().clone()
-    params = p.adapted.parameters()
-    w = p.adapted.weight(p.name)
-    x = torch.randn(4, w.shape[1], generator=torch.Generator().manual_seed(11), dtype=torch.float64).to(w.dtype)
-    opt = torch.optim.SGD(params, lr=0.1)
-    opt.zero_grad(set_to_none=True)
-    p.module(x).float().pow(2).mean().backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(int(slot.trainable) + int(not torch.equal(before, slot.tensor.detach())))
+    return frozen_under_a_step(p, ("indices",))
 
 
 # unit round-off of the run's dtype, twice (see _outside_mask)

@@ -1,7 +1,7 @@
 """Card: VeRA (Kopiczko, Blankevoort, Asano, arXiv 2310.11454)."""
 import torch
 
-from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
+from ..cards import frozen_under_a_step, SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, VariantCard, ZeroGrad
 
 
 def _shared(p) -> float:
@@ -24,19 +24,7 @@ def _shared(p) -> float:
 def _frozen(p) -> float:
     """How many of A, B are trainable or move under one SGD step (lr 0.1) on every trainable tensor
     of the model, the loss being this layer's output: the pair is frozen (§3.1), never trained."""
-    slots = p.adapted.slots[p.name]
-    before = {k: slots[k].tensor.detach().clone() for k in ("A", "B")}
-    trainable = sum(int(slots[k].trainable) for k in ("A", "B"))
-    params = p.adapted.parameters()
-    w = p.adapted.weight(p.name)
-    x = torch.randn(4, w.shape[1], generator=torch.Generator().manual_seed(11), dtype=torch.float64).to(w.dtype)
-    opt = torch.optim.SGD(params, lr=0.1)
-    opt.zero_grad(set_to_none=True)
-    p.module(x).float().pow(2).mean().backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    moved = sum(int(not torch.equal(before[k], slots[k].tensor.detach())) for k in ("A", "B"))
-    return float(trainable + moved)
+    return frozen_under_a_step(p, ("A", "B"))
 
 
 CARD = VariantCard(

@@ -18,6 +18,9 @@ _TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
 
 _A = TensorMap("A", "lora_A.default.weight", "identity", note="nn.Linear(d_in, r, bias=False).weight: (r, d_in)")
 _B = TensorMap("B", "lora_B.default.weight", "identity", note="nn.Linear(r, d_out, bias=lora_bias).weight: (d_out, r)")
+# the residual base weight of the SVD/QR/data-driven inits (PiSSA, OLoRA, CorDA, LoRA-GA)
+W_RES = TensorMap("weight", "base_layer.weight", BASE_LAYOUT, kind="base weight", optional=True,
+                  note="W_res; when omitted the given base model's layer weight is taken to be W_res already")
 _B_BIAS = TensorMap("b_B", "lora_B.default.bias", "identity", optional=True,
                     note="nn.Linear(r, d_out, bias=lora_bias).bias: (d_out,), only under lora_bias")
 
@@ -157,9 +160,7 @@ PISSA = VariantMapping(
     variant="pissa",
     peft_config_class="peft.LoraConfig",
     peft_layer_class=_LAYER,
-    tensors=(_A, _B,
-             TensorMap("weight", "base_layer.weight", BASE_LAYOUT, kind="base weight", optional=True,
-                       note="W_res; when omitted the given base model's layer weight is taken to be W_res already")),
+    tensors=(_A, _B, W_RES),
     config=_COMMON + (ConfigField("use_rslora", "use_rslora", "copied (our PiSSA forbids it, so False)"),
                       ConfigField(None, "init_lora_weights",
                                   "True, NOT 'pissa': peft's 'pissa' init would run its own SVD, overwrite "

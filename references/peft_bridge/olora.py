@@ -7,8 +7,8 @@ init (init_lora_weights=True) and copies A, B and W_res in, like PiSSA's mapping
 """
 from __future__ import annotations
 
-from ._core import BASE_LAYOUT, ConfigField, TensorMap, VariantMapping, with_rest
-from .lora import _A, _B, _COMMON, BIAS_ELSEWHERE, LORA_CLASS_REST, _make_lora
+from ._core import ConfigField, VariantMapping, with_rest
+from .lora import _A, _B, _COMMON, W_RES, BIAS_ELSEWHERE, LORA_CLASS_REST, _make_lora
 
 _TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
 
@@ -30,9 +30,7 @@ OLORA = VariantMapping(
     variant="olora",
     peft_config_class="peft.LoraConfig",
     peft_layer_class="peft.tuners.lora.layer.Linear",
-    tensors=(_A, _B,
-             TensorMap("weight", "base_layer.weight", BASE_LAYOUT, kind="base weight", optional=True,
-                       note="W_res; when omitted the given base model's layer weight is taken to be W_res already")),
+    tensors=(_A, _B, W_RES),
     config=with_rest(_COMMON + (ConfigField("use_rslora", "use_rslora"),
                                 ConfigField(None, "init_lora_weights",
                                             "True, NOT 'olora': peft's 'olora' init would run its own float32 QR, "
