@@ -11,12 +11,15 @@ import torch
 
 from ._common import InitClaim, compute_dtype, f64, linear, normal_pit
 
-EQUATION = "S = ToDense(E, c) (d_out × d_in),  ΔW = α·Re(IDFT2(S)),  h = W₀x + ΔW x,  b unchanged"
+EQUATION = "F = ToDense(E, c) (d_out × d_in),  ΔW = α·Re(IDFT2(F)),  h = W₀x + ΔW x,  b unchanged"
 CITATION = (
     "Gao, Wang, Chen, Liu, Wu, Chen, Li, Parameter-Efficient Fine-Tuning with Discrete Fourier Transform, "
-    "arXiv:2405.03003 (ICML 2024), §3 (the spectral matrix S = ToDense(E, c) over a random entry matrix E "
-    "shared by the layers; ΔW = IDFT2(S), its real part; h = W₀x + αΔWx) and Algorithm 1 (torch.fft.ifft2, "
-    "normalised by 1/(d₁d₂); E = the first n of torch.randperm(d₁d₂); c = torch.randn(n))"
+    "arXiv:2405.03003 (ICML 2024), §3.1 eqs. (2)-(4): F = ToDense(E, c) (2), S = the 2-D inverse DFT of F (3), h = "
+    "W₀x + α·Re(S)·x (4), E (2, n) random and shared by the layers, c ~ N(0, 1); and Algorithm 1 (torch.fft.ifft2, "
+    "which normalises by 1/(d₁d₂): eq. (3) as printed has no 1/(d₁d₂), a factor α absorbs; E = the first n of "
+    "torch.randperm(d₁d₂); c = torch.randn(n)). The placement of E's entries in a (d_out, d_in) ΔW (row idx // d_in, "
+    "column idx % d_in) is peft's: Algorithm 1 adds x·ΔW with d₁ the input dimension (the transposed placement for "
+    "the same permutation)"
 )
 
 
@@ -30,7 +33,7 @@ def entry_matrix(d_out: int, d_in: int, n: int, seed: int) -> torch.Tensor:
 
 
 def delta(W: torch.Tensor, state: dict, cfg: dict) -> torch.Tensor:
-    """ΔW = α·Re(IDFT2(S)) (d_out, d_in): S zero but for S[E₀ₗ, E₁ₗ] = cₗ (§3, Algorithm 1)."""
+    """ΔW = α·Re(IDFT2(F)) (d_out, d_in): F zero but for F[E₀ₗ, E₁ₗ] = cₗ (§3.1 eqs. (2)-(4), Algorithm 1)."""
     d_out, d_in = W.shape
     c = f64(state["spectrum"]).reshape(-1)
     e = entry_matrix(d_out, d_in, c.shape[0], int(cfg.get("random_loc_seed", 777)))
@@ -39,7 +42,7 @@ def delta(W: torch.Tensor, state: dict, cfg: dict) -> torch.Tensor:
 
 
 def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
-    """W_eff = W + α·Re(IDFT2(ToDense(E, c))), b_eff = b (arXiv:2405.03003 §3)."""
+    """W_eff = W + α·Re(IDFT2(ToDense(E, c))), b_eff = b (arXiv:2405.03003 §3.1 eq. (4))."""
     return f64(W) + delta(W, state, cfg), f64(b)
 
 
@@ -54,8 +57,8 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
-    """The coefficients' init, by the open choice cfg["init_weights"]: "normal", c ~ N(0, 1) (Algorithm 1:
-    torch.randn(n)); "zeros", c = 0 exactly (ΔW = 0: the base model at init)."""
+    """The coefficients' init, by the open choice cfg["init_weights"]: "normal", c ~ N(0, 1) (§3.1: "a normal
+    Gaussian distribution"; Algorithm 1: torch.randn(n)); "zeros", c = 0 exactly (ΔW = 0: the base model at init)."""
     c = state["spectrum"].detach()
     if cfg.get("init_weights", "normal") == "zeros":
         return [InitClaim("spectrum_max_abs", "exact", "c = 0 exactly (ΔW = 0 at init)", value=float(c.abs().max()))]

@@ -13,11 +13,17 @@ from ._common import InitClaim, f64, linear
 EQUATION = ("balance: ΔW[:, k] = D[k mod r, :]ᵀ (every r-wide input shard shares D);  mini: D[:, o] = D_s[:, o mod mini_r];  "
             "bat: W'_ij = W_ij + W_ij B_i + B_i on r × r blocks;  W_eff = W + ΔW, b unchanged")
 CITATION = (
-    "Kang, MiSS: Revisiting the Trade-off in LoRA with an Efficient Shard-Sharing Structure (earlier titles Bone, "
-    "DiSHA), arXiv:2409.15371, §3 (eq. numbers unverified: the versions renumber them). The shard-sharing update "
-    "replicates one trainable fragment over the d_in/r shards; the block-affine form (Bone's 'Bat') updates each "
-    "r × r block as W_ij + W_ij B_i + B_i. The partial last shard when r does not divide d_in (x zero-padded) and "
-    "the 'mini' tiling along d_out are peft's (tuners/miss/layer.py), not the paper's"
+    "Kang, Yin, MiSS: Revisiting the Trade-off in LoRA with an Efficient Shard-Sharing Structure (earlier titles "
+    "Bone, DiSHA), arXiv:2409.15371; numbers of its 'Revisiting the Trade-off' version: §4.1 eq. (2) W = W₀ + "
+    "expand(D), D initialised to zeros, and §4.2 eqs. (4)-(7), the efficient form MiSSᵉ: D ∈ R^{d×r}, x cut into "
+    "r-wide chunks x⁽ⁱ⁾ summed to S (eq. (6)), ΔWx = DS (eq. (7)), i.e. column k of ΔW is column k mod r of D; here "
+    "D is stored (r, d_out) as in its Fig. 3 pseudocode and peft, and 'balance' is this form. §4.1's eq. (3) writes "
+    "another expand (row i of D repeated over an output shard) that no mode here uses. The block-affine form (Bone's "
+    "'Bat', W_ij + W_ij B_i + B_i on r × r blocks) is from the earlier Bone/DiSHA versions, absent from the MiSS "
+    "version (its number there unverified); the authors' Bone code (JL-er/Bone README, BoneLinear) computes "
+    "rearrange(W, '(a r1) (b r2) -> b a r1 r2') @ bone + bone with bone (d_out/r, r, r). The partial last shard when "
+    "r does not divide d_in (x zero-padded) and the 'mini' tiling along d_out are peft's (tuners/miss/layer.py), not "
+    "the paper's"
 )
 
 
@@ -51,7 +57,7 @@ def delta(W: torch.Tensor, state: dict, cfg: dict) -> torch.Tensor:
 
 
 def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
-    """W_eff = W + ΔW, b_eff = b (arXiv:2409.15371 §3; no scale in any form)."""
+    """W_eff = W + ΔW, b_eff = b (arXiv:2409.15371 §4.1 eq. (2), §4.2 eq. (7); no scale in any form)."""
     return f64(W) + delta(W, state, cfg), f64(b)
 
 
@@ -72,8 +78,8 @@ def layout(d_in: int, d_out: int, cfg: dict) -> dict[str, tuple]:
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
-    """MiSS init (arXiv:2409.15371 §3): the shared fragment (every form's trainable matrix) starts at zero, so
-    ΔW = 0 exactly and the adapted model is the base model."""
+    """MiSS init (arXiv:2409.15371 §4.1, Table 1 "D∼0"): the shared fragment (every form's trainable matrix)
+    starts at zero, so ΔW = 0 exactly and the adapted model is the base model."""
     D = state["D"].detach()
-    return [InitClaim("D_max_abs", "exact", "§3: the shared fragment D (bat: every block B_i) is 0 at init",
+    return [InitClaim("D_max_abs", "exact", "§4.1: the shared fragment D (bat: every block B_i) is 0 at init",
                       value=float(D.abs().max()) if D.numel() else 0.0)]

@@ -15,12 +15,15 @@ from ._common import InitClaim, f64, linear
 
 EQUATION = "W_new = W + S,  S = M ⊙ S (support: the K = r·(d_in + d_out) mask positions), b unchanged"
 CITATION = (
-    "Bhardwaj, Pandey, Priyadarshi, Ganapathy, Esteves, Kadambi, Borse, Whatmough, Garrepalli, Van Baalen, "
-    "Teague, Nagel, Sparse High Rank Adapters, arXiv:2406.13175 (NeurIPS 2024), §3 and Fig. 2: only the "
-    "entries of W selected by a fixed sparse binary mask M are trained (gradient masking ∇W ⊙ M), so the "
-    "adapter is the sparse change S and the adapted weight W_new = W + αS (α an optional fusion scale at "
-    "inference, 1 as trained); SHiRA-Rand draws M at random; K = r·(d_in + d_out) is the LoRA-equal "
-    "parameter count (the paper compares at equal parameters; the r sizing is peft's ShiraConfig)"
+    "Bhardwaj, Pandey, Priyadarshi, Ganapathy, Esteves, Kadambi, Borse, Whatmough, Garrepalli, Van Baalen, Teague, "
+    "Nagel, Sparse High Rank Adapters, arXiv:2406.13175 (NeurIPS 2024), §3.1 and Fig. 2: only the entries of W "
+    "selected by a fixed sparse binary mask M ∈ {0, 1}^{n×m} are trained (the gradients masked by a Hadamard product "
+    "with M), masks SHiRA-Struct, -Rand (\"randomly setting 1-2% parameters as trainable\"), -WM, -Grad, -SNIP; "
+    "§3.2: the changed weights stored as values and indices and written into W; Appendix F.3 eq. (4) Y = (W + S)X + "
+    "b and Appendix I: S = W_new − W, W_new = W + αS (α a scale at inference, 1 as trained; §4.1 Lemma 4.3). "
+    "SHiRA-Rand's mask in Appendix B.2 eq. (1) is a Bernoulli(p) draw per entry (a random count); the fixed count K "
+    "= r·(d_in + d_out) of distinct uniform positions here is peft's (ShiraConfig r, random_mask), the LoRA-equal "
+    "parameter count the paper compares at (Lemma 4.2)"
 )
 
 
@@ -46,7 +49,7 @@ def sparse_matrix(W: torch.Tensor, state: dict) -> torch.Tensor:
 
 
 def merged(W: torch.Tensor, b: torch.Tensor | None, state: dict, cfg: dict):
-    """W_new = W + S, b unchanged (arXiv:2406.13175 §3)."""
+    """W_new = W + S, b unchanged (arXiv:2406.13175 §3.1-3.2)."""
     return f64(W) + sparse_matrix(W, state), f64(b)
 
 
@@ -82,16 +85,18 @@ def uniform_margin(flat: torch.Tensor, n: int) -> float:
 
 
 def init_claims(W, b, state, cfg, inputs=None) -> list[InitClaim]:
-    """SHiRA init (arXiv:2406.13175 §3): training starts from the pretrained weights, so S = 0 (values = 0
-    exactly); the mask holds K = r·(d_in + d_out) distinct positions inside the weight; SHiRA-Rand
-    (mask_type "random") draws them uniformly ("lower": the KS margin of ``uniform_margin`` ≥ 0)."""
+    """SHiRA init (arXiv:2406.13175 §3.1): training starts from the pretrained weights, so S = 0 (values = 0
+    exactly); the mask holds K = r·(d_in + d_out) distinct positions inside the weight (peft's count: the
+    paper's Appendix B.2 draws each entry Bernoulli(p), so its count is random); SHiRA-Rand (mask_type
+    "random") draws them uniformly ("lower": the KS margin of ``uniform_margin`` ≥ 0; given its count, a
+    Bernoulli mask's positions are uniform too)."""
     d_out, d_in = W.shape
     rows, cols = positions(state)
     flat = rows * d_in + cols
     inside = (rows >= 0) & (rows < d_out) & (cols >= 0) & (cols < d_in)
     k = int(cfg.get("r_layer", cfg["r"])) * (d_in + d_out)
     claims = [
-        InitClaim("values_max_abs", "exact", "§3: training starts at W (S = 0): every value is 0",
+        InitClaim("values_max_abs", "exact", "§3.1: training starts at W (S = 0): every value is 0",
                   value=float(state["values"].detach().abs().max()) if state["values"].numel() else 0.0),
         InitClaim("mask_size_minus_K", "exact", f"the mask holds K = r·(d_in + d_out) = {k} positions",
                   value=float(abs(flat.numel() - k))),
