@@ -1,4 +1,4 @@
-"""C3A, circular convolution adaptation (Chen et al., arXiv 2407.19342, §3).
+"""C3A, circular convolution adaptation (Chen et al., arXiv 2407.19342, §3.2-3.4).
 
     ΔW = (1/d_in)·C_blk(w),   C_blk(w) = [C(w_ij)] (d_out/b × d_in/b blocks of b × b),
     C(v)[l, k] = v[(k − l) mod b]  (row l: v cyclically shifted right l times; first row v),   h = W₀x + ΔW x

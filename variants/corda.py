@@ -1,9 +1,9 @@
-"""CorDA, context-oriented decomposition adaptation (Yang et al., arXiv 2406.05223, §3.1-3.2).
+"""CorDA, context-oriented decomposition adaptation (Yang et al., arXiv 2406.05223, §3.2-3.4).
 
     C = Σ_tokens x xᵀ  (the covariance of the layer inputs on calibration data, d_in × d_in)
-    W C = U Σ Vᵀ (SVD),   W = (W C) C⁻¹ = Σ_i σ_i u_i (C⁻¹ v_i)ᵀ              (§3.1, eq. 1-2)
+    W C = U Σ Vᵀ (SVD),   W = (W C) C⁻¹ = Σ_i σ_i u_i (C⁻¹ v_i)ᵀ              (§3.2, eqs. (2)-(3))
     I = the r largest components (IPM, instruction-previewed) or the r smallest (KPM, knowledge-preserved)
-    B = U_I diag(√(Σ_I/s)),  A = diag(√(Σ_I/s)) V_Iᵀ C⁻¹,  W_res = W − s·B A   (§3.2)
+    B = U_I diag(√(Σ_I/s)),  A = diag(√(Σ_I/s)) V_Iᵀ C⁻¹,  W_res = W − s·B A   (§3.3-3.4, eqs. (4)-(5))
     y = x W_resᵀ + b + s·(x Aᵀ) Bᵀ,   s = alpha / r
 
 The paper has no scale (s = 1: alpha = r); like PiSSA, Σ_I is divided by s before the square root so that
@@ -11,8 +11,9 @@ s·BA = U_I Σ_I V_Iᵀ C⁻¹ for any alpha. C is accumulated in float64 over e
 (padding never counts; labels do not mask here: CorDA's context is the whole sample, its prompt included),
 divided by the token count (the scale of C moves weight between A and B only, never s·BA). C is regularised
 as C + λI, λ = DAMP·mean(diag C), before the decomposition, as the authors' released code does (and peft copies):
-§3.1 needs C invertible, which a LayerNorm's zero-sum outputs (GPT-2: rank d_in − 1) or too few tokens break,
-and the paper leaves the regulariser open (audit/cards/corda.py; an undamped C is the other accepted option). The SVD runs in
+§3.2 needs C invertible, which a LayerNorm's zero-sum outputs (GPT-2: rank d_in − 1) or too few tokens break;
+it damps a singular C by this λ form with a doubling schedule, no numbers given (audit/cards/corda.py; an
+undamped C is the other accepted option). The SVD runs in
 float64 and W_res is built from A and B after their cast to the adapter dtype (as PiSSA), so identity at
 init is up to the rounding of W_res. init overwrites the layer weight with W_res; save() stores it and
 detach() restores W. peft's CorDA checkpoint (init_lora_weights="corda") cannot be re-initialised from the
@@ -48,7 +49,7 @@ class CordaConfig(LoraConfig):
 
 
 def context_factors(w: torch.Tensor, cov: torch.Tensor, r: int, mode: str):
-    """(U_I, Σ_I, V_Iᵀ C⁻¹) of the context-oriented SVD W C = U Σ Vᵀ in float64 (§3.1): I the r largest
+    """(U_I, Σ_I, V_Iᵀ C⁻¹) of the context-oriented SVD W C = U Σ Vᵀ in float64 (§3.2): I the r largest
     components (ipm) or the r smallest (kpm), in descending order of σ."""
     w, cov = w.to(torch.float64), cov.to(torch.float64)
     u, sv, vh = torch.linalg.svd(w @ cov, full_matrices=False)

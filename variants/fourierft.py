@@ -1,4 +1,4 @@
-"""FourierFT, fine-tuning in the Fourier domain (Gao et al., arXiv 2405.03003, §3, Algorithm 1).
+"""FourierFT, fine-tuning in the Fourier domain (Gao et al., arXiv 2405.03003, §3.1, Algorithm 1).
 
     S = ToDense(E, c) (d_out, d_in):  S[E₀ₗ, E₁ₗ] = cₗ, 0 elsewhere;   ΔW = α·Re(IDFT2(S));   h = W₀x + ΔW x
 
@@ -6,7 +6,7 @@ IDFT2 is the normalised inverse 2-D DFT (torch.fft.ifft2: the 1/(d_out·d_in) fa
 paper's Algorithm 1). Only the n spectral coefficients c train. The entry matrix E (2, n) is fixed and
 random: the first n of a seeded permutation of the d_out·d_in entries, flattened row-major
 (E₀ = idx // d_in, E₁ = idx % d_in), from torch.Generator().manual_seed(random_loc_seed) — the stream
-peft draws, so one seed gives one E per layer shape (shared by every layer of that shape, §3). E is
+peft draws, so one seed gives one E per layer shape (shared by every layer of that shape, §3.1). E is
 regenerated from the seed, not saved: the checkpoint holds c alone (peft saves only the spectrum too).
 Init (open in the paper): "normal" c ~ N(0, 1) (Algorithm 1, peft's default init_weights=False; ΔW ≠ 0
 at init), or "zeros" (peft's init_weights=True; the identity at init).

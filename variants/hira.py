@@ -1,4 +1,4 @@
-"""HiRA, Hadamard high-rank adaptation (Huang, Ko, Zhuang, Tang, Zhang, ICLR 2025), §3.
+"""HiRA, Hadamard high-rank adaptation (Huang, Ko, Zhuang, Tang, Zhang, ICLR 2025), §4.3 eq. (6).
 
     ΔW = W₀ ⊙ (B A),   W_eff = W₀ + ΔW = W₀ ⊙ (1 + B A),   y = x W_effᵀ + b,   A (r, d_in), B (d_out, r)
 

@@ -1,8 +1,9 @@
-"""MiSS, matrix shard sharing (Kang, arXiv 2409.15371; earlier versions titled Bone, then DiSHA), §3.
+"""MiSS, matrix shard sharing (Kang, Yin, arXiv 2409.15371; earlier versions titled Bone, then DiSHA), §4.1-4.2.
 
 One trainable matrix per layer, three forms (``mode``):
 
-    balance  ΔW = [Dᵀ | Dᵀ | … | Dᵀ] (d_out, d_in), D (r, d_out): every r-wide shard of the input shares D,
+    balance  ΔW = [Dᵀ | Dᵀ | … | Dᵀ] (d_out, d_in), D (r, d_out): every r-wide shard of the input shares D
+             (the paper's efficient form MiSSᵉ, §4.2 eqs. (4)-(7), its D (d_out, r) stored transposed),
              so y = x Wᵀ + b + (Σ_k x_[k]) D with x_[k] the k-th r-wide slice of x. Where r does not
              divide d_in the last shard is partial (x zero-padded): ΔW[:, k] = D[k mod r, :]ᵀ.
     mini     the same with D itself tiled from D_small (r, mini_r) along d_out:
@@ -112,7 +113,7 @@ class Miss(Variant):
         return {"D": ParamSpec(shape)}
 
     def init(self, layer, cfg, gen):
-        layer.adapter_D.zero_()  # §3: the shared shard starts at zero, ΔW = 0 exactly
+        layer.adapter_D.zero_()  # §4.1: the shared shard starts at zero, ΔW = 0 exactly
 
     def forward(self, layer, x, y):
         d = layer.adapter_D

@@ -1,18 +1,19 @@
-"""SHiRA, sparse high rank adapters (Bhardwaj, Pandey, Priyadarshi, et al., arXiv 2406.13175, §3).
+"""SHiRA, sparse high rank adapters (Bhardwaj, Pandey, Priyadarshi, et al., arXiv 2406.13175, §3.1-3.2).
 
     W_eff = W + S,   S = scatter(values → positions of a fixed sparse mask M),   y = x W_effᵀ + b
 
-SHiRA trains a small fixed subset of the base weight's entries (§3: gradient masking, ∇W ⊙ M, with M a
+SHiRA trains a small fixed subset of the base weight's entries (§3.1: gradient masking, ∇W ⊙ M, with M a
 binary mask of 1-2% ones): what training changes is a sparse matrix S with M's support, the adapter that is
-stored, switched and fused (§3, rapid switching: W_new = W + S). Written as an adapter, S holds K trainable
+stored, switched and fused (§3.2, rapid switching; App. I: W_new = W + S). Written as an adapter, S holds K trainable
 ``values`` at the K mask ``indices`` (row, column of the canonical (d_out, d_in) weight); W itself stays frozen.
 K = r·(d_in + d_out) (the parameter count of a rank-r LoRA, peft's sizing and the paper's comparison with
 LoRA at equal parameters); r bounds the size, not the rank (S is generally full rank).
 
-Mask (``mask_type``): "random" (SHiRA-Rand, §3): K distinct positions drawn uniformly without replacement
-(``torch.randperm`` of the d_in·d_out positions), from the runtime generator seeded with ``cfg.seed``, so each
-layer gets its own mask. The positions are state: a persistent int64 buffer, saved and loaded with the
-values (a mask regenerated at load from another seed would put trained values at the wrong weights).
+Mask (``mask_type``): "random" (SHiRA-Rand, §3.1; App. B.2 draws a Bernoulli mask, peft K positions): K distinct
+positions drawn uniformly without replacement (``torch.randperm`` of the d_in·d_out positions), from the runtime
+generator seeded with ``cfg.seed``, so each layer gets its own mask. The positions are state: a persistent int64
+buffer, saved and loaded with the values (a mask regenerated at load from another seed would put trained values
+at the wrong weights).
 Init: values = 0, so S = 0 and the layer is exactly the base layer; every value gets a gradient at step 0
 (∂L/∂S_ij = (∂L/∂y)ᵀ x at (i, j)).
 

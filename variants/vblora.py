@@ -1,10 +1,10 @@
-"""VB-LoRA, LoRA composed from a shared vector bank (Li, Han, Ji, NeurIPS 2024, arXiv 2405.15179, §3).
+"""VB-LoRA, LoRA composed from a shared vector bank (Li, Han, Ji, NeurIPS 2024, arXiv 2405.15179, §3.2-3.3).
 
-    ΔW = B A = Σ_{i<r} b_i a_iᵀ  (§3.2, the rank-one form),   W_eff = W + ΔW,  bias unchanged
+    ΔW = B A = Σ_{i<r} b_i a_iᵀ  (§3.2 eq. (3.1), the rank-one form),   W_eff = W + ΔW,  bias unchanged
 
 Every column b_i of B (d_out) and row a_i of A (d_in) is cut into sub-vectors of length b
 (``vector_length``), and each sub-vector is a top-k admixture of the rows of ONE vector bank
-𝓑 (num_vectors, b) shared by every adapted layer (§3.3, the top-k admixture module):
+𝓑 (num_vectors, b) shared by every adapted layer (§3.3; the top-k admixture module, §3.2 eq. (3.3)):
 
     v = Σ_{s ∈ top-k(σ)} softmax(σ_top-k)_s · 𝓑_s,   σ: the sub-vector's num_vectors logits
 
@@ -66,7 +66,7 @@ class VBLoRAConfig(AdapterConfig):
 
 
 def compose(logits: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """The top-k admixture (§3.3) of every sub-vector: (..., num_vectors) logits -> (..., b)."""
+    """The top-k admixture (§3.2 eq. (3.3)) of every sub-vector: (..., num_vectors) logits -> (..., b)."""
     top, idx = torch.topk(logits, k, dim=-1)
     weights = torch.softmax(top, dim=-1)
     return (bank[idx] * weights.unsqueeze(-1)).sum(dim=-2)

@@ -1,9 +1,10 @@
 """Card: C3A, circular convolution adaptation (Chen et al., arXiv 2407.19342).
 
-The kernel's init is open (the paper fixes none; peft offers zeros, xavier_uniform (its default),
-kaiming_uniform, gaussian): the main config audits the zero init (where identity_at_init has a claim), the
-others are their own configs without it. peft's default block_size 256 divides none of the zoo's widths
-(32 to 192), so no subject-defaults config: its init default is audited as the config xavier-init.
+The kernel's init is open (the paper's §3 fixes none, its hyperparameter tables A4-A5 use Xavier uniform; peft
+offers zeros, xavier_uniform (its default), kaiming_uniform, gaussian): the main config audits the zero init (where
+identity_at_init has a claim), the others are their own configs without it. peft's default block_size 256 divides
+none of the zoo's widths (32 to 192), so no subject-defaults config: its init default is audited as the config
+xavier-init.
 """
 
 import torch
@@ -15,8 +16,8 @@ from ..cards import BadInput, ConfigCase, Deviation, Invariant, OpenChoice, Opti
 
 def _circulant_residual(p) -> float:
     """max over entries of |ΔW[i·b + l, j·b + k] − ΔW[i·b, j·b + (k − l) mod b]| / N of the subject's hooked
-    layer, ΔW = W_eff − W: every b × b block is a circulant (§3). N = max|W| + max|ΔW| + max|b|: the probe's ΔW
-    carries the rounding of y(I) = I·Wᵀ + b + I·ΔWᵀ, of the order u·N per entry (bound 8u below)."""
+    layer, ΔW = W_eff − W: every b × b block is a circulant (§3.2, §3.4 eq. (4)). N = max|W| + max|ΔW| + max|b|:
+    the probe's ΔW carries the rounding of y(I) = I·Wᵀ + b + I·ΔWᵀ, of the order u·N per entry (bound 8u below)."""
     w_eff, b_eff = p.effective
     dw = w_eff - p.weight
     bs = int(p.cfg["block_size"])
@@ -32,7 +33,8 @@ KERNEL_SCALE = OpenChoice(
     "kernel_scale", "the scale between the kernels and ΔW", "equation",
     (Option("1/d_in", "ΔW = C_blk(w)/d_in", "peft tuners/c3a/layer.py C3ALinear.forward and get_delta_weight (the "
             "authors' integration)", {"kernel_scale": "1/d_in"}, ("peft", "ours")),
-     Option("1", "ΔW = C_blk(w)", "arXiv 2407.19342 §3 (ΔW x = Δw ⋆ x)", {"kernel_scale": "1"}, ("paper",))),
+     Option("1", "ΔW = C_blk(w)", "arXiv 2407.19342 §3.2 eq. (1), §3.4 eq. (3) (ΔW x = Δw ⋆ x)",
+            {"kernel_scale": "1"}, ("paper",))),
     affects="outputs")
 
 _INITS = {"zeros": "w = 0: ΔW = 0 at init (peft init_weights=True)",
@@ -40,7 +42,7 @@ _INITS = {"zeros": "w = 0: ΔW = 0 at init (peft init_weights=True)",
           "kaiming_uniform": "w ~ U(±√(1/d_in))",
           "gaussian": "w ~ N(0, 1)"}
 KERNEL_INIT = OpenChoice(
-    "kernel_init", "how the kernels start (the paper fixes no init)", "init",
+    "kernel_init", "how the kernels start (§3 fixes none; Tables A4-A5: Xavier uniform)", "init",
     tuple(Option(k, v, "peft tuners/c3a/layer.py reset_c3a_parameters", {"init_weights": k}, ("peft", "ours"))
           for k, v in _INITS.items()))
 
@@ -55,7 +57,9 @@ _BWD_REASON = ("peft's BlockCircularConvolution.backward computes the input grad
                "the circular correlation of the output gradient with the kernel, Σ_l g[l]·w[(k + l) mod b]; the "
                "transpose of the forward's circulant needs the convolution Σ_l g[l]·w[(k − l) mod b] "
                "(fft(fft(G) ⊙ fft(w)) / b, or ifft of their product). For b ≥ 3 every gradient that flows back through "
-               "a C3A layer (to earlier layers' kernels, to the inputs) is wrong; the kernel's own gradient is right")
+               "a C3A layer (to earlier layers' kernels, to the inputs) is wrong; the kernel's own gradient is right. "
+               "The paper's Appendix A Algorithm A1 backward has the same x_grad line, and its §3.3 writes ∂L/∂x = "
+               "C(Δw)·∂L/∂Δz without the transpose")
 _BWD_SOURCE = "peft/tuners/c3a/utils.py BlockCircularConvolution.backward (x_grad line)"
 _B3 = ("b16-zeros", "xavier-init", "kaiming-init", "gaussian-init", "b4")  # b ≥ 3 (b2: peft's gradient is right)
 # measured, peft subject, default zoo, seeds 0-9 (peft 0.21.2): model-level kernel gradients off by ≤ 1.08 relative
@@ -66,7 +70,8 @@ _TRAJ_MAGNITUDE = 5e-3
 
 CARD = VariantCard(
     name="c3a",
-    paper="Parameter-Efficient Fine-Tuning via Circular Convolution (Chen et al., Findings of ACL 2025), §3",
+    paper="Parameter-Efficient Fine-Tuning via Circular Convolution (Chen et al., Findings of ACL 2025), §3.2-3.4 "
+          "eqs. (1), (3)-(4)",
     arxiv="2407.19342",
     equation=ref.EQUATION,
     config={"block_size": 16, "init_weights": "zeros"},

@@ -2,13 +2,14 @@
 
 from ..cards import SUBJECT_DEFAULTS, BadInput, ConfigCase, Deviation, Invariant, OpenChoice, Option, VariantCard
 
-# §3.1 decomposes W C and inverts C back; how a singular C (a LayerNorm's zero-sum outputs, too few tokens) is
-# made invertible the paper leaves to the implementation: C itself where invertible, or the authors' released
-# code's C + 0.01·mean(diag C)·I (applied always there, in peft and here)
+# §3.2 decomposes W C (eq. 2) and inverts C back (eq. 3); where C is not invertible (a LayerNorm's zero-sum
+# outputs, too few tokens) §3.2 adds a coefficient × mean(diag C) to the diagonal, doubling it until ‖CC⁻¹ − I‖ is
+# below a threshold, with neither number given: C itself where invertible, or the authors' released code's
+# C + 0.01·mean(diag C)·I (applied always there, in peft and here)
 DAMPING = OpenChoice(
     "covariance_damping", "the regulariser added to C before the decomposition", "init",
-    (Option("none", "C as collected (invertible)", "arXiv 2406.05223 §3.1 (W C, then C⁻¹)", {"damping": 0.0},
-            ("paper",)),
+    (Option("none", "C as collected (invertible)", "arXiv 2406.05223 §3.2 eqs. (2)-(3) (W C, then C⁻¹)",
+            {"damping": 0.0}, ("paper",)),
      Option("authors", "C + 0.01·mean(diag C)·I", "the authors' code, copied by peft/tuners/lora/corda.py "
             "collect_eigens_for_layer (damp = 0.01, doubled while ‖C̃C̃⁻¹ − I‖ ≥ 0.05)", {"damping": 0.01},
             ("peft", "ours"))))
@@ -30,7 +31,7 @@ def _reconstruction(p) -> float:
 CARD = VariantCard(
     name="corda",
     paper="CorDA: Context-Oriented Decomposition Adaptation of Large Language Models for Task-Aware "
-          "Parameter-Efficient Fine-tuning (Yang et al., NeurIPS 2024), §3.1-3.2",
+          "Parameter-Efficient Fine-tuning (Yang et al., NeurIPS 2024), §3.2-3.4 eqs. (2)-(5)",
     arxiv="2406.05223",
     equation="W C = U Σ Vᵀ;  B = U_I √(Σ_I/s),  A = √(Σ_I/s) V_Iᵀ C⁻¹ (I: r largest = IPM, r smallest = KPM);  "
              "W_res = W − s·BA;  y = x(W_res + s·BA)ᵀ + b",
@@ -62,10 +63,10 @@ CARD = VariantCard(
                   "peft_adapter_part|peft_sqrt_split_spread|adapter_part|sqrt_split_spread", "peft", "xfail",
                   "peft's preprocess_corda divides each forward call's layer input by its largest value before "
                   "accumulating xᵀx (and averages per call), so C = mean_calls X_kᵀX_k / max(X_k)²: sequences are "
-                  "re-weighted by their peak activation, not the covariance of the inputs §3.1 decomposes W with; "
+                  "re-weighted by their peak activation, not the covariance of the inputs §3.2 decomposes W with; "
                   "another C selects other components of W C",
                   "peft/tuners/lora/corda.py calib_cov_distribution (hook: input = input / torch.max(input).abs(); "
-                  "module.covariance_matrix /= module.sample_count); arXiv 2406.05223 §3.1",
+                  "module.covariance_matrix /= module.sample_count); arXiv 2406.05223 §3.2 (C = XXᵀ)",
                   magnitude=2.5),
         # measured 1.88-2.04 relative on the five decoders (fp32, seed 0), up to 2.30 over seeds 0-9: padding
         # rows change the covariance

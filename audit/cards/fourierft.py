@@ -43,7 +43,8 @@ _NO_IDENTITY = ("init", "grad_flow", "paper_parity", "peft_parity", "properties"
 
 CARD = VariantCard(
     name="fourierft",
-    paper="Parameter-Efficient Fine-Tuning with Discrete Fourier Transform (Gao et al., ICML 2024), §3, Algorithm 1",
+    paper="Parameter-Efficient Fine-Tuning with Discrete Fourier Transform (Gao et al., ICML 2024), §3.1 eqs. (2)-(4), "
+          "Algorithm 1",
     arxiv="2405.03003",
     equation=ref.EQUATION,
     config={"n_frequency": 256, "scaling": 150.0, "random_loc_seed": 777, "init_weights": "zeros"},
@@ -87,7 +88,7 @@ CARD = VariantCard(
                   "on a layer whose output feeds only LayerNorms (GPT-2's c_proj layers, into the residual stream) a "
                   "coefficient at row frequency 0 moves every output feature by the same amount, which LayerNorm "
                   "removes: its gradient is exactly 0 in exact arithmetic (rounding decides whether float32 shows 0)",
-                  "arXiv 2405.03003 §3 (E drawn uniformly over all d_out·d_in entries, row 0 included); "
+                  "arXiv 2405.03003 §3.1 (E drawn uniformly over all d_out·d_in entries, row 0 included); "
                   "transformers GPT2Block (residual stream read through ln_1, ln_2, ln_f)",
                   tolerance=5 / 1024, models=("gpt2",), configs=("n256-zeros",)),
     ),
@@ -96,5 +97,5 @@ CARD = VariantCard(
           "side; it is not part of the state, so a subject drawing other entries from the same seed fails paper "
           "parity. Algorithm 1 writes x·ΔW for a square d × d layer: for a square layer that is ΔWᵀ, the same law "
           "with the entries' rows and columns exchanged (a relabelling of a uniform random draw); the audited "
-          "convention is §3's h = W₀x + ΔWx, ΔW (d_out, d_in).",
+          "convention is §3.1 eq. (4)'s h = W₀x + ΔWx, ΔW (d_out, d_in).",
 )

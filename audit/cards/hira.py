@@ -15,7 +15,7 @@ A_DRAW = OpenChoice(
 CARD = VariantCard(
     name="hira",
     paper="HiRA: Parameter-Efficient Hadamard High-Rank Adaptation for Large Language Models (Huang, Ko, Zhuang, "
-          "Tang, Zhang, ICLR 2025), §3",
+          "Tang, Zhang, ICLR 2025), §4.3 eq. (6)",
     arxiv="openreview:TwJrTz9cRS",
     equation="W_eff = W₀ + W₀ ⊙ (B A) = W₀ ⊙ (1 + B A),  no scale;  B = 0 at init",
     config={"r": 8},

@@ -1,4 +1,4 @@
-"""Card: MiSS, matrix shard sharing (Kang, arXiv 2409.15371; earlier titled Bone, then DiSHA).
+"""Card: MiSS, matrix shard sharing (Kang, Yin, arXiv 2409.15371; earlier titled Bone, then DiSHA).
 
 Three forms peft ships, each a config axis (peft's init_weights): balance (the default: one fragment D (r, d_out)
 shared by every r-wide input shard), mini (D itself tiled from (r, mini_r) along d_out) and bat (block-affine:
@@ -46,7 +46,7 @@ def _trainable(d_in: int, d_out: int, c: dict) -> int:
 CARD = VariantCard(
     name="miss",
     paper="MiSS: Revisiting the Trade-off in LoRA with an Efficient Shard-Sharing Structure (Kang, 2024; earlier "
-          "Bone / DiSHA), §3",
+          "Bone / DiSHA), §4.1-4.2 eqs. (2), (4)-(7)",
     arxiv="2409.15371",
     equation="balance: ΔW = [Dᵀ | Dᵀ | … | Dᵀ] (column k = D[k mod r]ᵀ);  mini: D[:, o] = D_s[:, o mod mini_r];  "
              "bat: W'_ij = W_ij + W_ij B_i + B_i;  W_eff = W + ΔW, no scale;  D = 0 at init",

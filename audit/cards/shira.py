@@ -11,7 +11,7 @@ def _positions(p) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _outside_mask(p) -> float:
     """max |W_eff − W| over the entries OUTSIDE the mask, over max|W| + max|b|: SHiRA changes only the masked
-    weights (§3, gradient masking ∇W ⊙ M), so everywhere else the subject's effective weight is the base one.
+    weights (§3.1, gradient masking ∇W ⊙ M), so everywhere else the subject's effective weight is the base one.
     W_eff is read off the layer as y(I) − y(0): each entry W_ij + b_i is rounded once (the base layer's own
     sum), then b_i is taken off exactly, so a correct subject sits within u·(|W| + |b|): tolerance 2u."""
     w_eff, b_eff = p.effective
@@ -24,7 +24,7 @@ def _outside_mask(p) -> float:
 
 
 def _repeated(p) -> float:
-    """How many of the K mask positions repeat another: a mask is a set of K distinct weights (§3)."""
+    """How many of the K mask positions repeat another: a mask is a set of K distinct weights (§3.1)."""
     rows, cols = _positions(p)
     flat = rows * (int(cols.max()) + 1 if cols.numel() else 1) + cols
     return float(flat.numel() - torch.unique(flat).numel())
@@ -32,7 +32,7 @@ def _repeated(p) -> float:
 
 def _frozen(p) -> float:
     """How many of the mask's positions are trainable or move under one SGD step (lr 0.1) on every trainable
-    tensor of the model, the loss being this layer's output: the mask is fixed for the whole training (§3)."""
+    tensor of the model, the loss being this layer's output: the mask is fixed for the whole training (§3.1)."""
     return frozen_under_a_step(p, ("indices",))
 
 
@@ -42,7 +42,7 @@ _OUTSIDE_TOL = {"float32": 2 * 2.0 ** -24, "bfloat16": 2 * 2.0 ** -8}
 CARD = VariantCard(
     name="shira",
     paper="Sparse High Rank Adapters (Bhardwaj, Pandey, Priyadarshi, Ganapathy, Esteves, Kadambi, Borse, Whatmough, "
-          "Garrepalli, Van Baalen, Teague, Nagel, NeurIPS 2024), §3",
+          "Garrepalli, Van Baalen, Teague, Nagel, NeurIPS 2024), §3.1-3.2",
     arxiv="2406.13175",
     equation="W_new = W + S,  S supported on a fixed sparse mask M of K = r·(d_in + d_out) weights;  S = 0 at init",
     config={"r": 4},

@@ -23,7 +23,7 @@ def _trainable_excess(p) -> float:
 
 
 def _dead_logits(c) -> dict[str, ZeroGrad]:
-    """Only the top-k logits of each sub-vector enter its softmax (§3.3): the other n − k get an exactly
+    """Only the top-k logits of each sub-vector enter its softmax (§3.2 eq. (3.3)): the other n − k get an exactly
     zero gradient at every step (the share stays (n − k)/n: each row keeps exactly k live entries)."""
     n, k = int(c["num_vectors"]), int(c["topk"])
     if k == n:
@@ -40,7 +40,7 @@ INIT_OFFSET = 5e-2
 
 CARD = VariantCard(
     name="vblora",
-    paper="VB-LoRA: Extreme Parameter Efficient Fine-Tuning with Vector Banks (Li, Han, Ji, NeurIPS 2024), §3",
+    paper="VB-LoRA: Extreme Parameter Efficient Fine-Tuning with Vector Banks (Li, Han, Ji, NeurIPS 2024), §3.2-3.3",
     arxiv="2405.15179",
     equation="ΔW = Σ_i b_i a_iᵀ, every length-b sub-vector of b_i, a_i = Σ_{top-k(σ)} softmax(σ)_s 𝓑_s;  "
              "one vector bank 𝓑 shared by every layer",
@@ -89,13 +89,15 @@ CARD = VariantCard(
                   "tolerance", "VB-LoRA does not start at the base model: the bank ~ U(±bound) and the logits ~ "
                   "N(0, std²) are both non-zero, so ΔW₀ = B₀A₀ ≠ 0 (|ΔW₀|_ij ≤ r·bound²); with the bank zeroed the "
                   "init is the identity (the _offset_zeroed row, strict)",
-                  "arXiv 2405.15179 §3.3 (no zero factor); peft/tuners/vblora/model.py _init_vblora_vector_bank, "
+                  "arXiv 2405.15179 §3.2 eq. (3.3), App. A.1 Table 7 (bank U(±0.02), logits N(0, 0.01): no zero "
+                  "factor); peft/tuners/vblora/model.py _init_vblora_vector_bank, "
                   "layer.py reset_vblora_logits", tolerance=INIT_OFFSET,
                   configs=("n8-b16-k2", "topk-1", "topk-all", "b8-n10-r2", "n256")),
         Deviation("vblora-init-not-identity-wide-bank", "identity_at_init", "logits_rel_err|layer_max_rel_err", "paper",
                   "tolerance", "as vblora-init-not-identity with a bank 5× wider and logits 10× spread: |ΔW₀| ≤ r·bound² grows 25×; "
                   "measured worst 0.108 (layer) on the toy MLP over seeds 0–9, ours and peft's init; bound about twice that",
-                  "arXiv 2405.15179 §3.3; peft/tuners/vblora/model.py _init_vblora_vector_bank",
+                  "arXiv 2405.15179 §3.2 eq. (3.3), App. A.1 Table 7; "
+                  "peft/tuners/vblora/model.py _init_vblora_vector_bank",
                   tolerance=4 * INIT_OFFSET, configs=("init-bank-0.1",)),
         Deviation("peft-vblora-topk-checkpoint-logits", "save_load", "adapter_tensors_max_abs_diff", "peft", "xfail",
                   "save_only_topk_weights stores each logits row's top-k indices and its first k−1 softmax weights, "
