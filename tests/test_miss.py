@@ -74,7 +74,7 @@ def test_forward_and_gradient_match_the_paper_formula(conv1d, over, d_out):
 
 
 def test_balance_delta_is_d_replicated_over_shards():
-    """ΔW = [Dᵀ | Dᵀ | …]: column k is row k mod r of D, the last shard partial (paper §4.2 eqs. (4)-(7), peft's zero padding)."""
+    """ΔW = [Dᵀ | Dᵀ | …]: column k is row k mod r of D, the last shard partial (paper §4.2, peft's zero padding)."""
     D = torch.randn(5, 7, dtype=torch.float64)
     dw = ref.delta(torch.zeros(7, 12, dtype=torch.float64), {"D": D}, {"mode": "balance"})
     assert torch.equal(dw[:, :5], D.t()) and torch.equal(dw[:, 5:10], D.t()) and torch.equal(dw[:, 10:], D.t()[:, :2])
