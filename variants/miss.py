@@ -16,7 +16,9 @@ No scale. Init: D = 0 (B = 0), so ΔW = 0 exactly; every entry gets a gradient a
 linear in D with the base weight or ones as the other factor). The hook never forms ΔW for balance
 and mini (a shard sum and one r-wide GEMM, like LoRA's second factor); bat builds the dense ΔW from the
 canonical weight (Conv1D: its transpose view); where the layer, input and adapter share a dtype it recomputes
-y = x (W + ΔW)ᵀ + b (the base output is discarded: backward costs what a merged layer's does), else it adds
+y = x (W + ΔW)ᵀ + b (the base output is discarded: backward costs what a merged layer's does, but a forward
+hook cannot skip the layer's own GEMM, so forward does one GEMM more than peft's wrapper, which replaces the
+layer's forward; bat is the one MiSS form slower than peft in fwd+bwd), else it adds
 x ΔWᵀ to the base output (a bf16 base stays exactly itself at init).
 """
 from __future__ import annotations
