@@ -45,6 +45,13 @@ ZERO_SIDE = OpenChoice(
      Option("gamma", "γ = 0 (the m-side Γ_j), λ ≠ 0", "PaulAlbert31/RandLoRA vision_language/src/rand_lora.py "
             "LoRALayer.register_param (the m-side zeros, the r-side = 1/max(n, r))", {"zero_side": "gamma"})))
 
+# a column i of a sparse A that is zero in all r rows (probability P(0)^r: (2/3)^8 ≈ 4% for sparse, (1 − 1/√48)^8
+# ≈ 29% for very_sparse on the MLP) takes no part in ΔW, so γ[:, i] never gets a gradient, at init or later: a
+# property of the method's sparse bases whose share depends on the draw, which grad_flow cannot be told
+_SPARSE_DEAD = ("γ's columns over an all-zero column of A never get a gradient (a draw-dependent share), so "
+                "grad_flow is not asked")
+_NO_GRAD_FLOW = ("identity_at_init", "init", "paper_parity", "peft_parity", "properties")
+
 CARD = VariantCard(
     name="randlora",
     paper="RandLoRA: Full-rank parameter-efficient fine-tuning of large models (Albert, Zhang, Saratchandran, "
@@ -76,8 +83,9 @@ CARD = VariantCard(
              ConfigCase("r-exceeds-m", {"r": 64, "alpha": 128.0}, "r = 64 above the MLP's m = 48: one basis (n = 1) "
                         "of rank ≥ m"),
              ConfigCase("sparse", {"sparse": True}, "ternary sparse bases, P(±1) = 1/6 each (the paper's sparse "
-                        "random bases)"),
-             ConfigCase("very-sparse", {"very_sparse": True}, "very sparse ternary bases, P(±1) = 1/(2√m*) each"),
+                        "random bases). " + _SPARSE_DEAD, checks=_NO_GRAD_FLOW),
+             ConfigCase("very-sparse", {"very_sparse": True}, "very sparse ternary bases, P(±1) = 1/(2√m*) each. "
+                        + _SPARSE_DEAD, checks=_NO_GRAD_FLOW),
              SUBJECT_DEFAULTS),
     notes="The bases are peft's: one (r, 1, m*) A and one (M*, N, r) B for the model, sized by the largest adapted "
           "layer, each layer using A[:, 0, :m] and B[:M, :n, :], flattened as peft does (the paper's B_j is "
