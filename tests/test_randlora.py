@@ -246,3 +246,21 @@ def test_draw_is_seeded_and_unit_std():
     assert torch.equal(a1, a2) and torch.equal(b1, b2) and not torch.equal(a1, a3)
     assert tuple(a1.shape) == (4, 1, 10) and tuple(b1.shape) == (20, 3, 4)
     assert abs(float(b1.std()) - 1) < 1e-6
+
+
+def test_peft_file_with_differing_per_layer_bases_is_refused(tmp_path):
+    """peft writes the bases under base_model. and once more per layer; a file whose copies differ is refused."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    base = Toy()
+    ours = copy.deepcopy(base)
+    _attach(ours)
+    variants.save_peft(ours, tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    sd = load_file(path)
+    assert torch.equal(sd["base_model.model.up.randlora_A"], sd["base_model.randlora_A"])
+    sd["base_model.model.up.randlora_A"] = sd["base_model.model.up.randlora_A"] + 1
+    save_file(sd, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="differs from the shared"):
+        variants.load_peft(copy.deepcopy(base), tmp_path)

@@ -28,7 +28,7 @@ import torch
 
 from ._base import ParamSpec, Variant
 from ._config import AdapterConfig
-from ._peft_format import PeftFormat, conv1d_targets, peft_type_is
+from ._peft_format import LAYER_PREFIX, SHARED_PREFIX, PeftFormat, conv1d_targets, peft_type_is
 from .lora import add_lowrank
 
 
@@ -73,6 +73,41 @@ def draw_bases(r: int, m: int, big: int, key: int, sparsity: float | None) -> tu
     return out[0], out[1]
 
 
+_BASES = ("randlora_A", "randlora_B")
+
+
+def _layers(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The adapted modules of a peft RandLoRA file (those holding a λ)."""
+    tail = ".randlora_lambda"
+    return sorted(k[len(LAYER_PREFIX):-len(tail)] for k in tensors if k.startswith(LAYER_PREFIX) and k.endswith(tail))
+
+
+def _pack(cfg, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft's save_pretrained writes the shared bases once under base_model. AND once more under every adapted
+    layer (its layers hold the model's BufferDict, whose keys its state-dict filter keeps): write the same."""
+    out = dict(tensors)
+    for mod in _layers(tensors):
+        for b in _BASES:
+            out[f"{LAYER_PREFIX}{mod}.{b}"] = tensors[SHARED_PREFIX + b].clone()  # safetensors stores no aliases
+    return out
+
+
+def _unpack(pcfg, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the per-layer copies of the bases a peft file holds, after checking each equals the shared one
+    (a file whose layers hold other bases has no RandLoRA counterpart: the bases are one pair)."""
+    out = dict(tensors)
+    for mod in _layers(tensors):
+        for b in _BASES:
+            key = f"{LAYER_PREFIX}{mod}.{b}"
+            if key not in out:
+                continue
+            copy, shared = out.pop(key), tensors.get(SHARED_PREFIX + b)
+            if shared is None or copy.shape != shared.shape or not torch.equal(copy, shared):
+                raise ValueError(f"{key}: the layer's copy of the bases differs from the shared {SHARED_PREFIX}{b} "
+                                 "(RandLoRA's bases are one pair for every layer)")
+    return out
+
+
 class _ScaledA(torch.autograd.Function):
     """A_flat[k·n + j] = λ[k, j]·A[k]⊙γ[j] as an (r·n, m) matrix, saving only (A, λ, γ) for backward (the
     (r, n, m) product is never kept): ∂λ[k,j] = Σ_i G[k,j,i]·A[k,i]·γ[j,i], ∂γ[j,i] = Σ_k G[k,j,i]·A[k,i]·λ[k,j]."""
@@ -109,7 +144,7 @@ class RandLora(Variant):
             "sparse": bool(pcfg.get("sparse", False)) and not bool(pcfg.get("very_sparse", False))},
         reads=("r", "randlora_alpha", "projection_prng_key", "sparse", "very_sparse"),
         fixed={"save_projection": (True, None), "bias": ("none",)},
-        inert=("init_weights",), training_only=("randlora_dropout",), conv1d=None)
+        inert=("init_weights",), training_only=("randlora_dropout",), conv1d=None, pack=_pack, unpack=_unpack)
 
     def __init__(self, cfg):
         super().__init__(cfg)
