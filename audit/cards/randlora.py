@@ -52,6 +52,17 @@ _SPARSE_DEAD = ("γ's columns over an all-zero column of A never get a gradient 
                 "grad_flow is not asked")
 _NO_GRAD_FLOW = ("identity_at_init", "init", "paper_parity", "peft_parity", "properties")
 
+# a constant on ΔW is absorbed by Λ (every Λ_j is trainable): the update as the paper writes it has none, peft and the
+# authors' code each multiply by their own function of alpha and r; any of them computes RandLoRA's update
+SCALE = OpenChoice(
+    "scale", "the constant s multiplying ΔW (absorbed by the trainable Λ_j: the same family of updates)", "equation",
+    (Option("alpha_over_r", "s = alpha / r", "peft tuners/randlora/layer.py update_layer (scaling = randlora_alpha / r)",
+            {"scale": "alpha_over_r"}, ("peft", "ours")),
+     Option("ten_alpha_over_r", "s = 10·alpha / r", "PaulAlbert31/RandLoRA vision_language/src/rand_lora.py "
+            "LoRALayer.__init__ (scaling = lora_alpha / r, times 10 for randlora)", {"scale": "ten_alpha_over_r"}),
+     Option("none", "s = 1", "arXiv 2502.00987 §4 (the update Σ_j B_j Λ_j A Γ_j, no scalar)", {"scale": "none"},
+            ("paper",))))
+
 CARD = VariantCard(
     name="randlora",
     paper="RandLoRA: Full-rank parameter-efficient fine-tuning of large models (Albert, Zhang, Saratchandran, "
@@ -64,7 +75,7 @@ CARD = VariantCard(
     identity="exact",
     zero_grads={"gamma": ZeroGrad("λ = 0 at init, so ∂L/∂γ_j = Σ_k λ[k, j]·(…) = 0; λ receives the signal first")},
     trainable_per_layer=_trainable,
-    choices=(ZERO_SIDE,),
+    choices=(ZERO_SIDE, SCALE),
     invariants=(Invariant("bases_shared_max_abs", "A and B are one pair of bases shared by every adapted layer: each "
                           "layer holds the same whole tensors", _shared, {"*": 0.0}),
                 # last: it takes an optimiser step on the live model

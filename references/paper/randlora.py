@@ -14,12 +14,14 @@ import torch
 from ._common import InitClaim, f64, linear
 
 EQUATION = ("W_eff = W + s·Σ_{j=1}^{n} B_j Λ_j A Γ_j (transposed when d_in > d_out),  n = ⌈min(d_in, d_out)/r⌉,  "
-            "Λ_j = diag(λ[:, j]), Γ_j = diag(γ[j]),  B_j, A frozen random shared by all layers,  s = alpha/r")
+            "Λ_j = diag(λ[:, j]), Γ_j = diag(γ[j]),  B_j, A frozen random shared by all layers,  s = alpha/r "
+            "(or 10·alpha/r, or 1: cfg scale)")
 CITATION = (
     "Albert, Zhang, Saratchandran, Rodriguez-Opazo, van den Hengel, Abbasnejad, RandLoRA: Full-rank "
     "parameter-efficient fine-tuning of large models, arXiv:2502.00987 (ICLR 2025), §4 (the update as a sum of n "
     "low-rank random bases B_j A with trainable diagonals Λ_j, Γ_j, A shared across the bases, n·r ≥ the rank; "
-    "section and equation numbers unverified: the full text was not reachable here); the scalar s = alpha/r, the "
+    "section and equation numbers unverified: the full text was not reachable here); the scalar s (alpha/r in peft, "
+    "10·alpha/r in the authors' code, none in the update as the paper writes it: an open choice), the "
     "smaller side taking Γ (ΔW built transposed when d_in > d_out) and the storage of B_j as B_flat[:, j::n] are "
     "peft's layout (tuners/randlora/layer.py get_scaled_bases)"
 )
@@ -48,6 +50,17 @@ def bases(state: dict, d_in: int, d_out: int) -> tuple[torch.Tensor, list[torch.
     return f64(A[:, 0, :m]), [b_flat[:, j::n] for j in range(n)]
 
 
+# the scalar on ΔW (cfg "scale", an open choice of the card): the update as the paper writes it carries none; peft
+# multiplies by alpha/r (LoRA's convention), the authors' code by 10·alpha/r; a constant is absorbed by Λ
+SCALES = {"alpha_over_r": 1.0, "ten_alpha_over_r": 10.0, "none": None}
+
+
+def scale(cfg: dict, r: int) -> float:
+    """s: alpha/r (default), 10·alpha/r, or 1 ("none")."""
+    k = SCALES[cfg.get("scale", "alpha_over_r")]
+    return 1.0 if k is None else k * float(cfg.get("alpha", ALPHA_DEFAULT)) / int(cfg.get("r", r))
+
+
 def delta(W: torch.Tensor, state: dict, cfg: dict) -> torch.Tensor:
     """ΔW (d_out, d_in) = s·Σ_j B_j diag(λ[:, j]) A diag(γ[j]), built M × m and transposed when d_in > d_out."""
     d_out, d_in = W.shape
@@ -56,7 +69,7 @@ def delta(W: torch.Tensor, state: dict, cfg: dict) -> torch.Tensor:
     if lam.shape != (A_s.shape[0], len(Bs)) or gam.shape != (len(Bs), A_s.shape[1]):
         raise ValueError(f"lambda {tuple(lam.shape)} / gamma {tuple(gam.shape)} do not fit {len(Bs)} bases of rank "
                          f"{A_s.shape[0]} on {A_s.shape[1]} columns")
-    s = float(cfg.get("alpha", ALPHA_DEFAULT)) / int(cfg.get("r", A_s.shape[0]))
+    s = scale(cfg, A_s.shape[0])
     d = sum((B_j * lam[:, j]) @ (A_s * gam[j]) for j, B_j in enumerate(Bs))
     return s * (d if d_in <= d_out else d.t())
 
