@@ -109,21 +109,23 @@ def _unpack(pcfg, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class _ScaledA(torch.autograd.Function):
-    """A_flat[k·n + j] = λ[k, j]·A[k]⊙γ[j] as an (r·n, m) matrix, saving only (A, λ, γ) for backward (the
-    (r, n, m) product is never kept): ∂λ[k,j] = Σ_i G[k,j,i]·A[k,i]·γ[j,i], ∂γ[j,i] = Σ_k G[k,j,i]·A[k,i]·λ[k,j]."""
+    """A_flat[k·n + j] = s·λ[k, j]·A[k]⊙γ[j] as an (r·n, m) matrix, saving only (A, λ, γ) for backward (neither
+    the (r, n, m) product nor s·λ is kept): ∂λ[k,j] = s·Σ_i G[k,j,i]·A[k,i]·γ[j,i],
+    ∂γ[j,i] = s·Σ_k G[k,j,i]·A[k,i]·λ[k,j]."""
 
     @staticmethod
-    def forward(ctx, a, lam, gam):
+    def forward(ctx, a, lam, gam, s):
         ctx.save_for_backward(a, lam, gam)
-        return (lam[:, :, None] * a[:, None, :] * gam[None]).flatten(0, 1)
+        ctx.s = s
+        return (lam[:, :, None] * a[:, None, :]).mul_(gam[None]).mul_(s).flatten(0, 1)
 
     @staticmethod
     def backward(ctx, grad):
         a, lam, gam = ctx.saved_tensors
         g = grad.view(lam.shape[0], lam.shape[1], -1) * a[:, None, :]
-        d_lam = (g * gam[None]).sum(-1) if ctx.needs_input_grad[1] else None
-        d_gam = torch.einsum("kji,kj->ji", g, lam) if ctx.needs_input_grad[2] else None
-        return None, d_lam, d_gam
+        d_gam = torch.einsum("kji,kj->ji", g, lam).mul_(ctx.s) if ctx.needs_input_grad[2] else None
+        d_lam = g.mul_(gam[None]).sum(-1).mul_(ctx.s) if ctx.needs_input_grad[1] else None
+        return None, d_lam, d_gam, None
 
 
 class RandLora(Variant):
@@ -192,9 +194,10 @@ class RandLora(Variant):
         a = layer.adapter_A[:, 0, :m]
         b_flat = layer.adapter_B[:big, :n, :].reshape(big, n * r)  # a view when the layer uses all of B
         s = self.cfg.alpha / r
-        a_flat = _ScaledA.apply(a, lam * s, gam)  # (r·n, m), s folded into the r·n diagonal entries
+        a_flat = _ScaledA.apply(a, lam, gam, s)  # (r·n, m), s applied to it in place
         xx = x.to(a.dtype)
         if d_in <= d_out:  # m = d_in: ΔW = B_flat A_flat (d_out, d_in)
             return add_lowrank(y, xx @ a_flat.t(), b_flat, layer)
-        # m = d_out: ΔW = (B_flat A_flat)ᵀ, so ΔW x = A_flatᵀ (B_flatᵀ x)
-        return add_lowrank(y, xx @ b_flat, a_flat.t(), layer)
+        # m = d_out: ΔW = (B_flat A_flat)ᵀ, so ΔW x = A_flatᵀ (B_flatᵀ x). The right factor is trainable here: one
+        # 2-D product (no in-place baddbmm, whose batch-expanded factor would get a batch × (d_out, r·n) gradient)
+        return add_lowrank(y, xx @ b_flat, a_flat.t())
