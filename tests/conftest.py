@@ -72,6 +72,7 @@ _CASES: dict[str, tuple[str, dict, bool]] = {
     "loha": ("loha", dict(r=4, alpha=8.0), False),
     "vera": ("vera", dict(r=4), False),
     "vblora": ("vblora", dict(r=4, num_vectors=8, vector_length=16), False),
+    "randlora": ("randlora", dict(r=8, alpha=16.0), False),
     "adalora": ("adalora", dict(r=4, alpha=8.0, target_r=2), False),
     "olora": ("olora", dict(r=4, alpha=8.0), False),
     "miss": ("miss", dict(r=8), False),

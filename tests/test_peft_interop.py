@@ -82,7 +82,7 @@ def align_w_res(ours, pm, variant: str, *, into_ours: bool) -> None:
 # boft (m = 2): peft builds one butterfly component without its CUDA kernel (tests/test_boft.py); boft_m1 runs
 WRITABLE = [c for c in CASE_NAMES if variant_of(c) not in ("antipasto", "corda", "loraga") and c not in ("delora", "boft")]
 CONV1D_OK = ("lora", "lora+rslora", "pissa", "dora", "eva", "ia3", "ia3_ff", "vera", "adalora", "hira", "fourierft",
-             "vblora")
+             "vblora", "randlora")
 OVER = {"adalora": {"total_step": 100}}  # peft requires the schedule's length
 
 
@@ -119,7 +119,8 @@ def test_ours_to_peft_and_back(arch, case, over, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["lora", "dora", "pissa", "eva", "ia3", "hra", "delora_peft", "road", "oft", "lokr",
-                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a", "boft_m1", "shira", "vblora"])
+                                  "loha", "vera", "olora", "miss", "miss_bat", "hira", "fourierft", "c3a", "boft_m1", "shira", "vblora",
+                                  "randlora"])
 def test_bf16_base_round_trip(case, tmp_path):
     """A bfloat16 base with float32 adapters (both libraries' default): peft loads our folder with our outputs up to
     its extra bf16 rounding, and ours -> peft -> ours is exact."""
@@ -141,7 +142,7 @@ def test_saved_folder_is_what_peft_itself_saves(tmp_path):
     from references.peft_bridge import build_peft_model
     base = fresh("qwen3")
     for case in ("lora", "dora", "ia3_ff", "hra", "delora_peft", "road_4", "oft_neumann", "lokr", "loha", "vera",
-                 "adalora", "miss_bat", "hira", "shira", "vblora"):
+                 "adalora", "miss_bat", "hira", "shira", "vblora", "randlora"):
         ours = attach(fresh("qwen3"), case, **OVER.get(case, {}))
         perturb(variants.adapter_parameters(ours))
         st = variants.state_of(ours)
@@ -220,6 +221,7 @@ PEFT_MADE = {
     "vblora": ("vblora", lambda: peft.VBLoRAConfig(r=4, num_vectors=8, vector_length=16, target_modules=T)),
     "vblora_topk": ("vblora", lambda: peft.VBLoRAConfig(r=4, num_vectors=8, vector_length=16, target_modules=T,
                                                         save_only_topk_weights=True)),
+    "randlora": ("randlora", lambda: peft.RandLoraConfig(r=8, randlora_alpha=16, target_modules=["q_proj", "o_proj"])),
 }
 
 
@@ -307,6 +309,7 @@ def _edit_config(folder, **fields):
     ("oft_exact", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
     ("vera", {"save_projection": False}, ValueError, "save_projection=False"),
     ("vblora", {"bias": "all"}, ValueError, "bias='all' cannot be loaded"),
+    ("randlora", {"save_projection": False}, ValueError, "save_projection=False"),
     ("ia3", {"feedforward_modules": ["k_proj"]}, ValueError, "no adapter-audit variant is this IA3 adapter"),
     ("lokr_full", {"alpha": 8}, ValueError, "peft scales kron\\(w1, w2\\) by alpha/r"),
     ("lokr", {"rank_pattern": {"q_proj": 8}}, ValueError, "rank_pattern="),

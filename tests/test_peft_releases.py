@@ -38,7 +38,7 @@ _OLD = {"lora", "dora", "ia3", "ia3_ff", "adalora", "lokr", "loha", "oft"}
     ("0.14.0", _OLD | {"pissa", "vera", "boft", "hra", "olora", "fourierft", "vblora", "eva"}),  # CorDA, C3A 0.15.0
     ("0.15.2", _OLD | {"pissa", "vera", "boft", "hra", "olora", "fourierft", "vblora", "eva", "corda", "c3a"}),
     ("0.17.1", _OLD | {"pissa", "vera", "boft", "hra", "olora", "fourierft", "vblora", "eva", "corda", "c3a",
-                       "miss", "shira"}),  # MiSS, SHiRA 0.17.0; RoAd/DeLoRA 0.18.0
+                       "miss", "shira", "randlora"}),  # RandLoRA 0.16.0; MiSS, SHiRA 0.17.0; RoAd/DeLoRA 0.18.0
     ("0.18.0", set(NEEDS) - {"loraga", "hira"}),  # LoRA-GA 0.19.0, HiRA 0.20.0
     ("0.19.0", set(NEEDS) - {"hira"}),
     ("0.20.0", set(NEEDS)),

@@ -64,6 +64,9 @@ def state_for(variant: str, w: torch.Tensor, road_variant: str = "road_1") -> tu
         "olora": lowrank,
         "vblora": {"bank": rand(6, 4, seed=12, scale=0.5), "logits_A": rand(R, D_IN // 4, 6, seed=13),
                    "logits_B": rand(D_OUT // 4, R, 6, seed=14)},
+        # RandLoRA: m = 12, n = 3 bases of rank 4; the shared bases exactly the layer's size (one layer)
+        "randlora": {"A": rand(R, 1, D_IN, seed=12), "B": rand(D_OUT, 3, R, seed=13),
+                     "lambda": rand(R, 3, seed=14, scale=0.5), "gamma": rand(3, D_IN, seed=15, scale=0.5)},
         "olora": lowrank, "corda": lowrank, "loraga": lowrank,
         "adalora": {**lowrank, "E": rand(R, 1, seed=11)},
         "miss": {"D": rand(R, D_OUT, seed=12, scale=0.5)},

@@ -122,6 +122,12 @@ def identity_cases(W):
         "vblora": (W, {"bank": torch.zeros(6, 4, dtype=F64), "logits_A": randn(R, D_IN // 4, 6, seed=15),
                        "logits_B": randn(D_OUT // 4, R, 6, seed=16)},
                    {"r": R, "num_vectors": 6, "vector_length": 4, "topk": 2}),
+        # RandLoRA at init: λ = 0 (peft's zero side), γ = 1/m; bases of the layer's size, n = ⌈min/R⌉
+        "randlora": (W, {"A": randn(R, 1, min(D_IN, D_OUT), seed=17),
+                         "B": randn(max(D_IN, D_OUT), -(-min(D_IN, D_OUT) // R), R, seed=18),
+                         "lambda": torch.zeros(R, -(-min(D_IN, D_OUT) // R), dtype=F64),
+                         "gamma": torch.full((-(-min(D_IN, D_OUT) // R), min(D_IN, D_OUT)), 1 / min(D_IN, D_OUT),
+                                             dtype=F64)}, {"r": R, "alpha": 16.0}),
         "corda": (W - s * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0}),
         "loraga": (W - 8.0 * B @ A, {"A": A, "B": B}, {"r": R, "alpha": 16.0, "use_rslora": True}),
         "adalora": (W, {"A": A, "E": torch.zeros(R, 1, dtype=F64), "B": B}, {"r": R, "alpha": 16.0}),
@@ -160,7 +166,7 @@ def test_non_identity_state_moves_W(W, b):
                "delora_paper": "B", "eva": "B", "road": "theta", "antipasto": "T", "lokr": "w2",
                "loha": "w2_b", "oft": "Q", "boft": "Q", "vera": "lambda_b", "olora": "B", "adalora": "E",
                "fourierft": "spectrum", "c3a": "kernel", "shira": "values", "vblora": "bank", "corda": "B",
-               "loraga": "B", "miss": "D", "hira": "B"}[case]
+               "loraga": "B", "miss": "D", "hira": "B", "randlora": "lambda"}[case]
         moved = dict(state, **{key: state[key] + randn(*state[key].shape, seed=8, scale=0.3)})
         assert maxdiff(mod.merged(W_in, b, moved, cfg)[0], W) > 1e-3, case
 

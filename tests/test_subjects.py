@@ -87,7 +87,7 @@ def test_peft_subject_default_variants_are_the_peft_methods():
     assert sorted(t.card.name for t in targets) == sorted(
         ["lora", "pissa", "dora", "ia3", "ia3_ff", "hra", "delora", "eva", "road",
          "oft", "lokr", "loha", "vera", "adalora", "olora", "miss", "hira", "boft", "corda", "loraga",
-         "fourierft", "c3a", "shira", "vblora"])  # every card but antipasto (no peft method)
+         "fourierft", "c3a", "shira", "vblora", "randlora"])  # every card but antipasto (no peft method)
     assert all(t.subject.kind == "peft" and t.spec == "peft" for t in targets)
 
 

@@ -65,6 +65,7 @@ NOT_IN_LYCORIS = {
     "hra": "LyCORIS has no Householder reflection adaptation (HRA)",
     "vera": "LyCORIS has no shared random projections (VeRA)",
     "vblora": "LyCORIS has no vector-bank LoRA (VB-LoRA): its algos keep every factor per layer, none shared",
+    "randlora": "LyCORIS has no shared random bases (RandLoRA)",
     "delora": "LyCORIS has no DeLoRA",
     "road": "LyCORIS has no RoAd",
     "antipasto": "LyCORIS has no AntiPaSTO",
