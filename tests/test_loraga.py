@@ -137,7 +137,7 @@ def ref_directions():
 def test_padding_and_ignored_labels_do_not_move_the_gradient():
     """The loss ignores labels = -100 and attention_mask 0, so tokens marked so change nothing (a causal toy: each
     position sees only its own token, so only the loss terms matter)."""
-    model, data = ToyLM(False), calibration(1)
+    data = calibration(1)
     ids = data[0]
     labels = ids.clone()
     labels[:, 6:] = -100

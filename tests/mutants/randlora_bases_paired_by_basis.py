@@ -3,7 +3,6 @@
 Both look natural: B[:M, :n, :].flatten(1) is basis-major, and a library author who flattens λ ⊙ A ⊙ γ the same
 way pairs B's column j·r + k with λ[k, j]·A[k]⊙γ[j]. peft's layout (and the canonical state) flattens it
 rank-major, so the same tensors compute another ΔW: a peft checkpoint loads into another function."""
-import torch
 
 from audit.mutants import Mutant
 from variants.lora import add_lowrank
