@@ -31,7 +31,8 @@ def _finding_key(method: str, r: dict) -> str:
 
 def _what(r: dict) -> str:
     """A finding's row in a line: the metric, where, what was measured against what, the message."""
-    value = "—" if r["value"] is None else f"{r['value']:.3g}"
+    # results.json writes non-finite values as strings ("nan", "inf"): read them back as floats
+    value = "—" if r["value"] is None else f"{float(r['value']):.3g}"
     bound = "" if r["tolerance"] is None else f" ({r['op']} {r['tolerance']:.3g})"
     text = " ".join(r["message"].split())
     return f"{r['metric']} on {r['model']}/{r['dtype']}@{r['config']}: {value}{bound}; {text}"[:300]

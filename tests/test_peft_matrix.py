@@ -187,3 +187,16 @@ def test_a_cached_release_is_sharded_and_merged_without_the_package_index(tmp_pa
     assert cli.main(["peft-matrix", "--merge", str(shard), "--out", str(out)]) == 0
     assert "| 0.13.0 | 5.0 | ✗ [F" in (out / "peft-releases.md").read_text()
     assert "peft 0.13.0: audited, 1 methods, non-conformant: lora" in capsys.readouterr().out
+
+
+def test_a_non_finite_measurement_is_summarised_as_written_to_results_json():
+    """results.json stores a nan or inf value as the string "nan"/"inf" (Row.to_dict); the matrix reads it
+    back as a number in the finding's line rather than failing to format it."""
+    res = _results("0.20.0", False)
+    res["rows"].append(Row("lora", "merge", "mlp", "float32", "merged_rel_err", float("nan"), 1e-5, "fail",
+                           config="main").to_dict())
+    assert res["rows"][-1]["value"] == "nan"
+    finding = next(f for f in peft_matrix_report.matrix(
+        [{"release": "0.20.0", "status": "audited", "seconds": 1.0, **peft_matrix_report.summarise(res)}])["findings"]
+        if f["check"] == "merge")
+    assert "merged_rel_err on mlp/float32@main: nan (<= 1e-05)" in finding["message"]
