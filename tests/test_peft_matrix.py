@@ -128,7 +128,7 @@ def test_merge_renders_shards_and_refuses_overlaps(tmp_path, capsys):
     assert "not a peft-matrix shard file" in capsys.readouterr().err
 
 
-# -- the committed matrix: three fixes from peft's history, each seen on both sides of its release ---------
+# -- the committed matrix: fixes from peft's history, each seen on both sides of its release ---------
 
 # (method, concern, the finding's check · metric, last release with the bug, first with the fix, peft's fix)
 HISTORICAL_FIXES = [
@@ -141,6 +141,12 @@ HISTORICAL_FIXES = [
      "mixed a float32 adapter with a bfloat16 input"),
     ("oft", "equation", "paper_parity · output_rel_err", "0.17.1", "0.18.0",
      "ENH Updates to OFT (#2805): the Neumann-series Cayley transform computed another R than (I + Q)(I − Q)⁻¹"),
+    ("boft", "merge", "subject_raised · raised in merge", "0.15.2", "0.16.0",
+     "Fix: Multiple PEFT methods have issues with models loaded in float16 or bfloat16 (#2433): BOFT's merge "
+     "multiplied a float32 rotation into a bfloat16 weight"),
+    ("fourierft", "merge", "subject_raised · raised in merge", "0.18.1", "0.19.0",
+     "FEAT Convert non-LoRA PEFT adapters to LoRA (#2939): FourierFT's merge added ΔW untransposed to a "
+     "Conv1D weight (fan_in_fan_out)"),
 ]
 
 
