@@ -48,13 +48,13 @@ def test_median_ci_covers_the_median_about_95_percent():
     assert 0.93 <= hits / 2000 <= 0.99
 
 
-def _bench_json(tmp_path, ratios_ci: dict[str, tuple[float, float]]) -> Path:
+def _bench_json(tmp_path, ratios_ci: dict[str, tuple[float, float]], modes=("fwd", "fwd_bwd")) -> Path:
     def entry(name, mode, extra):
         return {"stats": {"median": 0.1}, "extra_info": {"name": name, "mode": mode, "config": "cfg",
                                                            "timer": "process_time", **extra}}
-    benches = [entry("base", m, {}) for m in ("fwd", "fwd_bwd")]
+    benches = [entry("base", m, {}) for m in modes]
     for name, (lo, hi) in ratios_ci.items():
-        for mode in ("fwd", "fwd_bwd"):
+        for mode in modes:
             benches.append(entry(name, mode, {"peft_median": 0.1, "ratio_vs_peft": (lo + hi) / 2,
                                               "ratio_vs_peft_ci": [lo, hi], "base_median": 0.05,
                                               "ratio_vs_base": 2.0, "ratio_vs_base_ci": [1.9, 2.1]}))
@@ -70,3 +70,13 @@ def test_bench_table_verdicts(tmp_path):
     assert "| parity (interval spans 1) |" in rows["tie"]
     assert "| slower |" in rows["slow"]
     assert math.isclose(float(rows["fast"].split("|")[2]), 100.0)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_bench_table_of_a_run_with_one_mode_shows_the_other_as_missing(tmp_path, mode):
+    """`nox -s bench -- -k fwd_bwd` benchmarks one mode: the table prints it and "-" for the other."""
+    text = table.table(_bench_json(tmp_path, {"slow": (1.02, 1.1)}, modes=(mode,)))
+    cells = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| slow")).split("|")[1:-1]]
+    shown, absent = (cells[1:4], cells[4:8]) if mode == "fwd" else (cells[4:8], cells[1:4])
+    assert shown[0] == "100.0" and "1.060 [1.020, 1.100]" in shown and set(absent) == {"-"}
+    assert "base model alone: fwd " + ("100.0, fwd+bwd -" if mode == "fwd" else "-, fwd+bwd 100.0") in text
