@@ -16,17 +16,13 @@ def table(path: Path) -> str:
     rows: dict[str, dict[str, dict]] = {}
     for b in doc["benchmarks"]:
         info = b["extra_info"]
-        rows.setdefault(info["name"], {})[info["mode"]] = {"ours": b["stats"]["median"] * 1e3, **info}
+        rows.setdefault(info["name"], {})[info["mode"]] = {"ours": b["stats"]["median"], **info}
     base = rows.pop("base", None)
     if not rows:
         raise SystemExit(f"{path}: no variant benchmarks in it")
-    first = next(iter(next(iter(rows.values())).values()))  # any mode: config, timer
-    missing = {"ours": None}  # a mode this run did not benchmark (e.g. `-k fwd_bwd`): its cells read "-"
+    first = doc["benchmarks"][0]["extra_info"]  # every benchmark carries the config and timer
     ms = lambda v: "-" if v is None else f"{v * 1e3:.1f}"  # noqa: E731
     mb = lambda v: "-" if v is None else f"{v / 2**20:.0f}"  # noqa: E731
-
-    def ours(info):
-        return "-" if info["ours"] is None else f"{info['ours']:.1f}"
 
     def ratio(info, who):
         if f"ratio_vs_{who}" not in info:
@@ -38,17 +34,17 @@ def table(path: Path) -> str:
              "medians in ms; ours/x = median over rounds of the paired ratio (same round, rotating order), "
              "[95% interval of that median]; verdict from the fwd+bwd interval",
              "" if base is None else "base model alone: " + ", ".join(
-                 f"{label} {ours(base.get(mode, missing))}" for label, mode in (("fwd", "fwd"), ("fwd+bwd", "fwd_bwd"))),
+                 f"{label} {ms(base.get(mode, {}).get('ours'))}" for label, mode in (("fwd", "fwd"), ("fwd+bwd", "fwd_bwd"))),
              "",
              "| variant | fwd ours | fwd peft | fwd ours/peft | fwd+bwd ours | fwd+bwd peft | fwd+bwd ours/peft | verdict "
              "| fwd ours/base | fwd+bwd ours/base | peak MB base / ours / peft |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(rows):
-        f, fb = rows[name].get("fwd", missing), rows[name].get("fwd_bwd", missing)
-        cells = [name, ours(f), ms(f.get("peft_median")), ratio(f, "peft"),
-                 ours(fb), ms(fb.get("peft_median")), ratio(fb, "peft"),
-                 verdict(*fb["ratio_vs_peft_ci"]) if "ratio_vs_peft" in fb
-                 else "no peft" if fb["ours"] is not None else "-",
+        # a mode this run did not benchmark (e.g. `-k fwd_bwd`) is {}: its cells read "-"
+        f, fb = rows[name].get("fwd", {}), rows[name].get("fwd_bwd", {})
+        cells = [name, ms(f.get("ours")), ms(f.get("peft_median")), ratio(f, "peft"),
+                 ms(fb.get("ours")), ms(fb.get("peft_median")), ratio(fb, "peft"),
+                 verdict(*fb["ratio_vs_peft_ci"]) if "ratio_vs_peft" in fb else "no peft" if fb else "-",
                  ratio(f, "base"), ratio(fb, "base"),
                  " / ".join(mb(fb.get(f"{k}_peak_mem_bytes")) for k in ("base", "ours", "peft"))]
         lines.append("| " + " | ".join(cells) + " |")
